@@ -12,11 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from skimage import data as skdata
 from skimage import transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import kd
 import metrics
+import sharpen
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parent
@@ -267,3 +271,346 @@ def test_cuda_matches_cpu_float64_whatever_tf32(convention):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
     np.testing.assert_allclose(metrics.psnr(pred.cuda(), target.cuda()).cpu().numpy(),
                                metrics.psnr(pred, target).numpy(), atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# kd.py
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny(width: int = 4, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return sharpen.unet(width=width, depth=2, blocks=1)
+
+
+def trained_teacher() -> torch.nn.Module:
+    """A tiny teacher moved off its identity initialisation by a few steps."""
+    teacher = tiny(8, seed=1)
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(3):
+        kd.train_step(teacher, opt, *pair_batch(seed=9))
+    return teacher
+
+
+def pair_batch(n: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sharp = torch.rand(n, 3, size, size, generator=g)
+    return sharpen.gaussian_blur(sharp, 1.0), sharp
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_l1_ssim_loss_ssim_term_has_the_finite_difference_gradient():
+    g = torch.Generator().manual_seed(5)
+    target = torch.rand(2, 3, 10, 10, generator=g, dtype=torch.float64)
+    pred = torch.rand(2, 3, 10, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    ssim_term = lambda p: kd.l1_ssim_loss(p, target, ssim_weight=1.0) - F.l1_loss(p, target)  # noqa: E731
+    assert torch.autograd.gradcheck(ssim_term, (pred,))
+    ssim_term(pred).backward()
+    assert pred.grad.abs().max() > 1e-4
+    expected = F.l1_loss(pred, target) + 0.5 * (1 - metrics.ssim(pred, target).mean())
+    assert kd.l1_ssim_loss(pred, target).item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+def test_charbonnier_by_hand():
+    pred, target = torch.tensor([0.0, 0.3]), torch.tensor([0.0, 0.0])
+    expected = (1e-3 + (0.09 + 1e-6) ** 0.5) / 2
+    assert kd.charbonnier_loss(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="eps must be > 0, got 0"):
+        kd.charbonnier_loss(pred, target, eps=0)
+    with pytest.raises(ValueError, match="ssim_weight must be >= 0, got -1"):
+        kd.l1_ssim_loss(pred, target, ssim_weight=-1)
+
+
+def test_train_step_lowers_the_loss_and_returns_floats():
+    model = tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    blurred, sharp = pair_batch(4)
+    first = kd.train_step(model, opt, blurred, sharp)
+    assert set(first) == {"loss", "grad_norm"} and all(type(v) is float for v in first.values())
+    for _ in range(20):
+        last = kd.train_step(model, opt, blurred, sharp, clip_grad_norm=1.0)
+    assert last["loss"] < first["loss"]
+
+
+def test_distill_step_leaves_the_teacher_untouched_and_alpha_zero_is_train_step():
+    teacher, student = trained_teacher(), tiny(4, seed=2)
+    teacher.train()
+    before = weights_of(teacher)
+    twin = tiny(4, seed=2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    blurred, sharp = pair_batch()
+    out = kd.distill_step(student, teacher, opt, blurred, sharp, alpha=0.0)
+    kd.train_step(twin, opt_twin, blurred, sharp)
+    assert set(out) == {"loss", "kd", "gt", "feat", "grad_norm"}
+    assert out["loss"] == pytest.approx(out["gt"]) and out["feat"] == 0.0 and out["kd"] > 0
+    assert teacher.training
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, twin.state_dict()[k], rtol=0, atol=1e-7)
+
+
+def test_distill_step_loss_is_the_weighted_sum_and_precomputed_teacher_output_is_equal():
+    teacher = trained_teacher()
+    blurred, sharp = pair_batch()
+    results = []
+    for precomputed in (False, True):
+        student = tiny(4, seed=2)
+        opt = torch.optim.SGD(student.parameters(), lr=0.1)
+        t_out = teacher(blurred).detach() if precomputed else None
+        results.append((kd.distill_step(student, teacher, opt, blurred, sharp, alpha=0.3,
+                                        teacher_output=t_out), weights_of(student)))
+    (a, wa), (b, wb) = results
+    assert a == b and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["loss"] == pytest.approx(0.3 * a["kd"] + 0.7 * a["gt"], rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: (trained_teacher(), tiny(4, 2)),
+                                  lambda: (sharpen.paper_teacher(), sharpen.paper_student())],
+                         ids=["unet", "paper"])
+def test_feature_distillation_trains_the_adapters(make):
+    teacher, student = make()
+    adapters = kd.feature_adapters(student, teacher)
+    _, t_feats = teacher(torch.rand(1, 3, 16, 16), return_features=True)
+    assert [a.out_channels for a in adapters] == [f.shape[1] for f in t_feats]
+    opt = torch.optim.Adam([*student.parameters(), *adapters.parameters()], lr=1e-3)
+    before = weights_of(adapters)
+    blurred, sharp = pair_batch()
+    out = kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=0.1,
+                          adapters=adapters)
+    assert out["feat"] > 0
+    assert out["loss"] == pytest.approx(0.5 * out["kd"] + 0.5 * out["gt"] + 0.1 * out["feat"],
+                                        rel=1e-6)
+    assert any(not torch.equal(v, before[k]) for k, v in adapters.state_dict().items())
+
+
+def test_amp_steps_run_in_bf16_on_cpu():
+    teacher, student = trained_teacher(), tiny(4, 2)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    blurred, sharp = pair_batch()
+    out = kd.distill_step(student, teacher, opt, blurred, sharp, amp=True)
+    assert all(np.isfinite(v) for v in out.values())
+    assert np.isfinite(kd.train_step(student, opt, blurred, sharp, amp=True)["loss"])
+
+
+def test_non_finite_loss_raises_before_the_optimizer_steps():
+    teacher, student = trained_teacher(), tiny(4, 2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    blurred, sharp = pair_batch()
+    sharp[0, 0, 0, 0] = float("nan")
+    before = weights_of(student)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss.*kd=.*gt=nan"):
+        kd.distill_step(student, teacher, opt, blurred, sharp)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss.*loss=nan"):
+        kd.train_step(student, opt, blurred, sharp)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def test_step_input_validation():
+    teacher, student = trained_teacher(), tiny(4, 2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    blurred, sharp = pair_batch()
+    with pytest.raises(ValueError, match=r"same shape, got \(2, 3, 16, 16\) and \(2, 3, 8, 8\)"):
+        kd.train_step(student, opt, blurred, sharp[..., :8, :8])
+    with pytest.raises(ValueError, match=r"blurred must be a float tensor \(B, C, H, W\), got"):
+        kd.distill_step(student, teacher, opt, blurred[0], sharp[0])
+    with pytest.raises(ValueError, match="alpha must be in"):
+        kd.distill_step(student, teacher, opt, blurred, sharp, alpha=1.5)
+    with pytest.raises(ValueError, match="feature_weight must be >= 0"):
+        kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=-1.0)
+    with pytest.raises(ValueError, match="feature_weight > 0 needs adapters"):
+        kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=0.1)
+    gray_teacher = torch.nn.Conv2d(3, 1, 1)
+    with pytest.raises(ValueError, match=r"teacher output \(2, 1, 16, 16\) and student output"):
+        kd.distill_step(student, gray_teacher, opt, blurred, sharp)
+
+
+def write_png(path: Path, img: torch.Tensor) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_gopro(root: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    for split, scenes in (("train", ["GOPR0001", "GOPR0002"]), ("test", ["GOPR0003"])):
+        for scene in scenes:
+            for frame in ("000001", "000002"):
+                img = torch.rand(3, 24, 32, generator=g)
+                for kind in ("blur", "blur_gamma", "sharp"):
+                    write_png(root / split / scene / kind / f"{frame}.png", img)
+
+
+def test_gopro_and_folder_pairs(tmp_path):
+    make_gopro(tmp_path / "GoPro_Large")
+    root = tmp_path / "GoPro_Large"
+    pairs = kd.gopro_pairs(root, split="train")
+    assert len(pairs) == 4 and all(b.parent.name == "blur" and s.parent.name == "sharp"
+                                   and b.name == s.name for b, s in pairs)
+    assert len(kd.gopro_pairs(root)) == 6
+    assert kd.gopro_pairs(root, split="test", blur="blur_gamma")[0][0].parent.name == "blur_gamma"
+    assert len(kd.image_files(root / "test")) == 6
+    with pytest.raises(ValueError, match="split must be 'train', 'test' or None, got 'val'"):
+        kd.gopro_pairs(root, split="val")
+    with pytest.raises(ValueError, match="blur must be 'blur' or 'blur_gamma', got 'gamma'"):
+        kd.gopro_pairs(root, blur="gamma")
+    with pytest.raises(FileNotFoundError, match="GoPro root .*nowhere.* does not exist"):
+        kd.gopro_pairs(tmp_path / "nowhere")
+    (root / "test" / "GOPR0003" / "sharp" / "000002.png").rename(
+        root / "test" / "GOPR0003" / "sharp" / "000009.png")
+    with pytest.raises(ValueError, match=r"2 images of .* have no partner, for example "
+                                         r"\['000002', '000009'\]"):
+        kd.gopro_pairs(root, split="test")
+    with pytest.raises(FileNotFoundError, match="image folder .*missing.* does not exist"):
+        kd.folder_pairs(tmp_path / "missing", root / "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images .* in .*empty"):
+        kd.image_files(tmp_path / "empty")
+    (root / "train" / "GOPR0001" / "blur" / "000001.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="two images share a file stem"):
+        kd.gopro_pairs(root, split="train")
+
+
+def test_batches_from_a_tensor_are_deterministic_and_degraded():
+    images = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    draw = lambda seed: next(kd.batches(images, size=24, batch_size=3,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(seed)))
+    (b1, s1), (b2, s2), (b3, _) = draw(7), draw(7), draw(8)
+    assert b1.shape == s1.shape == (3, 3, 24, 24) and b1.dtype == torch.float32
+    assert torch.equal(b1, b2) and torch.equal(s1, s2) and not torch.equal(b1, b3)
+    torch.testing.assert_close(b1, sharpen.degrade(s1))
+    assert any(torch.equal(s1[0], images[i, :, t:t + 24, x:x + 24].flip(f))
+                         for i in range(6) for t in range(17) for x in range(17)
+                         for f in ([], [-1], [-2], [-2, -1]))
+
+
+def test_batches_stream_files_and_crop_pairs_identically(tmp_path):
+    files = [write_png(tmp_path / f"{i}.png", torch.rand(3, 20 + i, 30)) for i in range(3)]
+    pairs = [(f, f) for f in files]
+    blurred, sharp = next(kd.batches(pairs, size=16, batch_size=4,
+                                     generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(blurred, sharp) and sharp.shape == (4, 3, 16, 16)
+    blurred, sharp = next(kd.batches(files, size=16, batch_size=2))
+    torch.testing.assert_close(blurred, sharpen.degrade(sharp))
+    with pytest.raises(ValueError, match=r"image of size 20x30 is smaller than the crop size 25"):
+        next(kd.batches(files[:1], size=25, batch_size=1))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(Exception, match="broken.png"):
+        next(kd.batches([tmp_path / "broken.png"], size=8, batch_size=1))
+    with pytest.raises(ValueError, match="source holds no images"):
+        next(kd.batches([], size=8, batch_size=1))
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        next(kd.batches(files, size=8, batch_size=0))
+    with pytest.raises(TypeError, match="source must be a tensor or a list"):
+        next(kd.batches("folder", size=8, batch_size=1))
+    loader = torch.utils.data.DataLoader(kd.PairDataset(pairs, size=16), batch_size=3)
+    blurred, sharp = next(iter(loader))
+    assert blurred.shape == (3, 3, 16, 16) and torch.equal(blurred, sharp)
+
+
+def test_evaluate_reports_model_and_input_metrics(tmp_path):
+    model = tiny()
+    blurred, sharp = pair_batch(3, size=24)
+    files = [(write_png(tmp_path / "b.png", blurred[0]), write_png(tmp_path / "s.png", sharp[0]))]
+    res = kd.evaluate(model, [(blurred[0], sharp[0]), (blurred[1:], sharp[1:])])
+    assert res["images"] == 3
+    assert res["input_psnr"] == pytest.approx(metrics.psnr(blurred, sharp).mean().item())
+    assert res["input_ssim"] == pytest.approx(metrics.ssim(blurred, sharp).mean().item())
+    out = sharpen.sharpen(model, blurred)
+    assert res["psnr"] == pytest.approx(metrics.psnr(out, sharp).mean().item(), abs=1e-6)
+    wang = kd.evaluate(model, files, ssim_kwargs=WANG)
+    assert wang["images"] == 1 and 0 < wang["ssim"] < 1
+    with pytest.raises(ValueError, match="pairs is empty"):
+        kd.evaluate(model, [])
+    with pytest.raises(ValueError, match=r"pair 0: blurred \(3, 24, 24\) and sharp"):
+        kd.evaluate(model, [(blurred[0], sharp[0, :, :8])])
+
+
+def test_checkpoint_round_trip_is_atomic_and_refuses_non_finite_state(tmp_path):
+    model = tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    kd.train_step(model, opt, *pair_batch())
+    gen = torch.Generator().manual_seed(3)
+    path = tmp_path / "run" / "ckpt.pt"
+    kd.save_checkpoint(path, step=1, model=model, optimizer=opt, generator=gen, note="ok")
+    ckpt = kd.load_checkpoint(path)
+    assert ckpt["step"] == 1 and ckpt["note"] == "ok"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
+    assert torch.equal(ckpt["generator"], gen.get_state())
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+    good = path.read_bytes()
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match=r"refusing to write .*ckpt.pt.*non-finite values in"):
+        kd.save_checkpoint(path, model=model)
+    assert path.read_bytes() == good and len(list(path.parent.iterdir())) == 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        kd.load_checkpoint(tmp_path / "none.pt")
+
+
+def test_resuming_from_a_checkpoint_is_bit_identical(tmp_path):
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def run(steps, state=None):
+        model = tiny(seed=0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(1)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+        data = kd.batches(images, size=16, batch_size=2, generator=gen)
+        for _ in range(steps):
+            kd.train_step(model, opt, *next(data))
+        return model, opt, gen
+
+    straight, _, _ = run(4)
+    model, opt, gen = run(2)
+    kd.save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, generator=gen)
+    resumed, _, _ = run(2, kd.load_checkpoint(tmp_path / "c.pt"))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def _ddp_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        setup = torch.load(Path(folder) / "setup.pt", weights_only=False)
+        student, teacher = tiny(4, 2), tiny(8, 1)
+        student.load_state_dict(setup["student"])
+        teacher.load_state_dict(setup["teacher"])
+        ddp = torch.nn.parallel.DistributedDataParallel(student)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+        shard = slice(2 * rank, 2 * rank + 2)
+        kd.distill_step(ddp, teacher, opt, setup["blurred"][shard], setup["sharp"][shard])
+        torch.save(student.state_dict(), Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_path):
+    import socket
+
+    student, teacher = tiny(4, 2), trained_teacher()
+    blurred, sharp = pair_batch(4)
+    torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
+                "blurred": blurred, "sharp": sharp}, tmp_path / "setup.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    kd.distill_step(student, teacher, opt, blurred, sharp)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for k, v in student.state_dict().items():
+        assert torch.equal(rank0[k], rank1[k]), k
+        torch.testing.assert_close(rank0[k], v, rtol=0, atol=1e-6)
