@@ -525,6 +525,10 @@ class PairDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 
 
+def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else sharpen.load_image(img)
+
+
 def evaluate(
     model: nn.Module,
     pairs: Sequence[tuple[torch.Tensor | str | os.PathLike, torch.Tensor | str | os.PathLike]],
@@ -560,8 +564,7 @@ def evaluate(
     sums = dict.fromkeys(("psnr", "ssim", "input_psnr", "input_ssim"), 0.0)
     count = 0
     for i, (blurred, sharp) in enumerate(pairs):
-        blurred, sharp = (sharpen.load_image(x) if not isinstance(x, torch.Tensor) else x
-                          for x in (blurred, sharp))
+        blurred, sharp = _as_image(blurred), _as_image(sharp)
         if blurred.shape != sharp.shape:
             raise ValueError(f"pair {i}: blurred {tuple(blurred.shape)} and sharp "
                              f"{tuple(sharp.shape)} differ in shape")
@@ -955,17 +958,25 @@ def _markdown(protocol: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _center(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window of ``img`` (all of it if smaller)."""
+    H, W = img.shape[-2:]
+    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
+    return img[..., top : top + size, left : left + size]
+
+
 def _figure(path: Path, models: dict[str, nn.Module], pairs: list, count: int = 3) -> None:
     """Rows of blurred | student | teacher | sharp, each labelled with its PSNR / SSIM."""
     from PIL import Image, ImageDraw
 
     label_h, tiles = 14, []
     for blurred, sharp in pairs[:count]:
+        blurred, sharp = (_center(_as_image(x), 256) for x in (blurred, sharp))
         row = [("blurred", blurred)]
         row += [(name, sharpen.sharpen(models[name], blurred)) for name in ("student", "teacher")]
         row.append(("sharp", sharp))
         tiles.append(row)
-    size = pairs[0][1].shape[-1]
+    size = tiles[0][0][1].shape[-1]
     canvas = Image.new("RGB", (4 * size, len(tiles) * (size + label_h)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(tiles):

@@ -4,6 +4,8 @@ gradients, hand-computed values for kernels."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -614,3 +616,87 @@ def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_pa
     for k, v in student.state_dict().items():
         assert torch.equal(rank0[k], rank1[k]), k
         torch.testing.assert_close(rank0[k], v, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# kd.main: the end-to-end run, and the README's training script
+# ---------------------------------------------------------------------------------------------
+
+TINY_RUN = ["--steps", "2", "--student-steps", "3", "--size", "16", "--batch-size", "2",
+            "--train-images", "4", "--eval-size", "32"]
+
+
+def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, capsys):
+    assert kd.main([*TINY_RUN, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "[teacher] step 2/2" in out and "[distil, seed 0] step 3/3" in out
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert files == {"teacher.pt", "student.pt", "student_nokd.pt", "student_nokd_time.pt",
+                     "report.json", "report.md", "comparison.png"}
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    protocol = report["protocol"]
+    for key in ("blur", "sigma", "image_size", "metric", "teacher_steps", "student_steps",
+                "time_matched_steps", "batch_size", "seeds", "device", "torch", "data",
+                "wall_seconds"):
+        assert key in protocol, key
+    names = ["input", "teacher", "student", "student_nokd", "student_nokd_time"]
+    assert [r["name"] for r in report["rows"]] == names * 2
+    assert {r["eval_set"] for r in report["rows"]} == {"dead_leaves", "photos"}
+    for row in report["rows"]:
+        assert isinstance(row["params"], int) and isinstance(row["macs"], int)
+        assert all(isinstance(row[k], float) for k in ("ms_per_image", "psnr", "ssim"))
+    teacher_row, student_row = report["rows"][1], report["rows"][2]
+    assert student_row["params"] <= 0.25 * teacher_row["params"]
+    assert "| Student (distilled) |" in (tmp_path / "a" / "report.md").read_text()
+    assert Image.open(tmp_path / "a" / "comparison.png").size == (4 * 32, 3 * (32 + 14))
+    model = sharpen.load_model(tmp_path / "a" / "student.pt")
+    assert sharpen.sharpen(model, torch.rand(3, 20, 28)).shape == (3, 20, 28)
+
+    assert kd.main([*TINY_RUN, "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    for a, b in zip(report["rows"], again["rows"]):
+        if a["name"] != "student_nokd_time":  # its step count comes from measured time
+            assert (a["psnr"], a["ssim"]) == (b["psnr"], b["ssim"]), a["name"]
+
+
+def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys):
+    assert kd.main([*TINY_RUN, "--data", str(tmp_path / "no_gopro")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: GoPro root") and "no_gopro" in err and "Traceback" not in err
+    for bad, match in ((["--steps", "0"], "--steps must be >= 1, got 0"),
+                       (["--sigma", "-1"], "--sigma must be > 0"),
+                       (["--real-blur"], "--real-blur needs --data ROOT"),
+                       (["--blur", "box"], "invalid choice: 'box'")):
+        with pytest.raises(SystemExit) as exit_info:
+            kd.main(bad)
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
+    make_gopro(tmp_path / "GoPro_Large")
+    for extra in ([], ["--real-blur"]):
+        out = tmp_path / f"run{len(extra)}"
+        args = [*TINY_RUN, "--data", str(tmp_path / "GoPro_Large"), "--out", str(out), *extra]
+        assert kd.main(args) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["protocol"]["real_blur"] == bool(extra)
+        assert {r.get("eval_set", "gopro_test") for r in report["rows"]} == {"gopro_test"}
+
+
+def readme_script() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n", text.index("## The method in one script")) + 10
+    return text[start:text.index("```\n", start)]
+
+
+def test_readme_training_script_runs_as_written(tmp_path):
+    code = readme_script()
+    assert len(code.splitlines()) <= 60
+    settings = "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 300, 600, 16, 64\n"
+    assert settings in code
+    code = code.replace(settings, "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 2, 2, 2, 16\n")
+    (tmp_path / "script.py").write_text(code)
+    out = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "student:" in out.stdout and (tmp_path / "student.pt").is_file()
