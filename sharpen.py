@@ -913,12 +913,13 @@ def count_macs(model: nn.Module, height: int, width: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+def _atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it over.
 
     A crash leaves either the old file or the new one, never a truncated file. The temporary file
     is created with mode 0o666 minus the umask, like any new file.
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -1103,11 +1104,12 @@ def _tiles(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, 
     total = torch.zeros(length, dtype=torch.float64)
     raw = []
     for s, e in zip(starts, ends):
+        d = torch.arange(e - s, dtype=torch.float64)  # distance from the tile's first pixel
         w = torch.ones(e - s, dtype=torch.float64)
-        if overlap > 0:
-            d = torch.arange(e - s, dtype=torch.float64)
-            ramp = lambda v: ((v - m + 0.5) / span).clamp(0, 1)  # noqa: E731
-            w = w * (ramp(d) if s > 0 else 1) * (ramp(e - s - 1 - d) if e < length else 1)
+        if overlap > 0 and s > 0:
+            w = w * ((d - m + 0.5) / span).clamp(0, 1)
+        if overlap > 0 and e < length:
+            w = w * ((e - s - 1 - d - m + 0.5) / span).clamp(0, 1)
         total[s:e] += w
         raw.append(w)
     return [(s, e, w / total[s:e]) for s, e, w in zip(starts, ends, raw)]
@@ -1154,6 +1156,12 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int = 12
     overlap = _check_int("overlap", overlap, low=0)
     if overlap > tile // 2:
         raise ValueError(f"overlap must be <= tile // 2, got tile={tile}, overlap={overlap}")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if convs and convs[0].in_channels != x.shape[1]:
+        raise ValueError(
+            f"img has {x.shape[1]} channels but the model takes {convs[0].in_channels}, "
+            f"got shape {tuple(img.shape)}"
+        )
     align = int(getattr(model, "multiple", 1))
     if (tile - overlap) // align < 1:
         raise ValueError(f"tile - overlap = {tile - overlap} must be >= model.multiple = {align}")

@@ -544,6 +544,7 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
         (lambda: S.sharpen(S.student(), X, tile=64.0), TypeError, "tile must be an int"),
         (lambda: S.sharpen(S.student(), X[0, 0]), ValueError, r"got \(16, 16\)"),
         (lambda: S.sharpen(lambda x: x, X), TypeError, "model must be an nn.Module"),
+        (lambda: S.sharpen(S.student(), X[:, :2]), ValueError, "2 channels but the model takes 3"),
         (lambda: S.save_model("m.pt", torch.nn.Conv2d(1, 1, 1)), ValueError, "model.config"),
         (lambda: S.save_image(X, "o.png"), ValueError, r"\(3, H, W\).*\(2, 3, 16, 16\)"),
         (lambda: S.save_image(torch.full((2, 2), 1.01), "o.png"), ValueError, "max 1.01"),
