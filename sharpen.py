@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import secrets
 import sys
@@ -51,7 +52,7 @@ _KINDS = ("gaussian", "motion", "mixed")
 
 def _check_number(name: str, value: object, *, low: float = 0.0, strict: bool = True) -> float:
     """Return ``value`` as a float, raising unless it is a finite number > ``low`` (or >=)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value < low or (strict and value == low):
         op = ">" if strict else ">="
@@ -60,11 +61,11 @@ def _check_number(name: str, value: object, *, low: float = 0.0, strict: bool = 
 
 
 def _check_int(name: str, value: object, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
+    return int(value)
 
 
 def _check_generator(generator: object) -> torch.device:
@@ -354,7 +355,7 @@ def random_motion_kernel(
         >>> random_motion_kernel(15, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([15, 15])
     """
-    if _check_int("size", size, low=5) % 2 == 0:
+    if (size := _check_int("size", size, low=5)) % 2 == 0:
         raise ValueError(f"size must be odd, got {size}")
     return _shake_kernels(1, size, generator)[0].to(device=device, dtype=dtype)
 

@@ -475,6 +475,17 @@ def test_cli_in_process(tmp_path, tiny_model_file, capsys):
     assert S.load_image(tmp_path / "o" / "a_sharp.png").shape == (3, 12, 14)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-CUDA message")
+def test_cli_cuda_unavailable(tmp_path, tiny_model_file, capsys):
+    assert S.main(["x.png", "--weights", str(tiny_model_file), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_numpy_scalars_are_numbers():
+    assert S.gaussian_kernel(np.float32(1.5), truncate=np.float64(2.0)).shape == (7,)
+    assert S.random_motion_kernel(np.int64(7), generator=gen()).shape == (7, 7)
+
+
 def test_cli_without_weights_and_help(tmp_path, capsys):
     assert S.main([str(tmp_path / "x.png")]) == 2
     assert "python kd.py" in capsys.readouterr().err
@@ -540,6 +551,9 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
         (lambda: S.teacher(colour=3), TypeError, "colour"),
         (lambda: S.count_params("model"), TypeError, "nn.Module"),
         (lambda: S.count_macs(S.student(), 0, 8), ValueError, "height must be >= 1"),
+        (lambda: S.count_macs("model", 8, 8), TypeError, "model must be an nn.Module, got str"),
+        (lambda: S.save_model("m.pt", "model"), TypeError, "model must be an nn.Module"),
+        (lambda: S.save_image(torch.full((2, 2), float("nan")), "o.png"), ValueError, "nan"),
         (lambda: S.count_macs(torch.nn.ReLU(), 8, 8), ValueError, "no Conv2d"),
         (lambda: S.sharpen(S.student(), X, tile=32, overlap=32), ValueError, "overlap must be <="),
         (lambda: S.sharpen(S.student(), X, tile=32, overlap=17), ValueError, "tile=32, overlap=17"),
@@ -571,6 +585,9 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     Image.new("F", (2, 2)).save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match="f.tif: unsupported image mode 'F'"):
         S.load_image(tmp_path / "f.tif")
+    Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)).save(tmp_path / "i.tif")
+    with pytest.raises(ValueError, match=r"i.tif: mode I values outside \[0, 65535\]"):
+        S.load_image(tmp_path / "i.tif")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         S.load_model(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="junk.png: not a readable model file"):
