@@ -4,7 +4,9 @@ gradients, hand-computed values for kernels."""
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 from skimage import data as skdata
 from skimage import transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -44,15 +47,21 @@ def noisy(img: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
 def sk_ssim(pred: torch.Tensor, target: torch.Tensor, **kw) -> list[float]:
     """scikit-image's SSIM of each image of a (B, C, H, W) batch, computed in float64."""
     return [
-        structural_similarity(t.double().permute(1, 2, 0).numpy(),
-                              p.double().permute(1, 2, 0).numpy(), channel_axis=-1, **kw)
+        structural_similarity(
+            t.double().permute(1, 2, 0).numpy(),
+            p.double().permute(1, 2, 0).numpy(),
+            channel_axis=-1,
+            **kw,
+        )
         for p, t in zip(pred, target)
     ]
 
 
 def sk_psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> list[float]:
-    return [peak_signal_noise_ratio(t.double().numpy(), p.double().numpy(), data_range=data_range)
-            for p, t in zip(pred, target)]
+    return [
+        peak_signal_noise_ratio(t.double().numpy(), p.double().numpy(), data_range=data_range)
+        for p, t in zip(pred, target)
+    ]
 
 
 def metric_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
@@ -113,11 +122,17 @@ def test_single_image_gives_a_scalar_and_identical_images_are_perfect():
 def test_ssim_win_size_and_constants_follow_scikit_image():
     _, pred, target, _ = CASES[3]
     kw = {"win_size": 9, "K1": 0.02, "K2": 0.05, "use_sample_covariance": False}
-    np.testing.assert_allclose(metrics.ssim(pred, target, **kw).numpy(),
-                               sk_ssim(pred, target, data_range=1.0, **kw), atol=1e-10)
+    np.testing.assert_allclose(
+        metrics.ssim(pred, target, **kw).numpy(),
+        sk_ssim(pred, target, data_range=1.0, **kw),
+        atol=1e-10,
+    )
     wide = {"gaussian_weights": True, "sigma": 2.0}
-    np.testing.assert_allclose(metrics.ssim(pred, target, **wide).numpy(),
-                               sk_ssim(pred, target, data_range=1.0, **wide), atol=1e-10)
+    np.testing.assert_allclose(
+        metrics.ssim(pred, target, **wide).numpy(),
+        sk_ssim(pred, target, data_range=1.0, **wide),
+        atol=1e-10,
+    )
 
 
 def test_rgb_to_y_matches_matlab_rgb2ycbcr_by_hand():
@@ -134,7 +149,7 @@ def basicsr_reference(pred: np.ndarray, target: np.ndarray, crop: int, y: bool):
     from scipy.signal import correlate2d
 
     def prepare(img):
-        img = img[crop:img.shape[0] - crop, crop:img.shape[1] - crop] if crop else img
+        img = img[crop : img.shape[0] - crop, crop : img.shape[1] - crop] if crop else img
         if y:
             img = (img @ np.array([65.481, 128.553, 24.966]) / 255.0 + 16.0)[..., None]
         return img
@@ -159,8 +174,9 @@ def basicsr_reference(pred: np.ndarray, target: np.ndarray, crop: int, y: bool):
 def test_basicsr_convention(crop, y):
     target = photo("astronaut", 48, 53) * 255
     pred = noisy(target, 6.0).clamp(0, 255).round()
-    ref_psnr, ref_ssim = basicsr_reference(pred.permute(1, 2, 0).numpy(),
-                                           target.permute(1, 2, 0).numpy(), crop, y)
+    ref_psnr, ref_ssim = basicsr_reference(
+        pred.permute(1, 2, 0).numpy(), target.permute(1, 2, 0).numpy(), crop, y
+    )
     kw = {"data_range": 255, "crop_border": crop, "y_channel": y}
     assert metrics.psnr(pred, target, **kw).item() == pytest.approx(ref_psnr, abs=1e-9)
     assert metrics.ssim(pred, target, **WANG, **kw).item() == pytest.approx(ref_ssim, abs=1e-10)
@@ -197,10 +213,18 @@ def test_non_finite_input_gives_non_finite_result(bad):
 
 def test_metrics_py_is_vendorable_alone(tmp_path):
     shutil.copy(ROOT / "metrics.py", tmp_path / "metrics.py")
-    code = ("import torch, metrics; x = torch.rand(2, 3, 16, 16); "
-            "print(metrics.ssim(x, x).tolist(), metrics.psnr(x, x * 0.5).shape)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env={"PYTHONPATH": "", "PATH": ""})
+    code = (
+        "import torch, metrics; x = torch.rand(2, 3, 16, 16); "
+        "print(metrics.ssim(x, x).tolist(), metrics.psnr(x, x * 0.5).shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": "", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1.0, 1.0] torch.Size([2])"
 
@@ -209,38 +233,53 @@ X = torch.rand(1, 3, 16, 16)
 
 
 @pytest.mark.parametrize("fn", [metrics.ssim, metrics.psnr])
-@pytest.mark.parametrize("pred, target, kw, error, match", [
-    ("not a tensor", X, {}, TypeError, "pred must be a torch.Tensor, got str"),
-    (X, X.numpy(), {}, TypeError, "target must be a torch.Tensor, got ndarray"),
-    ((X * 255).to(torch.uint8), X, {}, TypeError, r"floating-point tensor, got torch.uint8.*/ 255"),
-    (X, X > 0.5, {}, TypeError, "target must be a floating-point tensor, got torch.bool"),
-    (X, X.double(), {}, TypeError, "same dtype, got torch.float32 and torch.float64"),
-    (X[0, 0], X[0, 0], {}, ValueError, r"\(C, H, W\) or \(B, C, H, W\), got shape \(16, 16\)"),
-    (X, X[0], {}, ValueError, r"same shape, got \(1, 3, 16, 16\) and \(3, 16, 16\)"),
-    (X, X, {"data_range": 0}, ValueError, "data_range must be a positive number, got 0"),
-    (X, X, {"data_range": -1.0}, ValueError, "data_range must be a positive number, got -1.0"),
-    (X, X, {"crop_border": -1}, ValueError, "crop_border must be a non-negative int, got -1"),
-    (X, X, {"crop_border": 8}, ValueError, "crop_border=8 leaves no pixels of images of size"),
-    (X[:, :2], X[:, :2], {"y_channel": True}, ValueError, "y_channel=True needs 3 .* channels"),
-])
+@pytest.mark.parametrize(
+    "pred, target, kw, error, match",
+    [
+        ("not a tensor", X, {}, TypeError, "pred must be a torch.Tensor, got str"),
+        (X, X.numpy(), {}, TypeError, "target must be a torch.Tensor, got ndarray"),
+        (
+            (X * 255).to(torch.uint8),
+            X,
+            {},
+            TypeError,
+            r"floating-point tensor, got torch.uint8.*/ 255",
+        ),
+        (X, X > 0.5, {}, TypeError, "target must be a floating-point tensor, got torch.bool"),
+        (X, X.double(), {}, TypeError, "same dtype, got torch.float32 and torch.float64"),
+        (X[0, 0], X[0, 0], {}, ValueError, r"\(C, H, W\) or \(B, C, H, W\), got shape \(16, 16\)"),
+        (X, X[0], {}, ValueError, r"same shape, got \(1, 3, 16, 16\) and \(3, 16, 16\)"),
+        (X, X, {"data_range": 0}, ValueError, "data_range must be a positive number, got 0"),
+        (X, X, {"data_range": -1.0}, ValueError, "data_range must be a positive number, got -1.0"),
+        (X, X, {"crop_border": -1}, ValueError, "crop_border must be a non-negative int, got -1"),
+        (X, X, {"crop_border": 8}, ValueError, "crop_border=8 leaves no pixels of images of size"),
+        (X[:, :2], X[:, :2], {"y_channel": True}, ValueError, "y_channel=True needs 3 .* channels"),
+    ],
+)
 def test_bad_input_is_rejected_with_a_clear_message(fn, pred, target, kw, error, match):
     with pytest.raises(error, match=match):
         fn(pred, target, **kw)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"win_size": 4}, "win_size must be an odd int >= 3, got 4"),
-    ({"win_size": 1}, "win_size must be an odd int >= 3, got 1"),
-    ({"win_size": 7.0}, "win_size must be an odd int >= 3, got 7.0"),
-    ({"win_size": 17}, r"images of size 16x16 .* smaller than the 17x17 window"),
-    ({"crop_border": 5}, r"images of size 6x6 \(after crop_border=5\) are smaller than the 7x7"),
-    ({"sigma": -1.5, "gaussian_weights": True}, "sigma must be a positive number, got -1.5"),
-    ({"sigma": 0}, "sigma must be a positive number, got 0"),
-    ({"K1": -0.01}, "K1 must be a non-negative number, got -0.01"),
-    ({"K2": "0.03"}, "K2 must be a non-negative number, got '0.03'"),
-    ({"gaussian_weights": True, "win_size": 7}, "does not match the Gaussian window"),
-    ({"gaussian_weights": True, "sigma": 3.0}, "smaller than the 23x23 window"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"win_size": 4}, "win_size must be an odd int >= 3, got 4"),
+        ({"win_size": 1}, "win_size must be an odd int >= 3, got 1"),
+        ({"win_size": 7.0}, "win_size must be an odd int >= 3, got 7.0"),
+        ({"win_size": 17}, r"images of size 16x16 .* smaller than the 17x17 window"),
+        (
+            {"crop_border": 5},
+            r"images of size 6x6 \(after crop_border=5\) are smaller than the 7x7",
+        ),
+        ({"sigma": -1.5, "gaussian_weights": True}, "sigma must be a positive number, got -1.5"),
+        ({"sigma": 0}, "sigma must be a positive number, got 0"),
+        ({"K1": -0.01}, "K1 must be a non-negative number, got -0.01"),
+        ({"K2": "0.03"}, "K2 must be a non-negative number, got '0.03'"),
+        ({"gaussian_weights": True, "win_size": 7}, "does not match the Gaussian window"),
+        ({"gaussian_weights": True, "sigma": 3.0}, "smaller than the 23x23 window"),
+    ],
+)
 def test_bad_ssim_options_are_rejected(kw, match):
     with pytest.raises(ValueError, match=match):
         metrics.ssim(X, X, **kw)
@@ -271,8 +310,688 @@ def test_cuda_matches_cpu_float64_whatever_tf32(convention):
             np.testing.assert_allclose(got64.cpu().numpy(), ref.numpy(), atol=1e-10)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-    np.testing.assert_allclose(metrics.psnr(pred.cuda(), target.cuda()).cpu().numpy(),
-                               metrics.psnr(pred, target).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        metrics.psnr(pred.cuda(), target.cuda()).cpu().numpy(),
+        metrics.psnr(pred, target).numpy(),
+        atol=1e-9,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# sharpen.py
+# ---------------------------------------------------------------------------------------------
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def randomize(model, std=0.05, seed=0):
+    """Random weights everywhere (the U-Net's last conv starts at zero)."""
+    g = gen(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+# ---------------------------------------------------------------------------------- vendoring
+
+
+def test_imports_only_torch_numpy_pillow_and_stdlib():
+    tree = ast.parse((ROOT / "sharpen.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module.split(".")[0])
+    third_party = names - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"torch", "numpy", "PIL"}
+
+
+def test_vendorable_alone(tmp_path):
+    (tmp_path / "sharpen.py").write_text((ROOT / "sharpen.py").read_text())
+    code = (
+        "import sys, torch, sharpen\n"
+        "m = sharpen.student()\n"
+        "y = m(torch.rand(1, 3, 9, 11))\n"
+        "assert 'kd' not in sys.modules and 'metrics' not in sys.modules\n"
+        "print(sharpen.__file__, tuple(y.shape))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path) in r.stdout and "(1, 3, 9, 11)" in r.stdout
+
+
+# ---------------------------------------------------------------------------------- kernels
+
+
+def test_gaussian_kernel_hand_values():
+    k = sharpen.gaussian_kernel(1.0, truncate=2.0, dtype=torch.float64)
+    w = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+    np.testing.assert_allclose(k.numpy(), w / w.sum(), rtol=0, atol=1e-15)
+    assert sharpen.gaussian_kernel(1.5).shape == (13,)  # radius int(4 * 1.5 + 0.5) = 6
+    assert sharpen.gaussian_kernel(0.1).tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sharpen.gaussian_kernel(2.3)[:, None] * sharpen.gaussian_kernel(2.3)[None],
+        lambda: sharpen.motion_kernel(7.3, 33.0),
+        lambda: sharpen.motion_kernel(0.4, -90.0),
+        lambda: sharpen.random_motion_kernel(5, generator=gen(1)),
+        lambda: sharpen.random_motion_kernel(31, generator=gen(2)),
+        lambda: sharpen.disk_kernel(0.3),
+        lambda: sharpen.disk_kernel(3.7),
+    ],
+)
+def test_kernels_nonnegative_normalized_odd_square(make):
+    k = make()
+    assert k.ndim == 2 and k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    assert k.dtype == torch.float32 and (k >= 0).all()
+    assert math.isclose(k.sum().item(), 1.0, abs_tol=1e-5)
+
+
+def test_motion_kernel_horizontal_line_is_centred():
+    k = sharpen.motion_kernel(4.0, 0.0, dtype=torch.float64)
+    assert k.shape == (7, 7)
+    assert torch.allclose(k[3], k.sum(0)) and (k[3, 1:6] > 0).all()  # only the middle row
+    assert torch.allclose(k, k.flip(1))  # symmetric about the centre
+
+
+def test_disk_kernel_hand_values():
+    k = sharpen.disk_kernel(1.0, dtype=torch.float64)  # weights clamp(1.5 - d, 0, 1)
+    w = np.array([[0.0, 0.5, 0.0], [0.5, 1.0, 0.5], [0.0, 0.5, 0.0]])
+    w[0, 0] = w[0, 2] = w[2, 0] = w[2, 2] = 1.5 - math.sqrt(2)
+    np.testing.assert_allclose(k.numpy(), w / w.sum(), atol=1e-15)
+
+
+def test_random_motion_kernel_deterministic():
+    a = sharpen.random_motion_kernel(15, generator=gen(3))
+    assert torch.equal(a, sharpen.random_motion_kernel(15, generator=gen(3)))
+    assert not torch.equal(a, sharpen.random_motion_kernel(15, generator=gen(4)))
+
+
+def test_kernel_device_and_dtype():
+    k = sharpen.disk_kernel(2.0, device="cpu", dtype=torch.float64)
+    assert k.dtype == torch.float64 and k.device.type == "cpu"
+
+
+# ---------------------------------------------------------------------------------- blurs
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5, 3.0])
+@pytest.mark.parametrize("truncate", [4.0, 2.5])
+def test_gaussian_blur_matches_scipy_mirror(sigma, truncate):
+    x = torch.rand(2, 3, 20, 25, dtype=torch.float64, generator=gen())
+    ref = ndimage.gaussian_filter(x.numpy(), (0, 0, sigma, sigma), mode="mirror", truncate=truncate)
+    out = sharpen.gaussian_blur(x, sigma, truncate=truncate)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 1, 9, 31), (5, 2, 24, 17)])
+def test_gaussian_blur_shape_dtype_single(dtype, shape):
+    x = torch.rand(shape, dtype=dtype, generator=gen())
+    y = sharpen.gaussian_blur(x, 1.5)
+    assert y.shape == x.shape and y.dtype == dtype
+    axes = (0,) * (x.ndim - 2) + (1.5, 1.5)
+    ref = ndimage.gaussian_filter(x.double().numpy(), axes, mode="mirror")
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(y.double().numpy(), ref, rtol=0, atol=tol)
+
+
+def test_gaussian_blur_per_image_sigma_equals_separate_calls():
+    x = torch.rand(3, 3, 24, 20, generator=gen())
+    sig = torch.tensor([0.6, 1.5, 2.7])
+    y = sharpen.gaussian_blur(x, sig)
+    for i in range(3):
+        torch.testing.assert_close(
+            y[i], sharpen.gaussian_blur(x[i], sig[i].item()), rtol=0, atol=1e-6
+        )
+
+
+def test_gaussian_blur_gradcheck():
+    x = torch.rand(1, 2, 6, 7, dtype=torch.float64, generator=gen(), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sharpen.gaussian_blur(t, 0.8), (x,))
+    k = sharpen.disk_kernel(1.2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: sharpen.blur(t, k), (x,))
+
+
+def test_blur_is_true_convolution_like_scipy():
+    x = torch.rand(2, 3, 15, 13, dtype=torch.float64, generator=gen())
+    k = sharpen.random_motion_kernel(7, generator=gen(5), dtype=torch.float64)
+    ref = ndimage.convolve(x.numpy(), k.numpy()[None, None], mode="mirror")
+    np.testing.assert_allclose(sharpen.blur(x, k).numpy(), ref, atol=1e-12)
+
+
+def test_blur_per_image_kernels_equal_separate_calls_and_delta_is_identity():
+    x = torch.rand(3, 3, 16, 18, generator=gen())
+    line = sharpen.motion_kernel(3.0, 45.0)[2:-2, 2:-2]
+    ks = torch.stack([sharpen.disk_kernel(1.0), line, torch.zeros(3, 3)])
+    ks[2, 1, 1] = 1
+    y = sharpen.blur(x, ks)
+    for i in range(3):
+        torch.testing.assert_close(y[i], sharpen.blur(x[i], ks[i]))
+    torch.testing.assert_close(y[2], x[2])
+
+
+def test_resample_blur_shape_and_constant():
+    x = torch.full((2, 3, 31, 40), 0.25)
+    for mode in ("bilinear", "bicubic"):
+        y = sharpen.resample_blur(x, 2.7, mode=mode)
+        assert y.shape == x.shape
+        torch.testing.assert_close(y, x)
+    z = torch.rand(3, 32, 32, generator=gen())
+    assert sharpen.resample_blur(z, 2.0).shape == z.shape
+    assert (sharpen.resample_blur(z, 2.0) - z).abs().mean() > 0.05  # it does blur
+
+
+def test_add_noise_deterministic_unclamped_statistics():
+    x = torch.zeros(4, 3, 64, 64)
+    a = sharpen.add_noise(x, 0.1, generator=gen(7))
+    assert torch.equal(a, sharpen.add_noise(x, 0.1, generator=gen(7)))
+    assert abs(a.std().item() - 0.1) < 0.005 and a.min() < 0  # not clamped
+    assert torch.equal(sharpen.add_noise(x, 0.0, generator=gen()), x)
+
+
+def test_degrade_preset_is_paper_protocol():
+    x = torch.rand(2, 3, 32, 32, generator=gen())
+    assert torch.equal(sharpen.degrade(x), sharpen.gaussian_blur(x, 1.5))
+    noisy = sharpen.degrade(x, noise=0.02, generator=gen(1))
+    expect = sharpen.add_noise(sharpen.gaussian_blur(x, 1.5), 0.02, generator=gen(1))
+    assert torch.equal(noisy, expect)
+
+
+@pytest.mark.parametrize("kind", ["motion", "mixed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_degrade_random_kinds_deterministic(kind, dtype):
+    x = torch.rand(8, 3, 40, 40, generator=gen(), dtype=dtype)
+    a = sharpen.degrade(x, kind=kind, noise=0.01, generator=gen(11))
+    assert a.shape == x.shape and a.dtype == dtype and torch.isfinite(a).all()
+    assert torch.equal(a, sharpen.degrade(x, kind=kind, noise=0.01, generator=gen(11)))
+    assert not torch.equal(a, sharpen.degrade(x, kind=kind, noise=0.01, generator=gen(12)))
+    assert sharpen.degrade(x[0], kind=kind, generator=gen()).shape == x[0].shape
+
+
+# ---------------------------------------------------------------------------------- dead leaves
+
+
+def test_dead_leaves_shape_range_determinism():
+    a = sharpen.dead_leaves(4, 48, generator=gen(0))
+    assert a.shape == (4, 3, 48, 48) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, sharpen.dead_leaves(4, 48, generator=gen(0)))
+    assert not torch.equal(a, sharpen.dead_leaves(4, 48, generator=gen(1)))
+    assert not torch.equal(a[0], a[1])
+    # Many distinct leaves per image, with large uniform areas (occluding disks).
+    colours = a[0].flatten(1).T.unique(dim=0)
+    assert 20 < len(colours) < 48 * 48 / 4
+    assert sharpen.dead_leaves(1, 16, dtype=torch.float64).dtype == torch.float64
+    half = sharpen.dead_leaves(4, 48, contrast=0.5, generator=gen(0))
+    torch.testing.assert_close(half, 0.5 + 0.5 * (a - 0.5))
+
+
+# ---------------------------------------------------------------------------------- models
+
+TINY = dict(width=4, depth=3, blocks=1)
+MODELS = {
+    "unet_tiny": lambda: sharpen.unet(**TINY),
+    "unet_depth1": lambda: sharpen.unet(width=4, depth=1, blocks=0),
+    "teacher": sharpen.teacher,
+    "student": sharpen.student,
+    "paper_teacher": sharpen.paper_teacher,
+    "paper_student": sharpen.paper_student,
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("hw", [(17, 23), (8, 8), (1, 5)])
+def test_model_output_shapes_any_size(name, hw):
+    model = MODELS[name]().eval()
+    with torch.no_grad():
+        y = model(torch.rand(2, 3, *hw, generator=gen()))
+    assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
+
+
+def test_untrained_unet_is_identity():
+    x = torch.rand(1, 3, 13, 10, generator=gen())
+    assert torch.equal(sharpen.unet(**TINY)(x), x)
+
+
+def test_features_of_teacher_and_student_match_in_number_and_size():
+    x = torch.rand(1, 3, 17, 23, generator=gen())
+    t, s = sharpen.teacher(), sharpen.student()
+    with torch.no_grad():
+        yt, ft = t(x, return_features=True)
+        ys, fs = s(x, return_features=True)
+    assert torch.equal(yt, t(x)) and len(ft) == len(fs) == 5
+    sizes = [(17, 23), (9, 12), (5, 6), (9, 12), (17, 23)]
+    assert [tuple(f.shape[-2:]) for f in ft] == [tuple(f.shape[-2:]) for f in fs] == sizes
+    assert [f.shape[1] for f in ft] == [32, 64, 128, 64, 32]
+    assert [f.shape[1] for f in fs] == [16, 32, 64, 32, 16]
+
+
+def test_paper_features():
+    x = torch.rand(1, 3, 17, 23, generator=gen())
+    for make in (sharpen.paper_teacher, sharpen.paper_student):
+        y, f = make()(x, return_features=True)
+        assert [tuple(t.shape[1:]) for t in f] == [(64, 17, 23), (128, 9, 12), (128, 9, 12)]
+        assert y.min() >= 0 and y.max() <= 1  # sigmoid
+
+
+def test_params_and_macs():
+    assert sharpen.count_params(sharpen.teacher()) == 1_094_915
+    assert sharpen.count_params(sharpen.student()) <= 0.25 * sharpen.count_params(sharpen.teacher())
+    assert sharpen.count_params(sharpen.paper_teacher()) == 1_290_883
+    assert sharpen.count_params(sharpen.paper_student()) == 700_547
+    # head conv3x3 3->4 and tail 4->3 at 8x8: 64 * (27 * 4 + 36 * 3)
+    assert sharpen.count_macs(sharpen.unet(width=4, depth=1, blocks=0), 8, 8) == 13824
+    # conv 3->64 (64*27 per px, 4x4) + down 64->128 (128*576, 2x2) + tconv (4 in px * 64*4)
+    # + conv 64->3 (3*576, 4x4)
+    m = sharpen.paper_student(blocks=0)
+    assert (
+        sharpen.count_macs(m, 4, 4)
+        == 16 * 64 * 27 + 4 * 128 * 576 + 4 * 128 * 64 * 4 + 16 * 3 * 576
+    )
+    assert not any(m._forward_hooks for m in m.modules())  # hooks removed
+
+
+@pytest.mark.parametrize("name", ["unet_tiny", "paper_student"])
+def test_save_load_round_trip_bit_identical(tmp_path, name):
+    model = randomize(MODELS[name]())
+    path = tmp_path / "m.pt"
+    sharpen.save_model(path, model)
+    loaded = sharpen.load_model(path)
+    assert not loaded.training and loaded.config == model.config
+    x = torch.rand(1, 3, 19, 21, generator=gen())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left
+
+
+def test_load_model_resolves_preset_overrides(tmp_path):
+    sharpen.save_model(tmp_path / "s.pt", sharpen.student(width=8))
+    m = sharpen.load_model(tmp_path / "s.pt")
+    assert m.config == {
+        "factory": "unet",
+        "kwargs": {**sharpen.student().config["kwargs"], "width": 8},
+    }
+
+
+@pytest.mark.parametrize("name", ["unet_tiny", "paper_student"])
+def test_export_dynamic_height_width(name):
+    from torch.export import Dim
+
+    model = randomize(MODELS[name]()).eval()
+    m = model.multiple
+    dims = {"x": {0: Dim("b", max=8), 2: m * Dim("h", max=256), 3: m * Dim("w", max=256)}}
+    ep = torch.export.export(model, (torch.rand(2, 3, 5 * m, 7 * m),), dynamic_shapes=dims)
+    x = torch.rand(3, 3, 3 * m, 9 * m, generator=gen())
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- sharpen
+
+
+def test_sharpen_tiled_equals_untiled():
+    # depth 2, one block: receptive-field radius 12 px = (32 - 32 // 4) // 2, the unused margin.
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.1)
+    model.train()
+    x = torch.rand(2, 3, 100, 130, generator=gen())
+    with torch.no_grad():
+        ref = model(x).clamp(0, 1)
+    y = sharpen.sharpen(model, x, tile=64, overlap=32)
+    assert model.training  # mode restored
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-4)
+    single = sharpen.sharpen(model, x[1], tile=64, overlap=32)
+    torch.testing.assert_close(single, ref[1], rtol=0, atol=1e-4)
+    torch.testing.assert_close(sharpen.sharpen(model, x, tile=512), ref, rtol=0, atol=0)  # one tile
+
+
+@pytest.mark.parametrize(
+    "length,tile,overlap,align",
+    [(100, 64, 32, 2), (1000, 512, 128, 4), (37, 10, 0, 1), (65, 16, 8, 8), (20, 64, 16, 4)],
+)
+def test_tile_weights_cover_and_sum_to_one(length, tile, overlap, align):
+    total = torch.zeros(length, dtype=torch.float64)
+    for s, e, w in sharpen._tiles(length, tile, overlap, align):
+        assert s % align == 0 and e - s >= min(tile, length) and (w >= 0).all()
+        total[s:e] += w
+    torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64))
+
+
+def test_sharpen_clamps_and_keeps_dtype():
+    model = randomize(sharpen.unet(**TINY), std=0.5)
+    x = torch.rand(3, 20, 20, dtype=torch.float64, generator=gen())
+    y = sharpen.sharpen(model, x, tile=16, overlap=4)
+    assert y.dtype == torch.float64 and y.min() >= 0 and y.max() <= 1
+
+
+# ---------------------------------------------------------------------------------- image files
+
+
+def _img(mode, size=(6, 4)):
+    arr = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "CMYK", "YCbCr"])
+def test_load_image_modes(tmp_path, mode):
+    im = _img(mode)
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "YCbCr") else "x.png")
+    if mode == "YCbCr":
+        path = tmp_path / "x.jpg"
+    im.save(path)
+    x = sharpen.load_image(path)
+    assert x.shape == (3, 4, 6) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    if mode in ("RGB", "L", "P"):
+        ref = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        np.testing.assert_array_equal(x.permute(1, 2, 0).numpy(), ref)
+
+
+def test_load_image_alpha_composited_over_white(tmp_path):
+    arr = np.zeros((2, 3, 4), dtype=np.uint8)
+    arr[0, 0] = [255, 0, 0, 255]  # opaque red
+    arr[0, 1] = [0, 0, 0, 0]  # transparent black -> white
+    arr[0, 2] = [0, 0, 0, 128]  # half-transparent black -> grey
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png")
+    x = sharpen.load_image(tmp_path / "a.png")
+    assert x[:, 0, 0].tolist() == [1.0, 0.0, 0.0] and x[:, 0, 1].tolist() == [1.0, 1.0, 1.0]
+    assert abs(x[0, 0, 2].item() - 127 / 255) < 1.5 / 255
+    Image.fromarray(arr, "RGBA").convert("LA").save(tmp_path / "la.png")
+    assert sharpen.load_image(tmp_path / "la.png")[:, 0, 1].tolist() == [1.0, 1.0, 1.0]
+    p = Image.fromarray(arr[..., :3], "RGB").convert("P")
+    p.info["transparency"] = p.getpixel((1, 0))
+    p.save(tmp_path / "p.png", transparency=p.getpixel((1, 0)))
+    assert sharpen.load_image(tmp_path / "p.png")[:, 0, 1].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_load_image_16_bit(tmp_path, mode):
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16 if mode == "I;16" else np.int32)
+    Image.fromarray(arr).save(tmp_path / "d.png" if mode == "I;16" else tmp_path / "d.tif")
+    x = sharpen.load_image(tmp_path / ("d.png" if mode == "I;16" else "d.tif"))
+    assert x.shape == (3, 1, 3)
+    np.testing.assert_allclose(x[0].numpy(), [[0, 32768 / 65535, 1]], atol=1e-7)
+    assert torch.equal(x[0], x[2])
+
+
+def test_load_image_exif_orientation(tmp_path):
+    arr = np.zeros((4, 6, 3), dtype=np.uint8)
+    arr[0, 0] = 255  # white top-left pixel
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored rotated: display needs 90 degrees clockwise
+    im.save(tmp_path / "e.png", exif=exif)
+    x = sharpen.load_image(tmp_path / "e.png")
+    assert x.shape == (3, 6, 4) and x[:, 0, 3].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 5, 7), (5, 7), (3, 7)])
+def test_save_image_round_trip(tmp_path, shape):
+    x = torch.randint(0, 256, shape, generator=gen()).float() / 255
+    sharpen.save_image(x, tmp_path / "o.png")
+    y = sharpen.load_image(tmp_path / "o.png")
+    torch.testing.assert_close(y, x.expand(3, *shape[-2:]))
+    sharpen.save_image(x, tmp_path / "o.jpg")  # JPEG from the suffix
+    assert Image.open(tmp_path / "o.jpg").format == "JPEG"
+    assert sorted(os.listdir(tmp_path)) == ["o.jpg", "o.png"]
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path):
+    path = tmp_path / "m.pt"
+    sharpen.save_model(path, randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.02))
+    return path
+
+
+def test_cli_subprocess_on_real_image(tmp_path, tiny_model_file):
+    data = pytest.importorskip("skimage.data")
+    Image.fromarray(data.astronaut()[100:140, 180:228]).save(tmp_path / "photo.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    cmd = [sys.executable, str(ROOT / "sharpen.py"), str(tmp_path / "photo.png"),
+           str(tmp_path / "broken.png"), "--weights", str(tiny_model_file),
+           "-o", str(tmp_path / "out"), "--tile", "32", "--overlap", "8"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and "broken.png" in r.stderr
+    out = sharpen.load_image(tmp_path / "out" / "photo_sharp.png")
+    assert out.shape == (3, 40, 48)
+    assert (out - sharpen.load_image(tmp_path / "photo.png")).abs().max() > 0
+
+
+def test_cli_in_process(tmp_path, tiny_model_file, capsys):
+    a = torch.rand(3, 12, 14, generator=gen())
+    sharpen.save_image(a, tmp_path / "a.png")
+    sharpen.save_image(a, tmp_path / "a_sharp.png")  # output of a.png would overwrite this input
+    before = (tmp_path / "a_sharp.png").read_bytes()
+    rc = sharpen.main([str(tmp_path / "a.png"), str(tmp_path / "a_sharp.png"), "--weights",
+                 str(tiny_model_file)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "would overwrite" in err
+    assert (tmp_path / "a_sharp.png").read_bytes() == before
+    assert (tmp_path / "a_sharp_sharp.png").exists()
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "-o",
+                   str(tmp_path / "o")]) == 0  # fmt: skip
+    assert sharpen.load_image(tmp_path / "o" / "a_sharp.png").shape == (3, 12, 14)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-cuda message")
+def test_cli_cuda_unavailable(tmp_path, tiny_model_file, capsys):
+    assert sharpen.main(["x.png", "--weights", str(tiny_model_file), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_numpy_scalars_are_numbers():
+    assert sharpen.gaussian_kernel(np.float32(1.5), truncate=np.float64(2.0)).shape == (7,)
+    assert sharpen.random_motion_kernel(np.int64(7), generator=gen()).shape == (7, 7)
+
+
+def test_cli_without_weights_and_help(tmp_path, capsys):
+    assert sharpen.main([str(tmp_path / "x.png")]) == 2
+    assert "python kd.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sharpen.main(["--help"])
+    assert e.value.code == 0 and "--weights" in capsys.readouterr().out
+    assert sharpen.main(["x.png", "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+X = torch.rand(2, 3, 16, 16, generator=gen())
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: sharpen.gaussian_kernel(0.0), ValueError, "sigma must be finite and > 0, got 0.0"),
+        (lambda: sharpen.gaussian_kernel(-1.0), ValueError, "sigma"),
+        (lambda: sharpen.gaussian_kernel(float("nan")), ValueError, "sigma"),
+        (lambda: sharpen.gaussian_kernel("1"), TypeError, "sigma must be a number"),
+        (lambda: sharpen.gaussian_kernel(True), TypeError, "sigma must be a number"),
+        (lambda: sharpen.gaussian_kernel(1.0, truncate=0), ValueError, "truncate"),
+        (lambda: sharpen.gaussian_blur(X[0, 0], 1.0), ValueError, r"\(B, C, H, W\).*\(16, 16\)"),
+        (lambda: sharpen.gaussian_blur(X.long(), 1.0), TypeError, "floating-point.*int64"),
+        (lambda: sharpen.gaussian_blur(X.numpy(), 1.0), TypeError, "torch.Tensor"),
+        (lambda: sharpen.gaussian_blur(X[:, :, :0], 1.0), ValueError, "empty"),
+        (lambda: sharpen.gaussian_blur(X, -1.5), ValueError, "sigma"),
+        (lambda: sharpen.gaussian_blur(X, torch.ones(3)), ValueError, r"\(B,\) = \(2,\).*\(3,\)"),
+        (
+            lambda: sharpen.gaussian_blur(X, torch.tensor(1.0)),
+            ValueError,
+            r"must be \(B,\).*got \(\)",
+        ),
+        (
+            lambda: sharpen.gaussian_blur(X, torch.tensor([1.0, 0.0])),
+            ValueError,
+            r"> 0.*\[1.0, 0.0\]",
+        ),
+        (lambda: sharpen.gaussian_blur(X, 4.0), ValueError, "radius 16.*H=16, W=16"),
+        (
+            lambda: sharpen.resample_blur(X, 1.0),
+            ValueError,
+            "scale must be finite and > 1, got 1.0",
+        ),
+        (lambda: sharpen.resample_blur(X, 0.0), ValueError, "scale"),
+        (lambda: sharpen.resample_blur(X, 2.0, mode="nearest"), ValueError, "mode"),
+        (lambda: sharpen.resample_blur(X, 40.0), ValueError, "shrinks a 16x16"),
+        (lambda: sharpen.motion_kernel(0.0, 0.0), ValueError, "length"),
+        (lambda: sharpen.motion_kernel(3.0, float("inf")), ValueError, "angle"),
+        (lambda: sharpen.random_motion_kernel(8), ValueError, "size must be odd, got 8"),
+        (lambda: sharpen.random_motion_kernel(3), ValueError, "size must be >= 5, got 3"),
+        (lambda: sharpen.random_motion_kernel(7.0), TypeError, "size must be an int"),
+        (lambda: sharpen.random_motion_kernel(7, generator=0), TypeError, "generator"),
+        (lambda: sharpen.disk_kernel(0.0), ValueError, "radius"),
+        (
+            lambda: sharpen.blur(X, torch.ones(3)),
+            ValueError,
+            r"\(kh, kw\) or \(B, kh, kw\).*\(3,\)",
+        ),
+        (lambda: sharpen.blur(X, torch.ones(1, 1, 3, 3)), ValueError, "kernel must have shape"),
+        (lambda: sharpen.blur(X, torch.ones(3, 3, 3)), ValueError, "B=2"),
+        (lambda: sharpen.blur(X, torch.ones(4, 3)), ValueError, "odd, got 4x3"),
+        (lambda: sharpen.blur(X, torch.ones(33, 33)), ValueError, "too large.*16x16"),
+        (lambda: sharpen.blur(X, torch.ones(3, 3, dtype=torch.int64)), TypeError, "kernel"),
+        (lambda: sharpen.add_noise(X, -0.1), ValueError, "sigma must be finite and >= 0"),
+        (lambda: sharpen.add_noise(X.numpy(), 0.1), TypeError, "img"),
+        (lambda: sharpen.degrade(X, kind="box"), ValueError, "kind must be one of.*'box'"),
+        (lambda: sharpen.degrade(X, sigma=0.0), ValueError, "sigma"),
+        (lambda: sharpen.degrade(X, noise=-1.0), ValueError, "noise"),
+        (lambda: sharpen.degrade(X, kind="mixed", generator="seed"), TypeError, "generator"),
+        (lambda: sharpen.dead_leaves(0, 16), ValueError, "n must be >= 1, got 0"),
+        (lambda: sharpen.dead_leaves(1, 1), ValueError, "size must be >= 2"),
+        (lambda: sharpen.dead_leaves(1, 16, r_min=0.3, r_max=0.2), ValueError, "r_min < r_max"),
+        (
+            lambda: sharpen.dead_leaves(1, 16, contrast=1.5),
+            ValueError,
+            r"contrast must be in \(0, 1\]",
+        ),
+        (lambda: sharpen.unet(width=0), ValueError, "width must be >= 1, got 0"),
+        (lambda: sharpen.unet(depth=1.5), TypeError, "depth must be an int"),
+        (lambda: sharpen.teacher(colour=3), TypeError, "colour"),
+        (lambda: sharpen.count_params("model"), TypeError, "nn.Module"),
+        (lambda: sharpen.count_macs(sharpen.student(), 0, 8), ValueError, "height must be >= 1"),
+        (
+            lambda: sharpen.count_macs("model", 8, 8),
+            TypeError,
+            "model must be an nn.Module, got str",
+        ),
+        (lambda: sharpen.save_model("m.pt", "model"), TypeError, "model must be an nn.Module"),
+        (lambda: sharpen.save_image(torch.full((2, 2), float("nan")), "o.png"), ValueError, "nan"),
+        (lambda: sharpen.count_macs(torch.nn.ReLU(), 8, 8), ValueError, "no Conv2d"),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X, tile=32, overlap=32),
+            ValueError,
+            "overlap must be <=",
+        ),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X, tile=32, overlap=17),
+            ValueError,
+            "tile=32, overlap=17",
+        ),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X, tile=16, overlap=-1),
+            ValueError,
+            "overlap must be >=",
+        ),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X, tile=3, overlap=0),
+            ValueError,
+            "model.multiple = 4",
+        ),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X, tile=64.0),
+            TypeError,
+            "tile must be an int",
+        ),
+        (lambda: sharpen.sharpen(sharpen.student(), X[0, 0]), ValueError, r"got \(16, 16\)"),
+        (lambda: sharpen.sharpen(lambda x: x, X), TypeError, "model must be an nn.Module"),
+        (
+            lambda: sharpen.sharpen(sharpen.student(), X[:, :2]),
+            ValueError,
+            "2 channels but the model takes 3",
+        ),
+        (lambda: sharpen.save_model("m.pt", torch.nn.Conv2d(1, 1, 1)), ValueError, "model.config"),
+        (lambda: sharpen.save_image(X, "o.png"), ValueError, r"\(3, H, W\).*\(2, 3, 16, 16\)"),
+        (lambda: sharpen.save_image(torch.full((2, 2), 1.01), "o.png"), ValueError, "max 1.01"),
+        (
+            lambda: sharpen.save_image(torch.full((3, 2, 2), -0.5), "o.png"),
+            ValueError,
+            "got min -0.5,",
+        ),
+        (lambda: sharpen.save_image(X[0], "o.xyz"), ValueError, "unknown image suffix '.xyz'"),
+        (lambda: sharpen.save_image(X[0].long(), "o.png"), TypeError, "floating-point"),
+    ],
+)
+def test_bad_inputs_raise(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_bad_files_raise_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        sharpen.load_image(tmp_path / "nope.png")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ValueError, match="junk.png: not a readable image"):
+        sharpen.load_image(tmp_path / "junk.png")
+    Image.new("F", (2, 2)).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match="f.tif: unsupported image mode 'F'"):
+        sharpen.load_image(tmp_path / "f.tif")
+    Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)).save(tmp_path / "i.tif")
+    with pytest.raises(ValueError, match=r"i.tif: mode I values outside \[0, 65535\]"):
+        sharpen.load_image(tmp_path / "i.tif")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        sharpen.load_model(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="junk.png: not a readable model file"):
+        sharpen.load_model(tmp_path / "junk.png")
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a sharpen model file"):
+        sharpen.load_model(tmp_path / "other.pt")
+    torch.save({"factory": "os.system", "kwargs": {}, "state_dict": {}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt: unknown factory 'os.system'"):
+        sharpen.load_model(tmp_path / "evil.pt")
+    good = sharpen.unet(**TINY)
+    torch.save({"factory": "unet", "kwargs": {"width": 8}, "state_dict": good.state_dict()},
+               tmp_path / "mismatch.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="mismatch.pt: cannot rebuild unet"):
+        sharpen.load_model(tmp_path / "mismatch.pt")
+    torch.save({"factory": "unet", "kwargs": {"wide": 8}, "state_dict": {}}, tmp_path / "kw.pt")
+    with pytest.raises(ValueError, match="kw.pt: cannot rebuild"):
+        sharpen.load_model(tmp_path / "kw.pt")
+
+
+# ---------------------------------------------------------------------------------- cuda
+
+
+@cuda
+def test_cuda_matches_cpu():
+    x = torch.rand(2, 3, 24, 24, generator=gen())
+    torch.testing.assert_close(
+        sharpen.gaussian_blur(x.cuda(), 1.5).cpu(), sharpen.gaussian_blur(x, 1.5)
+    )
+    sig = torch.tensor([0.8, 2.0])
+    torch.testing.assert_close(
+        sharpen.gaussian_blur(x.cuda(), sig.cuda()).cpu(), sharpen.gaussian_blur(x, sig)
+    )
+    a = sharpen.degrade(x.cuda(), kind="mixed", noise=0.01, generator=gen(3))
+    assert a.device.type == "cuda"
+    torch.testing.assert_close(
+        a.cpu(), sharpen.degrade(x, kind="mixed", noise=0.01, generator=gen(3))
+    )
+    assert sharpen.dead_leaves(2, 32, generator=gen(), device="cuda").device.type == "cuda"
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.1).cuda()
+    y = sharpen.sharpen(model, x, tile=16, overlap=8)
+    assert y.device.type == "cpu" and y.shape == x.shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,16 +1083,27 @@ def test_distill_step_loss_is_the_weighted_sum_and_precomputed_teacher_output_is
         student = tiny(4, seed=2)
         opt = torch.optim.SGD(student.parameters(), lr=0.1)
         t_out = teacher(blurred).detach() if precomputed else None
-        results.append((kd.distill_step(student, teacher, opt, blurred, sharp, alpha=0.3,
-                                        teacher_output=t_out), weights_of(student)))
+        results.append(
+            (
+                kd.distill_step(
+                    student, teacher, opt, blurred, sharp, alpha=0.3, teacher_output=t_out
+                ),
+                weights_of(student),
+            )
+        )
     (a, wa), (b, wb) = results
     assert a == b and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["loss"] == pytest.approx(0.3 * a["kd"] + 0.7 * a["gt"], rel=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda: (trained_teacher(), tiny(4, 2)),
-                                  lambda: (sharpen.paper_teacher(), sharpen.paper_student())],
-                         ids=["unet", "paper"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (trained_teacher(), tiny(4, 2)),
+        lambda: (sharpen.paper_teacher(), sharpen.paper_student()),
+    ],
+    ids=["unet", "paper"],
+)
 def test_feature_distillation_trains_the_adapters(make):
     teacher, student = make()
     adapters = kd.feature_adapters(student, teacher)
@@ -382,11 +1112,13 @@ def test_feature_distillation_trains_the_adapters(make):
     opt = torch.optim.Adam([*student.parameters(), *adapters.parameters()], lr=1e-3)
     before = weights_of(adapters)
     blurred, sharp = pair_batch()
-    out = kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=0.1,
-                          adapters=adapters)
+    out = kd.distill_step(
+        student, teacher, opt, blurred, sharp, feature_weight=0.1, adapters=adapters
+    )
     assert out["feat"] > 0
-    assert out["loss"] == pytest.approx(0.5 * out["kd"] + 0.5 * out["gt"] + 0.1 * out["feat"],
-                                        rel=1e-6)
+    assert out["loss"] == pytest.approx(
+        0.5 * out["kd"] + 0.5 * out["gt"] + 0.1 * out["feat"], rel=1e-6
+    )
     assert any(not torch.equal(v, before[k]) for k, v in adapters.state_dict().items())
 
 
@@ -452,8 +1184,9 @@ def test_gopro_and_folder_pairs(tmp_path):
     make_gopro(tmp_path / "GoPro_Large")
     root = tmp_path / "GoPro_Large"
     pairs = kd.gopro_pairs(root, split="train")
-    assert len(pairs) == 4 and all(b.parent.name == "blur" and s.parent.name == "sharp"
-                                   and b.name == s.name for b, s in pairs)
+    assert len(pairs) == 4 and all(
+        b.parent.name == "blur" and s.parent.name == "sharp" and b.name == s.name for b, s in pairs
+    )
     assert len(kd.gopro_pairs(root)) == 6
     assert kd.gopro_pairs(root, split="test", blur="blur_gamma")[0][0].parent.name == "blur_gamma"
     assert len(kd.image_files(root / "test")) == 6
@@ -464,9 +1197,13 @@ def test_gopro_and_folder_pairs(tmp_path):
     with pytest.raises(FileNotFoundError, match="GoPro root .*nowhere.* does not exist"):
         kd.gopro_pairs(tmp_path / "nowhere")
     (root / "test" / "GOPR0003" / "sharp" / "000002.png").rename(
-        root / "test" / "GOPR0003" / "sharp" / "000009.png")
-    with pytest.raises(ValueError, match=r"2 images of .* have no partner, for example "
-                                         r"\['000002', '000009'\]"):
+        root / "test" / "GOPR0003" / "sharp" / "000009.png"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"2 images of .* have no partner, for example "
+        r"\['000002', '000009'\]",
+    ):
         kd.gopro_pairs(root, split="test")
     with pytest.raises(FileNotFoundError, match="image folder .*missing.* does not exist"):
         kd.folder_pairs(tmp_path / "missing", root / "test")
@@ -480,22 +1217,30 @@ def test_gopro_and_folder_pairs(tmp_path):
 
 def test_batches_from_a_tensor_are_deterministic_and_degraded():
     images = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(0))
-    draw = lambda seed: next(kd.batches(images, size=24, batch_size=3,  # noqa: E731
-                                        generator=torch.Generator().manual_seed(seed)))
+
+    def draw(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return next(kd.batches(images, size=24, batch_size=3, generator=gen))
+
     (b1, s1), (b2, s2), (b3, _) = draw(7), draw(7), draw(8)
     assert b1.shape == s1.shape == (3, 3, 24, 24) and b1.dtype == torch.float32
     assert torch.equal(b1, b2) and torch.equal(s1, s2) and not torch.equal(b1, b3)
     torch.testing.assert_close(b1, sharpen.degrade(s1))
-    assert any(torch.equal(s1[0], images[i, :, t:t + 24, x:x + 24].flip(f))
-                         for i in range(6) for t in range(17) for x in range(17)
-                         for f in ([], [-1], [-2], [-2, -1]))
+    assert any(
+        torch.equal(s1[0], images[i, :, t : t + 24, x : x + 24].flip(f))
+        for i in range(6)
+        for t in range(17)
+        for x in range(17)
+        for f in ([], [-1], [-2], [-2, -1])
+    )
 
 
 def test_batches_stream_files_and_crop_pairs_identically(tmp_path):
     files = [write_png(tmp_path / f"{i}.png", torch.rand(3, 20 + i, 30)) for i in range(3)]
     pairs = [(f, f) for f in files]
-    blurred, sharp = next(kd.batches(pairs, size=16, batch_size=4,
-                                     generator=torch.Generator().manual_seed(0)))
+    blurred, sharp = next(
+        kd.batches(pairs, size=16, batch_size=4, generator=torch.Generator().manual_seed(0))
+    )
     assert torch.equal(blurred, sharp) and sharp.shape == (4, 3, 16, 16)
     blurred, sharp = next(kd.batches(files, size=16, batch_size=2))
     torch.testing.assert_close(blurred, sharpen.degrade(sharp))
@@ -583,8 +1328,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         setup = torch.load(Path(folder) / "setup.pt", weights_only=False)
         student, teacher = tiny(4, 2), tiny(8, 1)
@@ -604,8 +1348,15 @@ def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_pa
 
     student, teacher = tiny(4, 2), trained_teacher()
     blurred, sharp = pair_batch(4)
-    torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
-                "blurred": blurred, "sharp": sharp}, tmp_path / "setup.pt")
+    torch.save(
+        {
+            "student": student.state_dict(),
+            "teacher": teacher.state_dict(),
+            "blurred": blurred,
+            "sharp": sharp,
+        },
+        tmp_path / "setup.pt",
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -622,8 +1373,20 @@ def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_pa
 # kd.main: the end-to-end run, and the README's training script
 # ---------------------------------------------------------------------------------------------
 
-TINY_RUN = ["--steps", "2", "--student-steps", "3", "--size", "16", "--batch-size", "2",
-            "--train-images", "4", "--eval-size", "32"]
+TINY_RUN = [
+    "--steps",
+    "2",
+    "--student-steps",
+    "3",
+    "--size",
+    "16",
+    "--batch-size",
+    "2",
+    "--train-images",
+    "4",
+    "--eval-size",
+    "32",
+]
 
 
 def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, capsys):
@@ -631,13 +1394,32 @@ def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, 
     out = capsys.readouterr().out
     assert "[teacher] step 2/2" in out and "[distil, seed 0] step 3/3" in out
     files = {p.name for p in (tmp_path / "a").iterdir()}
-    assert files == {"teacher.pt", "student.pt", "student_nokd.pt", "student_nokd_time.pt",
-                     "report.json", "report.md", "comparison.png"}
+    assert files == {
+        "teacher.pt",
+        "student.pt",
+        "student_nokd.pt",
+        "student_nokd_time.pt",
+        "report.json",
+        "report.md",
+        "comparison.png",
+    }
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     protocol = report["protocol"]
-    for key in ("blur", "sigma", "image_size", "metric", "teacher_steps", "student_steps",
-                "time_matched_steps", "batch_size", "seeds", "device", "torch", "data",
-                "wall_seconds"):
+    for key in (
+        "blur",
+        "sigma",
+        "image_size",
+        "metric",
+        "teacher_steps",
+        "student_steps",
+        "time_matched_steps",
+        "batch_size",
+        "seeds",
+        "device",
+        "torch",
+        "data",
+        "wall_seconds",
+    ):
         assert key in protocol, key
     names = ["input", "teacher", "student", "student_nokd", "student_nokd_time"]
     assert [r["name"] for r in report["rows"]] == names * 2
@@ -663,10 +1445,12 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
     assert kd.main([*TINY_RUN, "--data", str(tmp_path / "no_gopro")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: GoPro root") and "no_gopro" in err and "Traceback" not in err
-    for bad, match in ((["--steps", "0"], "--steps must be >= 1, got 0"),
-                       (["--sigma", "-1"], "--sigma must be > 0"),
-                       (["--real-blur"], "--real-blur needs --data ROOT"),
-                       (["--blur", "box"], "invalid choice: 'box'")):
+    for bad, match in (
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--sigma", "-1"], "--sigma must be > 0"),
+        (["--real-blur"], "--real-blur needs --data ROOT"),
+        (["--blur", "box"], "invalid choice: 'box'"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             kd.main(bad)
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
@@ -686,7 +1470,7 @@ def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
 def readme_script() -> str:
     text = (ROOT / "README.md").read_text()
     start = text.index("```python\n", text.index("## The method in one script")) + 10
-    return text[start:text.index("```\n", start)]
+    return text[start : text.index("```\n", start)]
 
 
 def test_readme_training_script_runs_as_written(tmp_path):
@@ -696,7 +1480,13 @@ def test_readme_training_script_runs_as_written(tmp_path):
     assert settings in code
     code = code.replace(settings, "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 2, 2, 2, 16\n")
     (tmp_path / "script.py").write_text(code)
-    out = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     assert "student:" in out.stdout and (tmp_path / "student.pt").is_file()
