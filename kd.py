@@ -211,6 +211,7 @@ def distill_step(
     *,
     alpha: float = 0.5,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = l1_ssim_loss,
+    kd_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss,
     feature_weight: float = 0.0,
     adapters: nn.ModuleList | None = None,
     teacher_output: torch.Tensor | None = None,
@@ -220,7 +221,8 @@ def distill_step(
     """One distillation step of the student towards the teacher and the sharp target.
 
     ``loss = alpha * kd + (1 - alpha) * gt + feature_weight * feat`` with
-    ``kd = MSE(student(blurred), teacher(blurred))``, ``gt = loss_fn(student(blurred), sharp)``
+    ``kd = kd_loss_fn(student(blurred), teacher(blurred))`` (MSE, as in the paper),
+    ``gt = loss_fn(student(blurred), sharp)``
     and ``feat`` the mean over levels of ``MSE(adapter(student feature), teacher feature)``.
     The teacher runs in eval mode under ``no_grad`` and is left exactly as it was (weights,
     buffers and train/eval mode).
@@ -233,6 +235,9 @@ def distill_step(
         sharp: target batch, same shape.
         alpha: weight of the teacher term, in [0, 1]; 0 is plain training, 1 pure imitation.
         loss_fn: the ground-truth loss, ``(pred, target) -> 0-dim tensor``.
+        kd_loss_fn: the teacher loss. The paper's MSE is tiny next to L1 + SSIM (its gradient
+            scales with the student-teacher gap), so it steers little; ``kd_loss_fn=loss_fn``
+            weighs both targets alike.
         feature_weight: weight of the feature (hint) term, >= 0; needs ``adapters``.
         adapters: from :func:`feature_adapters`, when ``feature_weight > 0``.
         teacher_output: the teacher's output for ``blurred``, if already computed (for example
@@ -282,7 +287,7 @@ def distill_step(
         raise ValueError(f"teacher output {tuple(teacher_output.shape)} and student output "
                          f"{tuple(out.shape)} differ in shape")
     out = out.float()
-    kd = F.mse_loss(out, teacher_output.float())
+    kd = kd_loss_fn(out, teacher_output.float())
     gt = loss_fn(out, sharp)
     feat = out.new_zeros(())
     if features:
