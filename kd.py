@@ -994,11 +994,11 @@ def _figure(path: Path, models: dict[str, nn.Module], pairs: list, count: int = 
                 f"{name} {metrics.psnr(img, sharp).item():.2f} dB / "
                 f"{metrics.ssim(img.clamp(0, 1), sharp).item():.3f}")
             draw.text((c * size + 3, top + 1), text, fill="black")
-    sharpen._atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+    sharpen.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
 
 
 def _write_text(path: Path, text: str) -> None:
-    sharpen._atomic_write(path, lambda f: f.write(text.encode()))
+    sharpen.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main(argv: list[str] | None = None) -> int:
