@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -583,22 +582,6 @@ def evaluate(
     return {**{k: v / count for k, v in sums.items()}, "images": count}
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: a
-    crash leaves either the old file or the new one, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, **state: object) -> None:
     """Save a training state atomically: ``save_checkpoint(path, step=s, student=model,
     optimizer=opt, generator=g, ...)``.
@@ -626,7 +609,9 @@ def save_checkpoint(path: str | os.PathLike, **state: object) -> None:
     if bad:
         raise ValueError(f"refusing to write {str(path)!r}: non-finite values in {bad[:3]}; "
                          "any checkpoint already there is kept")
-    _atomic_save(payload, Path(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sharpen.atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -662,6 +647,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
 # ---------------------------------------------------------------------------------------------
 
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
+KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": l1_ssim_loss}
+LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled colour photos
 
 
@@ -688,6 +675,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term")
+    p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="mse",
+                   help="teacher term: the paper's MSE, or L1 + SSIM like the sharp term")
     p.add_argument("--feature-weight", type=float, default=0.0,
                    help="weight of the feature (hint) distillation term")
     p.add_argument("--seeds", type=int, default=1,
@@ -746,11 +735,11 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
         return train, {"gopro_test": pairs}, (f"GoPro sharp frames ({args.data}) resized to "
                                               f"{size}x{size}")
     size = args.eval_size
-    train = sharpen.dead_leaves(args.train_images, 128, generator=generator)
-    held_out = sharpen.dead_leaves(16, size, generator=generator)
+    train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
+    held_out = sharpen.dead_leaves(16, size, generator=generator, **LEAVES)
     sets = {"dead_leaves": list(zip(degrade(held_out, generator=generator), held_out))}
-    desc = (f"dead leaves: {args.train_images} training images of 128x128, 16 held-out images "
-            f"of {size}x{size}")
+    desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "
+            f"{args.train_images} training images of 128x128, 16 held-out of {size}x{size}")
     try:
         from skimage import data as skdata
     except ImportError:
@@ -847,11 +836,10 @@ def _cycle(pool: list, seed: int) -> Iterator:
 
 
 def _fit(model: nn.Module, steps: int, stage: str, args: argparse.Namespace, data: Iterator,
-         step: Callable) -> float:
-    """``steps`` calls of ``step(model, optimizer, batch)`` under Adam with cosine decay;
-    returns the wall time in seconds."""
-    params = [*model.parameters(), *getattr(step, "extra_params", [])]
-    opt, schedule = _adam(params, steps)
+         step: Callable, extra: nn.Module | None = None) -> float:
+    """``steps`` calls of ``step(model, optimizer, batch)`` under Adam with cosine decay, also
+    training ``extra``'s parameters; returns the wall time in seconds."""
+    opt, schedule = _adam([*model.parameters(), *(extra.parameters() if extra else [])], steps)
     progress = _Progress(stage, steps, args.batch_size)
     _sync(args.device)
     start = time.perf_counter()
@@ -877,25 +865,21 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
             pool.append((blurred, sharp, teacher(blurred).float()))
     pool_seconds = time.perf_counter() - start
 
-    adapters = None
-    if args.feature_weight > 0:
-        probe = _new_model(make_student, seed, args.device)
-        adapters = feature_adapters(probe, teacher)
+    models = {name: _new_model(make_student, seed, args.device)
+              for name in ("student", "student_nokd", "student_nokd_time")}
+    adapters = feature_adapters(models["student"], teacher) if args.feature_weight else None
 
     def distil(model, opt, batch):
         blurred, sharp, t_out = batch
         return distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=True,
-                            teacher_output=t_out, feature_weight=args.feature_weight,
-                            adapters=adapters)
+                            kd_loss_fn=KD_LOSSES[args.kd_loss], teacher_output=t_out,
+                            feature_weight=args.feature_weight, adapters=adapters)
 
     def plain(model, opt, batch):
         return train_step(model, opt, batch[0], batch[1], amp=True)
 
-    distil.extra_params = list(adapters.parameters()) if adapters is not None else []
-    models = {name: _new_model(make_student, seed, args.device)
-              for name in ("student", "student_nokd", "student_nokd_time")}
     seconds = {"student": pool_seconds + _fit(models["student"], n, f"distil, seed {seed}", args,
-                                              _cycle(pool, seed), distil)}
+                                              _cycle(pool, seed), distil, extra=adapters)}
     seconds["student_nokd"] = _fit(models["student_nokd"], n, f"no teacher, seed {seed}", args,
                                    _cycle(pool, seed), plain)
     time_steps = max(1, round(n * seconds["student"] / seconds["student_nokd"]))
@@ -1051,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch, "teacher_steps": args.steps, "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
-        "batch_size": args.batch_size, "alpha": args.alpha,
+        "batch_size": args.batch_size, "alpha": args.alpha, "kd_loss": args.kd_loss,
         "feature_weight": args.feature_weight, "seeds": seeds, "device": str(args.device),
         "precision": "bf16 autocast, channels_last (training); fp32 (evaluation, timing)",
         "torch": torch.__version__,
@@ -1064,7 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher {args.steps} steps, "
         f"students {args.student_steps} steps (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
-        f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha}, "
+        f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
+        f"({args.kd_loss} teacher term), "
         f"{len(seeds)} seed(s), {args.device}, torch {torch.__version__}, "
         f"{protocol['wall_seconds']:.0f} s; {protocol['metric']}.")
     _write_text(args.out / "report.json", json.dumps({"protocol": protocol, "rows": rows},

@@ -5,6 +5,7 @@ gradients, hand-computed values for kernels."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -535,6 +536,22 @@ def test_dead_leaves_shape_range_determinism():
     assert sharpen.dead_leaves(1, 16, dtype=torch.float64).dtype == torch.float64
     half = sharpen.dead_leaves(4, 48, contrast=0.5, generator=gen(0))
     torch.testing.assert_close(half, 0.5 + 0.5 * (a - 0.5))
+
+
+def test_dead_leaves_supersampling_and_texture():
+    hard = sharpen.dead_leaves(2, 24, supersample=2, generator=gen(0))
+    big = sharpen.dead_leaves(2, 48, generator=gen(0))  # the same draws, rendered at 2x
+    torch.testing.assert_close(hard, torch.nn.functional.avg_pool2d(big, 2))
+    textured = sharpen.dead_leaves(8, 32, supersample=2, texture=0.5, generator=gen(0))
+    plain = sharpen.dead_leaves(8, 32, supersample=2, generator=gen(0))
+    assert textured.min() >= 0 and textured.max() <= 1 and not torch.equal(textured, plain)
+    assert torch.equal(
+        textured, sharpen.dead_leaves(8, 32, supersample=2, texture=0.5, generator=gen(0))
+    )
+    with pytest.raises(ValueError, match="texture"):
+        sharpen.dead_leaves(1, 16, texture=-0.1)
+    with pytest.raises(ValueError, match="supersample must be >= 1, got 0"):
+        sharpen.dead_leaves(1, 16, supersample=0)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -1490,3 +1507,28 @@ def test_readme_training_script_runs_as_written(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "student:" in out.stdout and (tmp_path / "student.pt").is_file()
+
+
+@cuda
+def test_kd_steps_batches_and_evaluate_on_cuda():
+    teacher, student = trained_teacher().cuda(), tiny(4, 2).cuda()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mixed = functools.partial(sharpen.degrade, kind="mixed", noise=0.01)
+
+    def draw():
+        gen = torch.Generator().manual_seed(0)
+        return next(
+            kd.batches(images, size=16, batch_size=2, generator=gen, degrade=mixed, device="cuda")
+        )
+
+    (b1, s1), (b2, s2) = draw(), draw()
+    assert b1.device.type == "cuda" and torch.equal(b1, b2) and torch.equal(s1, s2)
+    for out in (
+        kd.distill_step(student, teacher, opt, b1, s1, amp=True),
+        kd.train_step(student, opt, b1, s1, amp=True),
+    ):
+        assert all(np.isfinite(v) for v in out.values())
+    result = kd.evaluate(student, [(b1[0], s1[0])])
+    cpu = kd.evaluate(student.cpu(), [(b1[0].cpu(), s1[0].cpu())])
+    assert result["psnr"] == pytest.approx(cpu["psnr"], abs=1e-3)
