@@ -660,8 +660,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "arguments: dead-leaves training images, Gaussian blur sigma 1.5, a few minutes on a "
         "CPU.",
     )
-    p.add_argument("--steps", type=int, default=300, help="teacher training steps")
-    p.add_argument("--student-steps", type=int, default=600,
+    p.add_argument("--steps", type=int, default=1200, help="teacher training steps")
+    p.add_argument("--student-steps", type=int, default=1200,
                    help="steps of the distilled student and of its equal-steps twin")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
     p.add_argument("--eval-size", type=int, default=256,
@@ -674,9 +674,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how training and evaluation images are blurred")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher term")
-    p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="mse",
-                   help="teacher term: the paper's MSE, or L1 + SSIM like the sharp term")
+    p.add_argument("--alpha", type=float, default=0.9,
+                   help="weight of the teacher term (the paper: 0.5)")
+    p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="l1_ssim",
+                   help="teacher term: L1 + SSIM like the sharp term, or the paper's MSE")
     p.add_argument("--feature-weight", type=float, default=0.0,
                    help="weight of the feature (hint) distillation term")
     p.add_argument("--seeds", type=int, default=1,
@@ -696,8 +697,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "student_steps", "batch_size", "seeds", "eval_images", "train_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 16 <= args.size <= min(args.eval_size, 128):
-        p.error(f"--size must be between 16 and min(--eval-size, 128), got {args.size}")
+    largest = 128 if args.data is None else args.eval_size  # the training images' size
+    if not 16 <= args.size <= largest:
+        p.error(f"--size must be between 16 and {largest} (the training images' size), "
+                f"got {args.size}")
     if not args.sigma > 0:
         p.error(f"--sigma must be > 0, got {args.sigma}")
     if not 0 <= args.alpha <= 1:
