@@ -647,6 +647,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
 # ---------------------------------------------------------------------------------------------
 
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
+CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": l1_ssim_loss}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled colour photos
@@ -660,8 +661,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "arguments: dead-leaves training images, Gaussian blur sigma 1.5, a few minutes on a "
         "CPU.",
     )
-    p.add_argument("--steps", type=int, default=1200, help="teacher training steps")
-    p.add_argument("--student-steps", type=int, default=1200,
+    p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
+    p.add_argument("--student-steps", type=int, default=1000,
                    help="steps of the distilled student and of its equal-steps twin")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
     p.add_argument("--eval-size", type=int, default=256,
@@ -876,10 +877,11 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
         blurred, sharp, t_out = batch
         return distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=True,
                             kd_loss_fn=KD_LOSSES[args.kd_loss], teacher_output=t_out,
-                            feature_weight=args.feature_weight, adapters=adapters)
+                            feature_weight=args.feature_weight, adapters=adapters,
+                            clip_grad_norm=CLIP)
 
     def plain(model, opt, batch):
-        return train_step(model, opt, batch[0], batch[1], amp=True)
+        return train_step(model, opt, batch[0], batch[1], amp=True, clip_grad_norm=CLIP)
 
     seconds = {"student": pool_seconds + _fit(models["student"], n, f"distil, seed {seed}", args,
                                               _cycle(pool, seed), distil, extra=adapters)}
@@ -1007,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = _new_model(make_teacher, args.seed, args.device)
     teacher_seconds = _fit(teacher, args.steps, "teacher", args,
                            _train_stream(args, train, degrade, args.seed),
-                           lambda m, o, b: train_step(m, o, *b, amp=True))
+                           lambda m, o, b: train_step(m, o, *b, amp=True, clip_grad_norm=CLIP))
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
 
@@ -1041,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "alpha": args.alpha, "kd_loss": args.kd_loss,
         "feature_weight": args.feature_weight, "seeds": seeds, "device": str(args.device),
         "precision": "bf16 autocast, channels_last (training); fp32 (evaluation, timing)",
+        "grad_clip": CLIP,
         "torch": torch.__version__,
         "stage_seconds": {"teacher": round(teacher_seconds, 1),
                           **{k: round(sum(r["seconds"][k] for r in runs) / len(runs), 1)

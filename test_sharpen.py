@@ -1493,7 +1493,7 @@ def readme_script() -> str:
 def test_readme_training_script_runs_as_written(tmp_path):
     code = readme_script()
     assert len(code.splitlines()) <= 60
-    settings = "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 300, 600, 16, 64\n"
+    settings = "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 1000, 1000, 16, 64\n"
     assert settings in code
     code = code.replace(settings, "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 2, 2, 2, 16\n")
     (tmp_path / "script.py").write_text(code)
