@@ -39,11 +39,11 @@ def steps_per_second(step, warmup: int = 2) -> float:
 def setup(make, channels_last: bool):
     torch.manual_seed(0)
     model = make()
-    images = torch.rand(2, BATCH, 3, SIZE, SIZE)
+    x, y = torch.rand(BATCH, 3, SIZE, SIZE), torch.rand(BATCH, 3, SIZE, SIZE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    return model, torch.optim.Adam(model.parameters(), lr=1e-4), images[0], images[1]
+        x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4), x, y
 
 
 def main() -> None:
