@@ -895,15 +895,13 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
             "pool_batches": pool_size, "pool_seconds": pool_seconds}
 
 
-def _row(name: str, model: nn.Module | None, ms: float, results: list[dict], set_name: str,
-         n_sets: int, size: int, prefix: str = "") -> dict:
-    """One row of the report: mean (and spread, over seeds) of a model's metrics on one set."""
+def _row(name: str, cost: dict, results: list[dict], set_name: str, n_sets: int,
+         prefix: str = "") -> dict:
+    """One row of the report: a model's cost, and the mean (and spread, over seeds) of its
+    metrics on one evaluation set."""
     psnr = torch.tensor([r[prefix + "psnr"] for r in results], dtype=torch.float64)
     ssim = torch.tensor([r[prefix + "ssim"] for r in results], dtype=torch.float64)
-    row = {"name": name,
-           "params": sharpen.count_params(model) if model is not None else 0,
-           "macs": sharpen.count_macs(model, size, size) if model is not None else 0,
-           "ms_per_image": ms, "psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
+    row = {"name": name, **cost, "psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
     if len(results) > 1:
         row |= {"psnr_std": psnr.std().item(), "ssim_std": ssim.std().item(),
                 "psnr_per_seed": psnr.tolist(), "ssim_per_seed": ssim.tolist()}
@@ -1014,19 +1012,23 @@ def main(argv: list[str] | None = None) -> int:
     runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
 
     models = {"teacher": teacher, **runs[0]["models"]}
-    ms = {"input": 0.0, "teacher": _ms_per_image(teacher, args.eval_size, args.device)}
-    ms |= dict.fromkeys(runs[0]["models"], _ms_per_image(runs[0]["models"]["student"],
-                                                         args.eval_size, args.device))
+    size = args.eval_size
+    cost = {"input": {"params": 0, "macs": 0, "ms_per_image": 0.0}}
+    for name in ("teacher", "student"):  # the three students share one architecture
+        cost[name] = {"params": sharpen.count_params(models[name]),
+                      "macs": sharpen.count_macs(models[name], size, size),
+                      "ms_per_image": _ms_per_image(models[name], size, args.device)}
+    cost |= dict.fromkeys(("student_nokd", "student_nokd_time"), cost["student"])
     rows = []
     for set_name, pairs in eval_sets.items():
         print(f"evaluating on {set_name} ({len(pairs)} images)", flush=True)
         teacher_result = evaluate(teacher, pairs)
-        common = {"set_name": set_name, "n_sets": len(eval_sets), "size": args.eval_size}
-        rows.append(_row("input", None, 0.0, [teacher_result], prefix="input_", **common))
-        rows.append(_row("teacher", teacher, ms["teacher"], [teacher_result], **common))
+        common = {"set_name": set_name, "n_sets": len(eval_sets)}
+        rows.append(_row("input", cost["input"], [teacher_result], prefix="input_", **common))
+        rows.append(_row("teacher", cost["teacher"], [teacher_result], **common))
         for name in runs[0]["models"]:
             results = [evaluate(run["models"][name], pairs) for run in runs]
-            rows.append(_row(name, runs[0]["models"][name], ms[name], results, **common))
+            rows.append(_row(name, cost[name], results, **common))
 
     for name, model in models.items():
         sharpen.save_model(args.out / f"{name}.pt", model)
