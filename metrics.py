@@ -35,7 +35,7 @@ _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
 
 # On the CPU, planes are filtered a few at a time so that their moment maps stay in cache.
-_CPU_CHUNK_ELEMENTS = 2**18
+_CPU_CHUNK_ELEMENTS = 2**19
 
 
 def _check_images(pred: object, target: object) -> None:
@@ -207,19 +207,24 @@ def _ssim_planes(
     a = (xp + yp).sub_(2 * shift)
     b = xp - yp
     maps = torch.stack([a, b, a * a, b * b], dim=-1).view(1, H, W, 4 * P).permute(0, 3, 1, 2)
-    # Unnormalised weights (exact ones for the box), normalised once at the end: a float32
-    # window whose weights do not sum exactly to 1 would bias every variance.
-    weights = weights.to(x.dtype)
-    moments = _correlate_valid(maps, weights).div_(weights.double().sum().item() ** 2)
-    mean_a, mean_b, sq_a, sq_b = moments[0].permute(1, 2, 0).unflatten(-1, (P, 4)).unbind(-1)
-    mu_a = mean_a + 2 * shift
-    mu_a2, mu_b2 = mu_a * mu_a, mean_b * mean_b
-    var_a = torch.addcmul(sq_a, mean_a, mean_a, value=-1)
-    var_b = sq_b - mu_b2
-    luminance = (mu_a2 - mu_b2).add_(2 * C1) / (mu_a2 + mu_b2).add_(2 * C1)
-    structure = (var_a - var_b).mul_(cov_norm).add_(2 * C2) / (
-        (var_a + var_b).mul_(cov_norm).add_(2 * C2))
-    return (luminance * structure).mean(dim=(0, 1))
+    # Window sums with unnormalised weights (exact ones for the box). The formula below is
+    # scaled so that it needs no division by the weights' total N: a float32 window whose
+    # weights do not sum exactly to 1 would bias every variance.
+    N = weights.sum().item() ** 2
+    sums = _correlate_valid(maps, weights.to(x.dtype))
+    A, B, SA, SB = sums[0].permute(1, 2, 0).unflatten(-1, (P, 4)).unbind(-1)
+    # N^2 (mu_a^2 -+ mu_b^2 + 2 C1), with mu_a = A / N + 2 shift.
+    mu_a = A + (2 * N) * shift
+    lum = torch.addcmul(x.new_tensor(2 * C1 * N * N), mu_a, mu_a)
+    mu_b2 = B * B
+    lum_num, lum_den = lum - mu_b2, lum.add_(mu_b2)
+    # N^2 (cov_norm (var_a -+ var_b) + 2 C2) / N, with N var_a = SA - A^2 / N.
+    var_a = torch.addcmul(SA, A, A, value=-1 / N)
+    var_b = torch.addcmul(SB, B, B, value=-1 / N)
+    c2 = x.new_tensor(2 * C2 * N)
+    cs_num = torch.add(c2, var_a - var_b, alpha=cov_norm)
+    cs_den = torch.add(c2, var_a.add_(var_b), alpha=cov_norm)
+    return lum_num.mul_(cs_num).div_(lum_den.mul_(cs_den)).mean(dim=(0, 1))
 
 
 def ssim(
