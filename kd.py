@@ -89,9 +89,9 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
 
 def _check_pair(blurred: object, sharp: object) -> None:
     for name, t in (("blurred", blurred), ("sharp", sharp)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 4:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {got}")
+        sharpen._check_tensor(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (B, C, H, W), got {tuple(t.shape)}")
     if blurred.shape != sharp.shape:
         raise ValueError(f"blurred and sharp must have the same shape, got "
                          f"{tuple(blurred.shape)} and {tuple(sharp.shape)}")
@@ -148,7 +148,8 @@ def train_step(
         ``{"loss": float, "grad_norm": float}`` (the norm before clipping).
 
     Raises:
-        ValueError: bad or mismatched batches.
+        TypeError: a batch is not a floating-point tensor.
+        ValueError: a batch is not ``(B, C, H, W)``, or the two shapes differ.
         FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
 
     Example:
@@ -248,7 +249,8 @@ def distill_step(
         ``{"loss", "kd", "gt", "feat", "grad_norm"}`` as floats.
 
     Raises:
-        ValueError: bad batches, ``alpha`` outside [0, 1], negative ``feature_weight``,
+        TypeError: a batch is not a floating-point tensor.
+        ValueError: bad batch shapes, ``alpha`` outside [0, 1], negative ``feature_weight``,
             ``feature_weight > 0`` without matching adapters, or teacher and student outputs of
             different shapes.
         FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
@@ -451,17 +453,16 @@ def batches(
         ``(blurred, sharp)``, each ``(batch_size, 3, size, size)`` float32 on ``device``.
 
     Raises:
-        ValueError: an empty source, bad ``size``/``batch_size``, or an image smaller than
+        ValueError: an empty source, ``size`` or ``batch_size`` below 1, or an image smaller than
             ``size`` (raised when that image is drawn).
-        TypeError: a source of another kind.
+        TypeError: a source of another kind, a non-float tensor, or a non-int size.
     """
-    for name, value in (("size", size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    sharpen._check_int("size", size, low=1)
+    sharpen._check_int("batch_size", batch_size, low=1)
     if isinstance(source, torch.Tensor):
-        if source.dim() != 4 or not source.is_floating_point():
-            raise ValueError(f"a tensor source must be float (N, C, H, W), got "
-                             f"{source.dtype} {tuple(source.shape)}")
+        sharpen._check_tensor("source", source)
+        if source.dim() != 4:
+            raise ValueError(f"a tensor source must be (N, C, H, W), got {tuple(source.shape)}")
         paired = False
     elif isinstance(source, (list, tuple)):
         paired = bool(source) and isinstance(source[0], (list, tuple))
@@ -511,9 +512,7 @@ class PairDataset(torch.utils.data.Dataset):
                  size: int = 256) -> None:
         if not pairs:
             raise ValueError("pairs is empty")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        self.pairs, self.size = list(pairs), size
+        self.pairs, self.size = list(pairs), sharpen._check_int("size", size, low=1)
 
     def __len__(self) -> int:
         return len(self.pairs)

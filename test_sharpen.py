@@ -1167,8 +1167,12 @@ def test_step_input_validation():
     blurred, sharp = pair_batch()
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3, 16, 16\) and \(2, 3, 8, 8\)"):
         kd.train_step(student, opt, blurred, sharp[..., :8, :8])
-    with pytest.raises(ValueError, match=r"blurred must be a float tensor \(B, C, H, W\), got"):
+    with pytest.raises(ValueError, match=r"blurred must be \(B, C, H, W\), got \(3, 16, 16\)"):
         kd.distill_step(student, teacher, opt, blurred[0], sharp[0])
+    with pytest.raises(TypeError, match="sharp must be a floating-point torch.Tensor, got dtype"):
+        kd.train_step(student, opt, blurred, (sharp * 255).to(torch.uint8))
+    with pytest.raises(TypeError, match="blurred must be a floating-point torch.Tensor, got list"):
+        kd.train_step(student, opt, [blurred], sharp)
     with pytest.raises(ValueError, match="alpha must be in"):
         kd.distill_step(student, teacher, opt, blurred, sharp, alpha=1.5)
     with pytest.raises(ValueError, match="feature_weight must be >= 0"):
@@ -1268,10 +1272,18 @@ def test_batches_stream_files_and_crop_pairs_identically(tmp_path):
         next(kd.batches([tmp_path / "broken.png"], size=8, batch_size=1))
     with pytest.raises(ValueError, match="source holds no images"):
         next(kd.batches([], size=8, batch_size=1))
-    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         next(kd.batches(files, size=8, batch_size=0))
     with pytest.raises(TypeError, match="source must be a tensor or a list"):
         next(kd.batches("folder", size=8, batch_size=1))
+    with pytest.raises(TypeError, match="size must be an int, got float 8.0"):
+        next(kd.batches(files, size=8.0, batch_size=1))
+    with pytest.raises(TypeError, match="source must be a floating-point torch.Tensor, got dtype"):
+        next(kd.batches(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), size=8, batch_size=1))
+    with pytest.raises(ValueError, match=r"tensor source must be \(N, C, H, W\), got \(3, 8, 8\)"):
+        next(kd.batches(torch.zeros(3, 8, 8), size=8, batch_size=1))
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):
+        kd.PairDataset(pairs, size=0)
     loader = torch.utils.data.DataLoader(kd.PairDataset(pairs, size=16), batch_size=3)
     blurred, sharp = next(iter(loader))
     assert blurred.shape == (3, 3, 16, 16) and torch.equal(blurred, sharp)
