@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -39,9 +40,7 @@ import sharpen
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-# ---------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------
+# -- Losses ----------------------------------------------------------------------------------------
 
 
 def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.5
@@ -82,9 +81,7 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
     return torch.sqrt((pred - target).square() + eps * eps).mean()
 
 
-# ---------------------------------------------------------------------------------------------
-# One optimisation step
-# ---------------------------------------------------------------------------------------------
+# -- One optimisation step -------------------------------------------------------------------------
 
 
 def _check_pair(blurred: object, sharp: object) -> None:
@@ -115,7 +112,7 @@ def _finish_step(
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     max_norm = float("inf") if clip_grad_norm is None else clip_grad_norm
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
-    if not torch.isfinite(torch.tensor(grad_norm)):
+    if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient norm {grad_norm}, the optimizer did not "
                                  f"step (loss={float(loss):.6g})")
@@ -304,9 +301,7 @@ def distill_step(
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
+# -- Data ------------------------------------------------------------------------------------------
 
 
 def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
@@ -523,9 +518,7 @@ class PairDataset(torch.utils.data.Dataset):
         return blurred.contiguous(), sharp.contiguous()
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation and checkpoints
-# ---------------------------------------------------------------------------------------------
+# -- Evaluation and checkpoints --------------------------------------------------------------------
 
 
 def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
@@ -641,9 +634,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# The main job: the paper's Table 1, with an honest distillation ablation
-# ---------------------------------------------------------------------------------------------
+# -- The main job: the paper's Table 1, with an honest distillation ablation -----------------------
 
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
@@ -759,21 +750,18 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
 class _Progress:
     """Prints a line every few seconds: stage, step/total, loss, images per second, time left."""
 
-    def __init__(self, stage: str, total: int | None, batch: int, seconds: float | None = None):
-        self.stage, self.total, self.batch, self.seconds = stage, total, batch, seconds
+    def __init__(self, stage: str, total: int, batch: int):
+        self.stage, self.total, self.batch = stage, total, batch
         self.start = self.last = time.perf_counter()
 
     def __call__(self, step: int, loss: float) -> None:
         now = time.perf_counter()
-        done = step == self.total
-        if now - self.last < 3 and not done:
+        if now - self.last < 3 and step != self.total:
             return
         self.last, elapsed = now, now - self.start
-        left = (self.seconds - elapsed if self.seconds is not None
-                else elapsed / step * (self.total - step))
-        total = f"/{self.total}" if self.total else ""
-        print(f"[{self.stage}] step {step}{total}  loss {loss:.4f}  "
-              f"{step * self.batch / elapsed:.0f} img/s  {max(left, 0):.0f} s left", flush=True)
+        left = elapsed / step * (self.total - step)
+        print(f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  "
+              f"{step * self.batch / elapsed:.0f} img/s  {left:.0f} s left", flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -815,12 +803,8 @@ def _train_stream(args: argparse.Namespace, train, degrade: Callable, seed: int)
     """Endless training batches on the run's device, drawn from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     if not args.real_blur:
-        return batches(train, size=args.size, batch_size=args.batch_size, generator=generator,
-                       degrade=degrade, device=args.device)
-    return _loader_stream(args, train, generator)
-
-
-def _loader_stream(args: argparse.Namespace, train, generator: torch.Generator) -> Iterator:
+        yield from batches(train, size=args.size, batch_size=args.batch_size, generator=generator,
+                           degrade=degrade, device=args.device)
     loader = torch.utils.data.DataLoader(PairDataset(train, size=args.size), shuffle=True,
                                          batch_size=args.batch_size, drop_last=True,
                                          num_workers=min(4, os.cpu_count() or 1),
