@@ -35,7 +35,7 @@ _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
 
 # On the CPU, planes are filtered a few at a time so that their moment maps stay in cache.
-_CPU_CHUNK_ELEMENTS = 2**19
+_CPU_CHUNK_ELEMENTS = 2**18
 
 
 def _check_images(pred: object, target: object) -> None:
