@@ -450,7 +450,7 @@ def batches(
     Raises:
         ValueError: an empty source, ``size`` or ``batch_size`` below 1, or an image smaller than
             ``size`` (raised when that image is drawn).
-        TypeError: a source of another kind, a non-float tensor, or a non-int size.
+        TypeError: a source of another kind, a non-float tensor, or a non-int size or batch_size.
     """
     sharpen._check_int("size", size, low=1)
     sharpen._check_int("batch_size", batch_size, low=1)
