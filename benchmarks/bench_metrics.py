@@ -21,6 +21,8 @@ from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import wall_times  # noqa: E402
+
 import metrics  # noqa: E402
 
 WANG = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
@@ -28,13 +30,7 @@ WANG = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 
 def best_of(fn, repeats: int = 5) -> float:
     """Smallest wall time of ``repeats`` calls, in seconds (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(wall_times(fn, repeats=repeats))
 
 
 def photo_batch(n: int, size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,18 +26,14 @@ from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from timing import wall_times  # noqa: E402
+
 import sharpen  # noqa: E402
 
 
 def best_ms(fn, repeats):
     """Best wall time of ``fn()`` over ``repeats`` runs (after one warm-up), in ms."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * min(times)
+    return 1e3 * min(wall_times(fn, repeats=repeats))
 
 
 def bench_blur(repeats):

@@ -12,12 +12,13 @@ with the teacher run at every step, and with its outputs precomputed (``teacher_
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import wall_times  # noqa: E402
+
 import kd  # noqa: E402
 import sharpen  # noqa: E402
 
@@ -26,14 +27,8 @@ BATCH, SIZE, STEPS = 8, 128, 8
 
 def steps_per_second(step, warmup: int = 2) -> float:
     """Median rate of ``step()`` calls, per second, after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(STEPS):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1 / sorted(times)[len(times) // 2]
+    times = sorted(wall_times(step, repeats=STEPS, warmup=warmup))
+    return 1 / times[len(times) // 2]
 
 
 def setup(make, channels_last: bool):
