@@ -25,6 +25,9 @@ This file imports torch only; copy it into a project on its own if that is all y
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -48,9 +51,10 @@ def _check_images(pred: object, target: object) -> None:
                 f"{name} must be a floating-point tensor, got {img.dtype}; convert it first, "
                 "for example img.float() / 255 for 8-bit images (then data_range=1.0)"
             )
-        if img.dim() not in (3, 4):
+        if img.dim() not in (3, 4) or img.numel() == 0:
             raise ValueError(
-                f"{name} must be (C, H, W) or (B, C, H, W), got shape {tuple(img.shape)}"
+                f"{name} must be a non-empty (C, H, W) or (B, C, H, W), got shape "
+                f"{tuple(img.shape)}"
             )
     if pred.shape != target.shape:
         raise ValueError(
@@ -65,9 +69,27 @@ def _check_images(pred: object, target: object) -> None:
                          f"{target.device}")
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+def _check_number(name: str, value: object, *, low: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a float; raise unless it is a finite real > ``low`` (>= if not ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {low:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: object, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
 
 
 def _prepare(
@@ -76,9 +98,9 @@ def _prepare(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared steps of psnr and ssim: validate, crop the border, convert to Y if asked."""
     _check_images(pred, target)
-    _check_positive("data_range", data_range)
-    if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
-        raise ValueError(f"crop_border must be a non-negative int, got {crop_border!r}")
+    _check_number("data_range", data_range)
+    crop_border = _check_int("crop_border", crop_border, low=0)
+    _check_bool("y_channel", y_channel)
     H, W = pred.shape[-2:]
     if 2 * crop_border >= min(H, W):
         raise ValueError(
@@ -111,8 +133,9 @@ def rgb_to_y(img: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
         The luma, ``(1, H, W)`` or ``(B, 1, H, W)``, same dtype and device as ``img``.
 
     Raises:
-        TypeError: ``img`` is not a floating-point tensor.
-        ValueError: ``img`` is not 3-D or 4-D with 3 channels, or ``data_range <= 0``.
+        TypeError: ``img`` is not a floating-point tensor, or ``data_range`` not a number.
+        ValueError: ``img`` is not 3-D or 4-D with 3 channels, or ``data_range`` is not finite
+            and > 0.
 
     Example:
         >>> rgb_to_y(torch.ones(2, 3, 4, 4)).shape
@@ -123,7 +146,7 @@ def rgb_to_y(img: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
         raise TypeError(f"img must be a floating-point tensor, got {got}")
     if img.dim() not in (3, 4) or img.shape[-3] != 3:
         raise ValueError(f"img must be (3, H, W) or (B, 3, H, W), got shape {tuple(img.shape)}")
-    _check_positive("data_range", data_range)
+    _check_number("data_range", data_range)
     r, g, b = img.unbind(-3)
     y = (_Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b) / 255.0
     return (y + _Y_OFFSET / 255.0 * data_range).unsqueeze(-3)
@@ -147,12 +170,15 @@ def psnr(
         y_channel: measure the BT.601 luma of RGB images instead of the three channels.
 
     Returns:
-        float64 tensor of shape ``(B,)`` for a batch, or 0-dim for a single image.
+        float64 tensor of shape ``(B,)`` for a batch, or 0-dim for a single image. The values
+        are not checked against ``[0, data_range]`` (the caller's duty, as in scikit-image).
 
     Raises:
-        TypeError: an input is not a floating-point tensor, or the dtypes differ.
-        ValueError: bad shapes, ``data_range <= 0``, ``crop_border`` too large or negative,
-            or ``y_channel=True`` with other than 3 channels.
+        TypeError: an input is not a floating-point tensor, the dtypes differ, or an option is
+            of the wrong type.
+        ValueError: bad or empty shapes, a non-finite or non-positive ``data_range``,
+            ``crop_border`` too large or negative, or ``y_channel=True`` with other than 3
+            channels.
 
     Example:
         >>> x = torch.rand(4, 3, 16, 16)
@@ -160,11 +186,14 @@ def psnr(
         torch.Size([4])
     """
     pred, target = _prepare(pred, target, data_range, crop_border, y_channel)
-    # Differences in the input's precision, as scikit-image; squares summed in float64.
+    # Differences in the input's precision, as scikit-image; squares summed in float64, and
+    # divided by data_range before squaring so that no data_range overflows.
     n = pred.shape[-3:].numel()
     err = (pred - target).flatten(start_dim=-3)
-    mse = torch.linalg.vector_norm(err, dim=-1, dtype=torch.float64).square() / n
-    return 10 * torch.log10(data_range**2 / mse)
+    if err.dtype == torch.float64 and data_range != 1:  # float64 squares overflow beyond 1e154
+        err, data_range = err / data_range, 1.0
+    norm = torch.linalg.vector_norm(err, dim=-1, dtype=torch.float64) / data_range
+    return -10 * torch.log10(norm.square() / n)
 
 
 def _correlate_valid(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -191,9 +220,12 @@ def _correlate_valid(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def _ssim_planes(
     x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, cov_norm: float, C1: float,
-    C2: float,
+    C2: float, scale: float,
 ) -> torch.Tensor:
     """Mean SSIM of each plane of ``x`` and ``y``, both ``(P, H, W)``; returns ``(P,)``.
+
+    The maps are multiplied by ``scale = 1 / data_range`` (SSIM does not change when images and
+    data_range scale together), so that no data_range overflows the dtype.
 
     Four maps are filtered instead of five: with ``a = x + y`` and ``b = x - y``,
     ``4 mu_x mu_y = mu_a^2 - mu_b^2`` and ``4 cov_xy = var_a - var_b``, while the sums
@@ -206,12 +238,15 @@ def _ssim_planes(
     xp, yp = x.permute(1, 2, 0), y.permute(1, 2, 0)
     a = (xp + yp).sub_(2 * shift)
     b = xp - yp
+    if scale != 1:
+        a, b, shift = a.mul_(scale), b.mul_(scale), shift * scale
     maps = torch.stack([a, b, a * a, b * b], dim=-1).view(1, H, W, 4 * P).permute(0, 3, 1, 2)
     # Window sums with unnormalised weights (exact ones for the box). The formula below is
     # scaled so that it needs no division by the weights' total N: a float32 window whose
     # weights do not sum exactly to 1 would bias every variance.
     N = weights.sum().item() ** 2
-    sums = _correlate_valid(maps, weights.to(x.dtype))
+    with torch.autocast(maps.device.type, enabled=False):  # CPU autocast would use bf16
+        sums = _correlate_valid(maps, weights.to(x.dtype))
     A, B, SA, SB = sums[0].permute(1, 2, 0).unflatten(-1, (P, 4)).unbind(-1)
     # N^2 (mu_a^2 -+ mu_b^2 + 2 C1), with mu_a = A / N + 2 shift.
     mu_a = A + (2 * N) * shift
@@ -264,25 +299,28 @@ def ssim(
         y_channel: measure the BT.601 luma of RGB images instead of the three channels.
 
     Returns:
-        Tensor of shape ``(B,)`` for a batch, or 0-dim for a single image, in the input's dtype
-        and on its device. Non-finite input gives a non-finite result.
+        Tensor of shape ``(B,)`` for a batch, or 0-dim for a single image, on the input's device,
+        in its dtype (float32 for half-precision inputs). The values are not checked against
+        ``[0, data_range]``, as in scikit-image: that is the caller's duty. Non-finite input
+        gives a non-finite result.
 
     Raises:
-        TypeError: an input is not a floating-point tensor, or the dtypes differ.
-        ValueError: bad shapes, images smaller than the window, an even or too small
-            ``win_size``, ``data_range <= 0``, ``sigma <= 0``, negative ``K1``/``K2``,
-            ``crop_border`` too large or negative, or ``y_channel=True`` with other than
-            3 channels.
+        TypeError: an input is not a floating-point tensor, the dtypes differ, or an option is
+            of the wrong type (a bool where a number is expected, a float ``win_size``...).
+        ValueError: bad or empty shapes, images smaller than the window, an even or too small
+            ``win_size``, a non-finite or non-positive ``data_range`` or ``sigma``, a negative
+            or non-finite ``K1``/``K2``, ``crop_border`` too large or negative, or
+            ``y_channel=True`` with other than 3 channels.
 
     Example:
         >>> x = torch.rand(2, 3, 32, 32)
         >>> ssim(x, x)
         tensor([1., 1.])
     """
-    _check_positive("sigma", sigma)
-    for name, value in (("K1", K1), ("K2", K2)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    sigma = _check_number("sigma", sigma)
+    K1, K2 = _check_number("K1", K1, strict=False), _check_number("K2", K2, strict=False)
+    _check_bool("gaussian_weights", gaussian_weights)
+    _check_bool("use_sample_covariance", use_sample_covariance)
     if gaussian_weights:
         radius = int(3.5 * sigma + 0.5)  # scipy.ndimage's extent for truncate=3.5
         if win_size is not None and win_size != 2 * radius + 1:
@@ -293,9 +331,8 @@ def ssim(
         win_size = 2 * radius + 1
     elif win_size is None:
         win_size = 7
-    if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 3 \
-            or win_size % 2 == 0:
-        raise ValueError(f"win_size must be an odd int >= 3, got {win_size!r}")
+    if _check_int("win_size", win_size, low=3) % 2 == 0:
+        raise ValueError(f"win_size must be odd, got {win_size!r}")
     pred, target = _prepare(pred, target, data_range, crop_border, y_channel)
     H, W = pred.shape[-2:]
     if min(H, W) < win_size:
@@ -304,6 +341,7 @@ def ssim(
             f"{win_size}x{win_size} window; pass a smaller odd win_size"
         )
 
+    # Half-precision inputs are measured in float32: their steps of 0.004 would show in SSIM.
     dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
     if gaussian_weights:
         offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -312,7 +350,7 @@ def ssim(
         weights = torch.ones(win_size, dtype=torch.float64)
     n = win_size * win_size
     cov_norm = n / (n - 1) if use_sample_covariance else 1.0
-    C1, C2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    C1, C2 = K1**2, K2**2  # the maps are divided by data_range
 
     planes_x = pred.reshape(-1, H, W).to(dtype)
     planes_y = target.reshape(-1, H, W).to(dtype)
@@ -320,8 +358,9 @@ def ssim(
     if pred.device.type == "cpu":
         chunk = max(1, _CPU_CHUNK_ELEMENTS // (H * W))
     per_plane = torch.cat([
-        _ssim_planes(planes_x[i : i + chunk], planes_y[i : i + chunk], weights, cov_norm, C1, C2)
+        _ssim_planes(planes_x[i : i + chunk], planes_y[i : i + chunk], weights, cov_norm, C1, C2,
+                     1 / data_range)
         for i in range(0, planes_x.shape[0], chunk)
     ])
-    return per_plane.view(pred.shape[:-2]).mean(dim=-1).to(pred.dtype)
+    return per_plane.view(pred.shape[:-2]).mean(dim=-1)
 

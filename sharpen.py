@@ -35,6 +35,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
+__all__ = [
+    "gaussian_kernel", "gaussian_blur", "resample_blur", "motion_kernel", "random_motion_kernel",
+    "disk_kernel", "blur", "add_noise", "degrade", "dead_leaves", "UNet", "PaperNet", "unet",
+    "teacher", "student", "paper_teacher", "paper_student", "fast_bf16", "count_params",
+    "count_macs",
+    "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
+]
+
 Device = torch.device | str | None
 Generator = torch.Generator | None
 _CHUNK_ELEMENTS = 1 << 20  # filter about this many values at a time, so they stay in cache
@@ -100,6 +108,12 @@ def _gaussians(sigma: Tensor, truncate: float) -> Tensor:
     return k / k.sum(1, keepdim=True)
 
 
+def _no_autocast(x: Tensor) -> torch.autocast:
+    """Autocast off on ``x``'s device, so that filters keep the input's precision inside a
+    caller's autocast region (CPU autocast would run conv2d in bf16)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _filter(x: Tensor, kernels: list[Tensor]) -> Tensor:
     """Correlate each image of ``x`` with each kernel ``(1 or B, kh, kw)`` in turn, reflect border;
     channels fold into one grouped convolution, run over chunks of ~``_CHUNK_ELEMENTS`` values."""
@@ -113,7 +127,8 @@ def _filter(x: Tensor, kernels: list[Tensor]) -> Tensor:
             kh, kw = k.shape[-2:]
             k = k.expand(n, kh, kw) if k.shape[0] == 1 else k[i : i + n]
             y = F.pad(y, (kw // 2, kw // 2, kh // 2, kh // 2), mode="reflect")
-            y = F.conv2d(y, k.repeat_interleave(C, dim=0).unsqueeze(1), groups=n * C)
+            with _no_autocast(y):
+                y = F.conv2d(y, k.repeat_interleave(C, dim=0).unsqueeze(1), groups=n * C)
         out[i : i + n] = y.view(n, C, H, W)
     return out
 
@@ -192,10 +207,8 @@ def gaussian_blur(img: Tensor, sigma: float | Tensor, *, truncate: float = 4.0) 
     """Separable Gaussian blur with a reflect border; one sigma, or one per image.
 
     Equals ``scipy.ndimage.gaussian_filter(x, (0, sigma, sigma), mode='mirror')`` per channel;
-    differentiable. Pillow's ``GaussianBlur(radius=sigma)`` (the source paper's blur: box blurs on 8
-    bits) differs from it by 50.3 dB PSNR on ``skimage.data.astronaut()`` at 256x256, sigma 1.5
-    (49.9 dB with ours rounded to 8 bits; ``chelsea()``: 54.7 dB; Pillow 13, torch 2.13), far above
-    the 24-31 dB between blurred and sharp photos: either reproduces the paper's degradation.
+    differentiable. Pillow's ``GaussianBlur(radius=sigma)``, the source paper's blur, approximates
+    it with box blurs on 8 bits; the README measures how close the two are.
 
     Args:
         img: ``(B, C, H, W)`` or ``(C, H, W)``.
@@ -249,8 +262,9 @@ def resample_blur(img: Tensor, scale: float, *, mode: str = "bilinear") -> Tenso
     h, w = round(H / scale), round(W / scale)
     if h < 1 or w < 1:
         raise ValueError(f"scale={scale} shrinks a {H}x{W} image to nothing ({h}x{w})")
-    small = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
-    out = F.interpolate(small, size=(H, W), mode=mode, align_corners=False)
+    with _no_autocast(x):
+        small = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
+        out = F.interpolate(small, size=(H, W), mode=mode, align_corners=False)
     return out[0] if single else out
 
 
@@ -430,10 +444,9 @@ def dead_leaves(n: int, size: int, *, r_min: float = 0.01, r_max: float = 0.3,
 
     Radii have density ~ ``r^-3`` (scale-invariant, as in ISO 19567-2), centres are uniform on a
     torus, colours ``0.5 + contrast * (U[0, 1]^3 - 0.5)``; disks cover each pixel six times on
-    average. The defaults give the classic chart: flat disks with hard edges, on which a sigma-1.5
-    blur leaves 15-19 dB PSNR at 64-128 px (photos at 256 px: 24-31 dB). Networks trained on it
-    transfer better to photographs with anti-aliased edges and shading (``supersample=2,
-    texture=0.5`` in ``python kd.py``: see the README).
+    average. The defaults give the classic chart: flat disks with hard edges. Networks trained on
+    it transfer better to photographs with anti-aliased edges and shading (``supersample=2,
+    texture=0.5`` in ``python train.py``: see the README).
 
     Args:
         n: Number of images, >= 1.
@@ -612,14 +625,23 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
 
 
 def teacher(**overrides: int) -> UNet:
-    """Teacher preset ``unet(width=32, depth=3, blocks=2)``: 1.09 M params, 13.1 GMAC at 256²."""
+    """Teacher preset ``unet(width=32, depth=3, blocks=2)``.
+
+    Example:
+        >>> count_params(teacher()), count_macs(teacher(), 256, 256)
+        (1094915, 13065256960)
+    """
     return unet(**{"width": 32, "depth": 3, "blocks": 2, **overrides})
 
 
 def student(**overrides: int) -> UNet:
-    """Student preset ``unet(width=16, depth=3, blocks=1)``: 0.15 M params, 1.8 GMAC at 256².
+    """Student preset ``unet(width=16, depth=3, blocks=1)``.
 
     Its levels line up with the teacher's, so ``kd.feature_adapters`` can pair their features.
+
+    Example:
+        >>> count_params(student()), count_macs(student(), 256, 256)
+        (154435, 1784676352)
     """
     return unet(**{"width": 16, "depth": 3, "blocks": 1, **overrides})
 
@@ -631,7 +653,7 @@ def _paper(factory: str, blocks: int) -> PaperNet:
 
 
 def paper_teacher(*, blocks: int = 4) -> PaperNet:
-    """The source paper's teacher (``PaperNet``, 4 residual blocks): 1.29 M parameters.
+    """The source paper's teacher (``PaperNet``, 4 residual blocks).
 
     ``model(x, return_features=True)`` returns ``(out, [f1, f2, f3])``: the first conv's output
     (64, H x W), the stride-2 conv's and the residual blocks' (128, ceil(H/2) x ceil(W/2)).
@@ -640,11 +662,27 @@ def paper_teacher(*, blocks: int = 4) -> PaperNet:
 
 
 def paper_student(*, blocks: int = 2) -> PaperNet:
-    """The source paper's student: ``paper_teacher`` with 2 residual blocks, 0.70 M parameters."""
+    """The source paper's student: ``paper_teacher`` with 2 residual blocks."""
     return _paper("paper_student", blocks)
 
 
 _FACTORIES = {f.__name__: f for f in (unet, teacher, student, paper_teacher, paper_student)}
+
+
+def fast_bf16(device: Device = None) -> bool:
+    """Whether bf16 autocast speeds convolutions up on ``device`` (CPU when None).
+
+    True on CUDA GPUs that support bf16, and on CPUs where oneDNN computes bf16 natively
+    (AVX-512 or AMX); on other CPUs (AVX2) bf16 is emulated and many times slower than float32.
+    """
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return device.type == "cpu" and check is not None and bool(check())
+    except RuntimeError:
+        return False
 
 
 def count_params(model: nn.Module) -> int:
@@ -706,10 +744,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> No
 def save_model(path: str | os.PathLike, model: nn.Module) -> None:
     """Atomically save ``{"factory", "kwargs", "state_dict"}`` (weights on CPU) for ``load_model``.
 
+    A model inside ``DistributedDataParallel`` or ``torch.compile`` is saved as the plain model.
+
     Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
         ValueError: If ``model`` has no ``config`` from one of this module's factories.
     """
     _check_module(model)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+        model = model._orig_mod
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or config.get("factory") not in _FACTORIES:
         raise ValueError(f"model must be built by one of {sorted(_FACTORIES)} (they set "
@@ -904,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
     parser = argparse.ArgumentParser(
-        prog="sharpen.py", epilog="No model yet? `python kd.py` writes runs/demo/student.pt.",
+        prog="sharpen.py", epilog="No model yet? `python train.py` writes runs/demo/student.pt.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
         "OUT_DIR/<stem>_sharp.png; inputs are never overwritten. Any size runs in overlapping "
         "tiles, so memory stays bounded.")
@@ -917,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.weights is None:
-            raise ValueError("no model given (--weights). Train one with `python kd.py`, which "
+            raise ValueError("no model given (--weights). Train one with `python train.py`, which "
                              "writes runs/demo/student.pt, then: python sharpen.py INPUT... "
                              "--weights runs/demo/student.pt")
         if args.device == "cuda" and not torch.cuda.is_available():

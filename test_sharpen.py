@@ -27,6 +27,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 import kd
 import metrics
 import sharpen
+import train
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parent
@@ -191,6 +192,33 @@ def test_ssim_gradcheck_float64(convention):
     assert torch.autograd.gradcheck(lambda p: metrics.ssim(p, target, **convention), (pred,))
 
 
+def textbook_ssim(x, y, *, data_range=1.0, win=7, K1=0.01, K2=0.03):
+    """SSIM as Wang et al. (2004) write it, with scikit-image's default window: five local
+    moments over each valid 7x7 window, sample covariance, the SSIM map averaged over the valid
+    region, then over channels. Slow and plain, to read beside metrics.ssim."""
+    C1, C2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    N = win * win
+
+    def local_mean(img):  # mean over each valid win x win window
+        return F.avg_pool2d(img, win, stride=1)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = (local_mean(x * x) - mu_x**2) * N / (N - 1)
+    var_y = (local_mean(y * y) - mu_y**2) * N / (N - 1)
+    cov_xy = (local_mean(x * y) - mu_x * mu_y) * N / (N - 1)
+    ssim_map = ((2 * mu_x * mu_y + C1) * (2 * cov_xy + C2)) / (
+        (mu_x**2 + mu_y**2 + C1) * (var_x + var_y + C2))
+    return ssim_map.mean(dim=(-2, -1)).mean(dim=-1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_textbook_ssim_equals_metrics_ssim(case):
+    _, pred, target, data_range = case
+    torch.testing.assert_close(metrics.ssim(pred, target, data_range=data_range),
+                               textbook_ssim(pred, target, data_range=data_range),
+                               rtol=0, atol=1e-9)
+
+
 def test_psnr_gradcheck_float64_and_ssim_loss_trains():
     g = torch.Generator().manual_seed(4)
     target = torch.rand(2, 3, 9, 9, generator=g, dtype=torch.float64)
@@ -249,10 +277,17 @@ X = torch.rand(1, 3, 16, 16)
         (X, X > 0.5, {}, TypeError, "target must be a floating-point tensor, got torch.bool"),
         (X, X.double(), {}, TypeError, "same dtype, got torch.float32 and torch.float64"),
         (X[0, 0], X[0, 0], {}, ValueError, r"\(C, H, W\) or \(B, C, H, W\), got shape \(16, 16\)"),
+        (X[:0], X[:0], {}, ValueError, r"non-empty .* got shape \(0, 3, 16, 16\)"),
         (X, X[0], {}, ValueError, r"same shape, got \(1, 3, 16, 16\) and \(3, 16, 16\)"),
-        (X, X, {"data_range": 0}, ValueError, "data_range must be a positive number, got 0"),
-        (X, X, {"data_range": -1.0}, ValueError, "data_range must be a positive number, got -1.0"),
-        (X, X, {"crop_border": -1}, ValueError, "crop_border must be a non-negative int, got -1"),
+        (X, X, {"data_range": 0}, ValueError, "data_range must be finite and > 0, got 0"),
+        (X, X, {"data_range": -1.0}, ValueError, "data_range must be finite and > 0, got -1.0"),
+        (X, X, {"data_range": math.inf}, ValueError, "data_range must be finite and > 0, got inf"),
+        (X, X, {"data_range": math.nan}, ValueError, "data_range must be finite and > 0, got nan"),
+        (X, X, {"data_range": "1"}, TypeError, "data_range must be a number, got str '1'"),
+        (X, X, {"data_range": True}, TypeError, "data_range must be a number, got bool True"),
+        (X, X, {"crop_border": -1}, ValueError, "crop_border must be >= 0, got -1"),
+        (X, X, {"crop_border": 1.0}, TypeError, "crop_border must be an int, got float 1.0"),
+        (X, X, {"y_channel": 1}, TypeError, "y_channel must be True or False, got int 1"),
         (X, X, {"crop_border": 8}, ValueError, "crop_border=8 leaves no pixels of images of size"),
         (X[:, :2], X[:, :2], {"y_channel": True}, ValueError, "y_channel=True needs 3 .* channels"),
     ],
@@ -263,26 +298,35 @@ def test_bad_input_is_rejected_with_a_clear_message(fn, pred, target, kw, error,
 
 
 @pytest.mark.parametrize(
-    "kw, match",
+    "kw, error, match",
     [
-        ({"win_size": 4}, "win_size must be an odd int >= 3, got 4"),
-        ({"win_size": 1}, "win_size must be an odd int >= 3, got 1"),
-        ({"win_size": 7.0}, "win_size must be an odd int >= 3, got 7.0"),
-        ({"win_size": 17}, r"images of size 16x16 .* smaller than the 17x17 window"),
+        ({"win_size": 4}, ValueError, "win_size must be odd, got 4"),
+        ({"win_size": 1}, ValueError, "win_size must be >= 3, got 1"),
+        ({"win_size": 7.0}, TypeError, "win_size must be an int, got float 7.0"),
+        ({"win_size": 17}, ValueError, r"images of size 16x16 .* smaller than the 17x17 window"),
         (
             {"crop_border": 5},
+            ValueError,
             r"images of size 6x6 \(after crop_border=5\) are smaller than the 7x7",
         ),
-        ({"sigma": -1.5, "gaussian_weights": True}, "sigma must be a positive number, got -1.5"),
-        ({"sigma": 0}, "sigma must be a positive number, got 0"),
-        ({"K1": -0.01}, "K1 must be a non-negative number, got -0.01"),
-        ({"K2": "0.03"}, "K2 must be a non-negative number, got '0.03'"),
-        ({"gaussian_weights": True, "win_size": 7}, "does not match the Gaussian window"),
-        ({"gaussian_weights": True, "sigma": 3.0}, "smaller than the 23x23 window"),
+        ({"sigma": -1.5, "gaussian_weights": True}, ValueError,
+         "sigma must be finite and > 0, got -1.5"),
+        ({"sigma": 0}, ValueError, "sigma must be finite and > 0, got 0"),
+        ({"sigma": math.inf, "gaussian_weights": True}, ValueError,
+         "sigma must be finite and > 0, got inf"),
+        ({"sigma": 1e300, "gaussian_weights": True}, ValueError, "smaller than the"),
+        ({"K1": -0.01}, ValueError, "K1 must be finite and >= 0, got -0.01"),
+        ({"K1": math.nan}, ValueError, "K1 must be finite and >= 0, got nan"),
+        ({"K2": "0.03"}, TypeError, "K2 must be a number, got str '0.03'"),
+        ({"gaussian_weights": "yes"}, TypeError, "gaussian_weights must be True or False"),
+        ({"use_sample_covariance": None}, TypeError, "use_sample_covariance must be True or"),
+        ({"gaussian_weights": True, "win_size": 7}, ValueError,
+         "does not match the Gaussian window"),
+        ({"gaussian_weights": True, "sigma": 3.0}, ValueError, "smaller than the 23x23 window"),
     ],
 )
-def test_bad_ssim_options_are_rejected(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_ssim_options_are_rejected(kw, error, match):
+    with pytest.raises(error, match=match):
         metrics.ssim(X, X, **kw)
 
 
@@ -291,8 +335,40 @@ def test_rgb_to_y_rejects_bad_input():
         metrics.rgb_to_y(torch.zeros(3, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"or \(B, 3, H, W\), got shape \(1, 4, 2, 2\)"):
         metrics.rgb_to_y(torch.zeros(1, 4, 2, 2))
-    with pytest.raises(ValueError, match="data_range must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="data_range must be finite and > 0, got 0"):
         metrics.rgb_to_y(torch.zeros(3, 2, 2), data_range=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("data_range", [1e-30, 1e30, 1e200])
+def test_metrics_of_any_finite_data_range_are_finite_and_scale_free(data_range, dtype):
+    if dtype == torch.float32 and data_range == 1e200:
+        pytest.skip("float32 cannot hold images of that range")
+    pred, target = (t[:1].to(dtype) for t in (CASES[3][1], CASES[3][2]))
+    expected_ssim, expected_psnr = metrics.ssim(pred, target), metrics.psnr(pred, target)
+    scaled = (pred * data_range, target * data_range)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(metrics.ssim(*scaled, data_range=data_range), expected_ssim,
+                               rtol=0, atol=tol)
+    torch.testing.assert_close(metrics.psnr(*scaled, data_range=data_range), expected_psnr,
+                               rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ssim_of_half_precision_images_is_float32(dtype):
+    pred, target = (t[:1] for t in (CASES[3][1], CASES[3][2]))
+    value = metrics.ssim(pred.to(dtype), target.to(dtype))
+    assert value.dtype == torch.float32
+    reference = metrics.ssim(pred.to(dtype).double(), target.to(dtype).double())
+    torch.testing.assert_close(value.double(), reference, rtol=0, atol=1e-6)
+
+
+def test_ssim_keeps_its_precision_inside_cpu_autocast():
+    pred, target = (t.float() for t in (CASES[3][1], CASES[3][2]))
+    expected = metrics.ssim(pred, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = metrics.ssim(pred, target)
+    assert torch.equal(inside, expected)
 
 
 @cuda
@@ -366,6 +442,26 @@ def test_vendorable_alone(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert str(tmp_path) in r.stdout and "(1, 3, 9, 11)" in r.stdout
+
+
+@pytest.mark.parametrize("module", [metrics, sharpen, kd])
+def test_all_lists_exactly_the_public_names(module):
+    tree = ast.parse(Path(module.__file__).read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name) and t.id.isupper() and not t.id.startswith("_")}
+    public = {name for name in defined if not name.startswith("_")}
+    assert set(module.__all__) == public - {"Device", "Generator", "Loss"}
+    assert all(hasattr(module, name) for name in module.__all__)
+
+
+@pytest.mark.parametrize("file", ["kd.py", "train.py"])
+def test_no_private_name_of_another_module_is_used(file):
+    tree = ast.parse((ROOT / file).read_text())
+    used = [f"{n.value.id}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id in ("kd", "sharpen", "metrics")
+            and n.attr.startswith("_")]
+    assert used == []
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -520,6 +616,22 @@ def test_degrade_random_kinds_deterministic(kind, dtype):
     assert sharpen.degrade(x[0], kind=kind, generator=gen()).shape == x[0].shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_filters_keep_their_precision_inside_cpu_autocast(dtype):
+    x = torch.rand(2, 3, 24, 24, generator=gen(), dtype=dtype)
+    calls = [
+        lambda: sharpen.gaussian_blur(x, 1.5),
+        lambda: sharpen.blur(x, sharpen.disk_kernel(2.0, dtype=dtype)),
+        lambda: sharpen.resample_blur(x, 2.0),
+        lambda: sharpen.degrade(x, kind="mixed", noise=0.01, generator=gen(1)),
+    ]
+    for call in calls:
+        expected = call()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = call()
+        assert inside.dtype == dtype and torch.equal(inside, expected)
+
+
 # ---------------------------------------------------------------------------------- dead leaves
 
 
@@ -630,6 +742,13 @@ def test_save_load_round_trip_bit_identical(tmp_path, name):
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left
+
+
+def test_save_model_unwraps_compiled_models(tmp_path):
+    model = randomize(sharpen.unet(**TINY))
+    sharpen.save_model(tmp_path / "m.pt", torch.compile(model))
+    loaded = sharpen.load_model(tmp_path / "m.pt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 def test_load_model_resolves_preset_overrides(tmp_path):
@@ -815,7 +934,7 @@ def test_numpy_scalars_are_numbers():
 
 def test_cli_without_weights_and_help(tmp_path, capsys):
     assert sharpen.main([str(tmp_path / "x.png")]) == 2
-    assert "python kd.py" in capsys.readouterr().err
+    assert "python train.py" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         sharpen.main(["--help"])
     assert e.value.code == 0 and "--weights" in capsys.readouterr().out
@@ -1056,9 +1175,13 @@ def test_charbonnier_by_hand():
     pred, target = torch.tensor([0.0, 0.3]), torch.tensor([0.0, 0.0])
     expected = (1e-3 + (0.09 + 1e-6) ** 0.5) / 2
     assert kd.charbonnier_loss(pred, target).item() == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(ValueError, match="eps must be > 0, got 0"):
+    with pytest.raises(ValueError, match="eps must be finite and > 0, got 0"):
         kd.charbonnier_loss(pred, target, eps=0)
-    with pytest.raises(ValueError, match="ssim_weight must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="eps must be finite and >= 0, got nan"):
+        kd.charbonnier_loss(pred, target, eps=float("nan"))
+    with pytest.raises(TypeError, match="eps must be a number, got str"):
+        kd.charbonnier_loss(pred, target, eps="1")
+    with pytest.raises(ValueError, match="ssim_weight must be finite and >= 0, got -1"):
         kd.l1_ssim_loss(pred, target, ssim_weight=-1)
 
 
@@ -1165,6 +1288,7 @@ def test_step_input_validation():
     teacher, student = trained_teacher(), tiny(4, 2)
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     blurred, sharp = pair_batch()
+    step = functools.partial(kd.distill_step, student, teacher, opt, blurred, sharp)
     with pytest.raises(ValueError, match=r"same shape, got \(2, 3, 16, 16\) and \(2, 3, 8, 8\)"):
         kd.train_step(student, opt, blurred, sharp[..., :8, :8])
     with pytest.raises(ValueError, match=r"blurred must be \(B, C, H, W\), got \(3, 16, 16\)"):
@@ -1173,15 +1297,168 @@ def test_step_input_validation():
         kd.train_step(student, opt, blurred, (sharp * 255).to(torch.uint8))
     with pytest.raises(TypeError, match="blurred must be a floating-point torch.Tensor, got list"):
         kd.train_step(student, opt, [blurred], sharp)
-    with pytest.raises(ValueError, match="alpha must be in"):
-        kd.distill_step(student, teacher, opt, blurred, sharp, alpha=1.5)
-    with pytest.raises(ValueError, match="feature_weight must be >= 0"):
-        kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=-1.0)
-    with pytest.raises(ValueError, match="feature_weight > 0 needs adapters"):
-        kd.distill_step(student, teacher, opt, blurred, sharp, feature_weight=0.1)
+    with pytest.raises(TypeError, match="model must be an nn.Module, got function"):
+        kd.train_step(lambda x: x, opt, blurred, sharp)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got list"):
+        kd.train_step(student, [opt], blurred, sharp)
+    with pytest.raises(TypeError, match="teacher must be an nn.Module, got str"):
+        kd.distill_step(student, "teacher", opt, blurred, sharp)
+    with pytest.raises(ValueError, match=r"alpha must be finite and in \[0, 1\], got 1.5"):
+        step(alpha=1.5)
+    with pytest.raises(TypeError, match="alpha must be a number, got bool True"):
+        step(alpha=True)
+    with pytest.raises(ValueError, match="feature_weight must be finite and >= 0, got -1.0"):
+        step(feature_weight=-1.0)
+    with pytest.raises(TypeError, match="feature_weight must be a number, got bool"):
+        step(feature_weight=True)
+    with pytest.raises(TypeError, match="teacher_output must be a floating-point torch.Tensor"):
+        step(teacher_output=[sharp])
+    with pytest.raises(TypeError, match="adapters must be an nn.ModuleList.*got list"):
+        step(feature_weight=0.1, adapters=[torch.nn.Conv2d(4, 8, 1)])
+    with pytest.raises(ValueError, match=r"student features \[\(4, 16, 16\).*teacher's "
+                       r"\[\(8, 16, 16\).*feature_adapters"):
+        step(feature_weight=0.1)
     gray_teacher = torch.nn.Conv2d(3, 1, 1)
     with pytest.raises(ValueError, match=r"teacher output \(2, 1, 16, 16\) and student output"):
         kd.distill_step(student, gray_teacher, opt, blurred, sharp)
+
+
+@pytest.mark.parametrize(
+    "clip,error,match",
+    [
+        (float("nan"), ValueError, "clip_grad_norm must be finite and >= 0, got nan"),
+        (-1.0, ValueError, "clip_grad_norm must be finite and >= 0, got -1.0"),
+        (float("inf"), ValueError, "clip_grad_norm must be finite and >= 0, got inf"),
+        (0, ValueError, "clip_grad_norm=0 would stop learning"),
+        ("1", TypeError, "clip_grad_norm must be a number, got str"),
+        (True, TypeError, "clip_grad_norm must be a number, got bool"),
+    ],
+)
+def test_a_bad_clip_value_is_refused_before_the_weights_change(clip, error, match):
+    student, teacher = tiny(4, 2), trained_teacher()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    before = weights_of(student)
+    with pytest.raises(error, match=match):
+        kd.train_step(student, opt, *pair_batch(), clip_grad_norm=clip)
+    with pytest.raises(error, match=match):
+        kd.distill_step(student, teacher, opt, *pair_batch(), clip_grad_norm=clip)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def test_an_optimizer_without_the_models_parameters_is_refused():
+    student, other = tiny(4, 2), tiny(4, 3)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"optimizer does not hold \d+ trainable parameters.*"
+                       r"head.weight"):
+        kd.train_step(student, opt, *pair_batch())
+    adapters = kd.feature_adapters(student, trained_teacher())
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)  # without the adapters
+    with pytest.raises(ValueError, match=r"does not hold 6 trainable parameters.*'0.weight'"):
+        kd.distill_step(student, trained_teacher(), opt, *pair_batch(), feature_weight=0.1,
+                        adapters=adapters)
+    student.head.requires_grad_(False)  # frozen parameters need not be in the optimizer
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.1)
+    assert np.isfinite(kd.train_step(student, opt, *pair_batch())["loss"])
+
+
+def test_the_losses_equal_the_steps():
+    teacher, blurred, sharp = trained_teacher(), *pair_batch()
+    student = tiny(4, 2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    loss, terms = kd.distill_loss(student, teacher, blurred, sharp, alpha=0.3)
+    assert loss.requires_grad and set(terms) == {"loss", "kd", "gt", "feat"}
+    assert terms["loss"] == loss.item() and all(type(v) is float for v in terms.values())
+    out = kd.distill_step(student, teacher, opt, blurred, sharp, alpha=0.3)
+    assert set(out) == {*terms, "grad_norm"} and {k: out[k] for k in terms} == terms
+    student = tiny(4, 2)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    loss, terms = kd.train_loss(student, blurred, sharp, loss_fn=kd.charbonnier_loss)
+    step = kd.train_step(student, opt, blurred, sharp, loss_fn=kd.charbonnier_loss)
+    assert step["loss"] == terms["loss"] == loss.item()
+
+
+@pytest.mark.parametrize("distil", [False, True], ids=["train", "distil"])
+def test_two_accumulated_half_batches_equal_one_full_batch_step(distil):
+    teacher, (blurred, sharp) = trained_teacher(), pair_batch(4)
+
+    def loss_of(model, x, y):
+        if distil:
+            return kd.distill_loss(model, teacher, x, y, alpha=0.7)[0]
+        return kd.train_loss(model, x, y)[0]
+
+    full, accumulated = tiny(4, 2), tiny(4, 2)
+    opt = torch.optim.SGD(full.parameters(), lr=0.5)
+    if distil:
+        kd.distill_step(full, teacher, opt, blurred, sharp, alpha=0.7)
+    else:
+        kd.train_step(full, opt, blurred, sharp)
+    opt = torch.optim.SGD(accumulated.parameters(), lr=0.5)
+    for half in (slice(0, 2), slice(2, 4)):
+        (loss_of(accumulated, blurred[half], sharp[half]) / 2).backward()
+    opt.step()
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(accumulated.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+def grad_scaler_loop(device: str) -> list[float]:
+    """fp16 autocast with torch.amp.GradScaler around kd.distill_loss, as the README shows."""
+    teacher, student = trained_teacher().to(device), tiny(4, 2).to(device)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler(device)
+    blurred, sharp = (t.to(device) for t in pair_batch(4))
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        with torch.autocast(device, dtype=torch.float16):
+            loss, terms = kd.distill_loss(student, teacher, blurred, sharp)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(terms["loss"])
+    return losses
+
+
+def test_a_grad_scaler_loop_trains_on_cpu():
+    losses = grad_scaler_loop("cpu")
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@cuda
+def test_a_grad_scaler_loop_trains_on_cuda():
+    losses = grad_scaler_loop("cuda")
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_steps_train_models_of_any_float_dtype(dtype):
+    model = tiny().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    blurred, sharp = (t.to(dtype) for t in pair_batch())
+    out = kd.train_step(model, opt, blurred, sharp)
+    assert np.isfinite(out["loss"])
+    loss, _ = kd.train_loss(model, blurred, sharp)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    teacher = trained_teacher().to(dtype)
+    assert np.isfinite(kd.distill_step(model, teacher, opt, blurred, sharp)["loss"])
+
+
+def test_feature_adapters_probe_in_eval_mode_and_restore_the_modes():
+    class WithNorm(torch.nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, channels, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(channels)
+
+        def forward(self, x, return_features=False):
+            f = self.norm(self.conv(x))
+            return (x, [f]) if return_features else x
+
+    student, teacher = WithNorm(4), WithNorm(8).eval()
+    before = [m.norm.running_mean.clone() for m in (student, teacher)]
+    adapters = kd.feature_adapters(student, teacher)
+    assert [a.out_channels for a in adapters] == [8]
+    assert student.training and not teacher.training
+    assert all(torch.equal(m.norm.running_mean, b) for m, b in zip((student, teacher), before))
 
 
 def write_png(path: Path, img: torch.Tensor) -> Path:
@@ -1329,6 +1606,47 @@ def test_checkpoint_round_trip_is_atomic_and_refuses_non_finite_state(tmp_path):
         kd.load_checkpoint(tmp_path / "none.pt")
 
 
+@pytest.mark.parametrize(
+    "value, kind",
+    [(np.float64(0.5), "float64"), (np.zeros(3), "ndarray"), (Path("runs"), "PosixPath"),
+     (__import__("argparse").Namespace(lr=1e-3), "Namespace")],
+)
+def test_save_checkpoint_refuses_state_that_cannot_be_read_back(tmp_path, value, kind):
+    path = tmp_path / "ckpt.pt"
+    kd.save_checkpoint(path, step=1)
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"refusing to write .*'extra' \({kind}\) cannot be "
+                       r"read back with weights_only=True"):
+        kd.save_checkpoint(path, step=2, extra=value)
+    assert path.read_bytes() == good and kd.load_checkpoint(path) == {"step": 1}
+
+
+def test_save_checkpoint_stores_a_grad_scaler_and_unwraps_compiled_models(tmp_path):
+    model = tiny()
+    scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
+    kd.save_checkpoint(tmp_path / "c.pt", scaler=scaler, model=torch.compile(model))
+    ckpt = kd.load_checkpoint(tmp_path / "c.pt")
+    assert ckpt["scaler"]["scale"] == 128.0
+    assert ckpt["model"].keys() == model.state_dict().keys()
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(ckpt["scaler"])
+    assert restored.get_scale() == 128.0
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    kd.save_checkpoint(tmp_path / "good.pt", model=tiny())
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "folder.pt").mkdir()
+    for name in ("cut.pt", "empty.pt", "text.pt"):
+        with pytest.raises(ValueError, match=rf"{name}'?: not a readable checkpoint \(\w+"):
+            kd.load_checkpoint(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="folder.pt.*a folder, not a checkpoint file"):
+        kd.load_checkpoint(tmp_path / "folder.pt")
+
+
 def test_resuming_from_a_checkpoint_is_bit_identical(tmp_path):
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -1353,47 +1671,63 @@ def test_resuming_from_a_checkpoint_is_bit_identical(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def _ddp_worker(rank: int, port: int, folder: str) -> None:
+def ddp_student(setup: dict, features: bool) -> torch.nn.Module:
+    """The student of the DDP test; with features, an AdaptedStudent holding its adapters."""
+    student = tiny(4, 2)
+    student.load_state_dict(setup["student"])
+    if not features:
+        return student
+    adapters = kd.feature_adapters(student, tiny(8, 1))
+    adapters.load_state_dict(setup["adapters"])
+    return kd.AdaptedStudent(student, adapters)
+
+
+def _ddp_worker(rank: int, port: int, folder: str, features: bool) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         setup = torch.load(Path(folder) / "setup.pt", weights_only=False)
-        student, teacher = tiny(4, 2), tiny(8, 1)
-        student.load_state_dict(setup["student"])
+        teacher = tiny(8, 1)
         teacher.load_state_dict(setup["teacher"])
-        ddp = torch.nn.parallel.DistributedDataParallel(student)
+        model = ddp_student(setup, features)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
         shard = slice(2 * rank, 2 * rank + 2)
-        kd.distill_step(ddp, teacher, opt, setup["blurred"][shard], setup["sharp"][shard])
-        torch.save(student.state_dict(), Path(folder) / f"rank{rank}.pt")
+        kd.distill_step(ddp, teacher, opt, setup["blurred"][shard], setup["sharp"][shard],
+                        feature_weight=0.5 if features else 0.0)
+        torch.save(model.state_dict(), Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_path):
+@pytest.mark.parametrize("features", [False, True], ids=["output", "adapted-features"])
+def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_path, features):
     import socket
 
-    student, teacher = tiny(4, 2), trained_teacher()
+    teacher = trained_teacher()
     blurred, sharp = pair_batch(4)
-    torch.save(
-        {
-            "student": student.state_dict(),
-            "teacher": teacher.state_dict(),
-            "blurred": blurred,
-            "sharp": sharp,
-        },
-        tmp_path / "setup.pt",
-    )
+    student = tiny(4, 2)
+    adapters = kd.feature_adapters(student, teacher)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_(0, 0.3, generator=gen(4))  # large enough for the term to matter
+    setup = {"student": student.state_dict(), "adapters": adapters.state_dict(),
+             "teacher": teacher.state_dict(), "blurred": blurred, "sharp": sharp}
+    torch.save(setup, tmp_path / "setup.pt")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
-    opt = torch.optim.SGD(student.parameters(), lr=0.5)
-    kd.distill_step(student, teacher, opt, blurred, sharp)
+    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path), features), nprocs=2)
+    model = ddp_student(setup, features)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    out = kd.distill_step(model, teacher, opt, blurred, sharp,
+                          feature_weight=0.5 if features else 0.0)
+    assert (out["feat"] > 0.01) == features
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    for k, v in student.state_dict().items():
+    assert rank0.keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
         assert torch.equal(rank0[k], rank1[k]), k
         torch.testing.assert_close(rank0[k], v, rtol=0, atol=1e-6)
 
@@ -1419,7 +1753,7 @@ TINY_RUN = [
 
 
 def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, capsys):
-    assert kd.main([*TINY_RUN, "--out", str(tmp_path / "a")]) == 0
+    assert train.main([*TINY_RUN, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "[teacher] step 2/2" in out and "[distil, seed 0] step 3/3" in out
     files = {p.name for p in (tmp_path / "a").iterdir()}
@@ -1463,7 +1797,7 @@ def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, 
     model = sharpen.load_model(tmp_path / "a" / "student.pt")
     assert sharpen.sharpen(model, torch.rand(3, 20, 28)).shape == (3, 20, 28)
 
-    assert kd.main([*TINY_RUN, "--out", str(tmp_path / "b")]) == 0
+    assert train.main([*TINY_RUN, "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "report.json").read_text())
     for a, b in zip(report["rows"], again["rows"]):
         if a["name"] != "student_nokd_time":  # its step count comes from measured time
@@ -1471,7 +1805,7 @@ def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, 
 
 
 def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys):
-    assert kd.main([*TINY_RUN, "--data", str(tmp_path / "no_gopro")]) == 2
+    assert train.main([*TINY_RUN, "--data", str(tmp_path / "no_gopro")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: GoPro root") and "no_gopro" in err and "Traceback" not in err
     for bad, match in (
@@ -1481,7 +1815,7 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
         (["--blur", "box"], "invalid choice: 'box'"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            kd.main(bad)
+            train.main(bad)
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
 
 
@@ -1490,16 +1824,43 @@ def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
     for extra in ([], ["--real-blur"]):
         out = tmp_path / f"run{len(extra)}"
         args = [*TINY_RUN, "--data", str(tmp_path / "GoPro_Large"), "--out", str(out), *extra]
-        assert kd.main(args) == 0
+        assert train.main(args) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["protocol"]["real_blur"] == bool(extra)
         assert {r.get("eval_set", "gopro_test") for r in report["rows"]} == {"gopro_test"}
 
 
-def readme_script() -> str:
+def test_the_teacher_output_pool_is_bounded():
+    import argparse
+
+    default = argparse.Namespace(student_steps=1000, batch_size=16, size=64)
+    assert train._pool_batches(default) == 250  # the default run keeps its single pool
+    long = argparse.Namespace(student_steps=20_000, batch_size=16, size=256)
+    pool = train._pool_batches(long)
+    assert 1 <= pool and pool * 3 * 4 * 16 * 3 * 256**2 <= train.POOL_BYTES
+
+
+def test_main_seeds_the_feature_adapters(tmp_path):
+    reports = []
+    for run in ("a", "b"):
+        args = [*TINY_RUN, "--feature-weight", "0.1", "--out", str(tmp_path / run)]
+        assert train.main(args) == 0
+        reports.append(json.loads((tmp_path / run / "report.json").read_text())["rows"])
+    assert [r["psnr"] for r in reports[0] if r["name"] == "student"] == [
+        r["psnr"] for r in reports[1] if r["name"] == "student"]
+
+
+def readme_script(heading: str = "## The method in one script") -> str:
+    """The first Python block of the README after ``heading``."""
     text = (ROOT / "README.md").read_text()
-    start = text.index("```python\n", text.index("## The method in one script")) + 10
+    start = text.index("```python\n", text.index(heading)) + 10
     return text[start : text.index("```\n", start)]
+
+
+def run_script(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    (cwd / "script.py").write_text(code)
+    return subprocess.run([sys.executable, "script.py"], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_readme_training_script_runs_as_written(tmp_path):
@@ -1508,17 +1869,28 @@ def test_readme_training_script_runs_as_written(tmp_path):
     settings = "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 1000, 1000, 16, 64\n"
     assert settings in code
     code = code.replace(settings, "TEACHER_STEPS, STUDENT_STEPS, BATCH, CROP = 2, 2, 2, 16\n")
-    (tmp_path / "script.py").write_text(code)
-    out = subprocess.run(
-        [sys.executable, "script.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    out = run_script(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "student:" in out.stdout and (tmp_path / "student.pt").is_file()
+
+
+def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp_path):
+    code = readme_script("## Writing your own training loop")
+    small = {"STEPS = 2000\n": "STEPS = 3\n",
+             "dead_leaves(64, 128,": "dead_leaves(4, 64,"}
+    for a, b in small.items():
+        assert a in code
+        code = code.replace(a, b)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1), std=0.02)
+    sharpen.save_model(tmp_path / "runs" / "demo" / "teacher.pt", teacher)
+    out = run_script(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("3 {'loss':")
+    ckpt = kd.load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 3 and {"student", "adapters", "optimizer", "generator"} <= set(ckpt)
+    model = sharpen.load_model(tmp_path / "my_student.pt")
+    assert all(torch.equal(v, ckpt["student"][k]) for k, v in model.state_dict().items())
 
 
 @cuda
@@ -1544,3 +1916,9 @@ def test_kd_steps_batches_and_evaluate_on_cuda():
     result = kd.evaluate(student, [(b1[0], s1[0])])
     cpu = kd.evaluate(student.cpu(), [(b1[0].cpu(), s1[0].cpu())])
     assert result["psnr"] == pytest.approx(cpu["psnr"], abs=1e-3)
+    calls = []
+    hook = student.register_forward_hook(lambda m, i, o: calls.append(o.device.type))
+    moved = kd.evaluate(student, [(b1[0].cpu(), s1[0].cpu())], device="cuda")  # a CPU model
+    hook.remove()
+    assert calls == [] and next(student.parameters()).device.type == "cpu"  # ran on a copy
+    assert moved["psnr"] == pytest.approx(cpu["psnr"], abs=1e-3)

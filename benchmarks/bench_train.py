@@ -6,7 +6,7 @@ Prints images per second of ``train_step`` for the teacher and the student on 12
 batch 8: fp32 with NCHW tensors against channels_last with bf16 autocast (``amp=True``), with
 the speed-up; then the cost of a ``distill_step`` relative to a ``train_step`` for the student,
 with the teacher run at every step, and with its outputs precomputed (``teacher_output=``, as
-``python kd.py`` does for a pool of batches).
+``python train.py`` does for a pool of batches).
 """
 
 from __future__ import annotations

@@ -1,0 +1,484 @@
+"""The main job: the paper's Table 1, with an honest distillation ablation.
+
+    python train.py            # a few minutes on a CPU, nothing to download
+    python train.py --help     # options
+
+Trains a teacher, distils a student, trains the same student without the teacher (for equal
+steps and for equal time), evaluates everything on held-out images and writes ``runs/demo/``:
+the four models (each loads with ``sharpen.load_model``), ``report.json``, ``report.md`` and
+``comparison.png``. Composed from the public API of ``sharpen``, ``kd`` and ``metrics`` only,
+as nanoGPT's ``train.py`` uses its ``model.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kd
+import metrics
+import sharpen
+
+POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
+POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer runs draw new pools
+CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
+KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
+LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled colour photos
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python train.py",
+        description="Train a teacher, distil a student, train the same student without the "
+        "teacher (equal steps and equal time), and print the paper's Table 1. With no "
+        "arguments: dead-leaves training images, Gaussian blur sigma 1.5, a few minutes on a "
+        "CPU.",
+    )
+    p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
+    p.add_argument("--student-steps", type=int, default=1000,
+                   help="steps of the distilled student and of its equal-steps twin")
+    p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
+    p.add_argument("--eval-size", type=int, default=256,
+                   help="evaluation images are this size square, as the paper's 256x256")
+    p.add_argument("--train-images", type=int, default=256,
+                   help="dead-leaves training images (128x128) when no --data is given")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sigma", type=float, default=1.5, help="blur strength, pixels")
+    p.add_argument("--blur", choices=("gaussian", "motion", "mixed"), default="gaussian",
+                   help="how training and evaluation images are blurred")
+    p.add_argument("--arch", choices=("unet", "paper"), default="unet",
+                   help="our U-Net teacher/student, or the source paper's networks")
+    p.add_argument("--alpha", type=float, default=0.9,
+                   help="weight of the teacher term (the paper: 0.5)")
+    p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="l1_ssim",
+                   help="teacher term: L1 + SSIM like the sharp term, or the paper's MSE")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="weight of the feature (hint) distillation term")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat the three students for this many seeds (same teacher)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision: bf16 autocast or float32; auto: bf16 where the "
+                   "hardware computes it natively (sharpen.fast_bf16), else float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a GoPro_Large folder: train on its sharp train frames resized to 256x256 "
+                   "and blurred as --blur says (the paper's protocol), evaluate on its test split")
+    p.add_argument("--real-blur", action="store_true",
+                   help="with --data: use GoPro's real blurred frames instead of synthetic blur")
+    p.add_argument("--eval-images", type=int, default=100,
+                   help="with --data: evaluate on this many test frames, evenly spaced")
+    args = p.parse_args(argv)
+    for name in ("steps", "student_steps", "batch_size", "seeds", "eval_images", "train_images"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    largest = 128 if args.data is None else args.eval_size  # the training images' size
+    if not 16 <= args.size <= largest:
+        p.error(f"--size must be between 16 and {largest} (the training images' size), "
+                f"got {args.size}")
+    if not args.sigma > 0:
+        p.error(f"--sigma must be > 0, got {args.sigma}")
+    if not 0 <= args.alpha <= 1:
+        p.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.feature_weight < 0:
+        p.error(f"--feature-weight must be >= 0, got {args.feature_weight}")
+    if args.real_blur and args.data is None:
+        p.error("--real-blur needs --data ROOT")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is available")
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.amp = args.precision == "bf16" or (args.precision == "auto"
+                                            and sharpen.fast_bf16(args.device))
+    return args
+
+
+def _resized(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``(3, H, W)`` resized to ``size`` x ``size`` by area averaging, as the paper resized."""
+    return F.interpolate(img[None], size=(size, size), mode="area")[0]
+
+
+def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Generator):
+    """Training source, evaluation sets ``{name: [(blurred, sharp), ...]}`` and a description.
+    Evaluation images are made apart from training images and never trained on."""
+    if args.data is not None:
+        split = kd.gopro_pairs(args.data, split="train")
+        test = kd.gopro_pairs(args.data, split="test")
+        test = [test[round(i)] for i in torch.linspace(0, len(test) - 1,
+                                                       min(args.eval_images, len(test))).tolist()]
+        if args.real_blur:
+            return split, {"gopro_test": test}, f"GoPro real blur ({args.data}), full frames"
+        size = args.eval_size
+        print(f"loading {len(split)} GoPro training frames, resized to {size}x{size}")
+        train = torch.stack([_resized(sharpen.load_image(s), size) for _, s in split])
+        sharp = torch.stack([_resized(sharpen.load_image(s), size) for _, s in test])
+        pairs = list(zip(degrade(sharp, generator=generator), sharp))
+        return train, {"gopro_test": pairs}, (f"GoPro sharp frames ({args.data}) resized to "
+                                              f"{size}x{size}")
+    size = args.eval_size
+    train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
+    held_out = sharpen.dead_leaves(16, size, generator=generator, **LEAVES)
+    sets = {"dead_leaves": list(zip(degrade(held_out, generator=generator), held_out))}
+    desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "
+            f"{args.train_images} training images of 128x128, 16 held-out of {size}x{size}")
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        print("scikit-image is not installed: evaluating on dead-leaves images only")
+    else:
+        photos = torch.stack([
+            _resized(torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1).float() / 255,
+                     size) for name in PHOTOS])
+        sets["photos"] = list(zip(degrade(photos, generator=generator), photos))
+        desc += f"; photos: scikit-image's {', '.join(PHOTOS)} resized to {size}x{size}"
+    return train, sets, desc
+
+
+class _Progress:
+    """Prints a line every few seconds: stage, step/total, loss, images per second, time left."""
+
+    def __init__(self, stage: str, total: int, batch: int):
+        self.stage, self.total, self.batch = stage, total, batch
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self.last < 3 and step != self.total:
+            return
+        self.last, elapsed = now, now - self.start
+        left = elapsed / step * (self.total - step)
+        print(f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  "
+              f"{step * self.batch / elapsed:.0f} img/s  {left:.0f} s left", flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _new_model(make: Callable[[], nn.Module], seed: int, device: torch.device) -> nn.Module:
+    """``make()`` initialised from ``seed`` without touching torch's global generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _adam(params, steps: int) -> tuple[torch.optim.Optimizer, object]:
+    """Adam with a cosine decay to zero over ``steps``: short runs need the decay."""
+    opt = torch.optim.Adam(params, lr=2e-3)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+
+def _ms_per_image(model: nn.Module, size: int, device: torch.device) -> float:
+    """Median milliseconds of one forward pass on a 1 x 3 x size x size image."""
+    x = torch.rand(1, 3, size, size, device=device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(8):
+            _sync(device)
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def _train_stream(args: argparse.Namespace, train, degrade: Callable, seed: int) -> Iterator:
+    """Endless training batches on the run's device, drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    if not args.real_blur:
+        yield from kd.batches(train, size=args.size, batch_size=args.batch_size,
+                              generator=generator, degrade=degrade, device=args.device)
+    loader = torch.utils.data.DataLoader(kd.PairDataset(train, size=args.size), shuffle=True,
+                                         batch_size=args.batch_size, drop_last=True,
+                                         num_workers=min(4, os.cpu_count() or 1),
+                                         generator=generator, persistent_workers=True)
+    while True:
+        for blurred, sharp in loader:
+            yield blurred.to(args.device), sharp.to(args.device)
+
+
+def _pool_batches(args: argparse.Namespace) -> int:
+    """Batches whose teacher outputs are held at once: enough for ``--student-steps``, at most
+    ``POOL_BYTES`` of (blurred, sharp, teacher output) triples."""
+    batch_bytes = 3 * 4 * args.batch_size * 3 * args.size**2
+    return max(1, min(args.student_steps // POOL_REUSE, POOL_BYTES // batch_bytes))
+
+
+def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
+            teacher: nn.Module | None) -> Iterator:
+    """Endless ``(blurred, sharp, teacher output or None)`` batches, drawn from ``seed``.
+
+    The batches come in pools: the teacher's outputs for a pool are computed once, then the
+    pool is served ``POOL_REUSE`` times in a new random order each pass before the next pool is
+    drawn (the last pool keeps serving). With or without a teacher, the same seed gives the same
+    batches in the same order, so the students without a teacher see what the distilled one saw.
+    """
+    data, order = _train_stream(args, train, degrade, seed), torch.Generator().manual_seed(seed)
+    size, served = _pool_batches(args), 0
+    while True:
+        pool = []
+        for _ in range(size):
+            blurred, sharp = next(data)
+            t_out = None
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
+                                                     enabled=args.amp):
+                    t_out = teacher.eval()(blurred).float()
+            pool.append((blurred, sharp, t_out))
+        served += POOL_REUSE * size
+        passes = 0
+        while passes < POOL_REUSE or served >= args.student_steps:
+            for i in torch.randperm(size, generator=order).tolist():
+                yield pool[i]
+            passes += 1
+
+
+def _fit(model: nn.Module, steps: int, stage: str, args: argparse.Namespace, data: Iterator,
+         step: Callable, extra: nn.Module | None = None) -> float:
+    """``steps`` calls of ``step(model, optimizer, batch)`` under Adam with cosine decay, also
+    training ``extra``'s parameters; returns the wall time in seconds."""
+    opt, schedule = _adam([*model.parameters(), *(extra.parameters() if extra else [])], steps)
+    progress = _Progress(stage, steps, args.batch_size)
+    _sync(args.device)
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        progress(i, step(model, opt, next(data))["loss"])
+        schedule.step()
+    _sync(args.device)
+    return time.perf_counter() - start
+
+
+def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
+    """Distil a student, then train two twins without the teacher on the same batches: for the
+    same steps, and for the steps that fit in the distillation's wall time (teacher included)."""
+    n = args.student_steps
+    models = {name: _new_model(make_student, seed, args.device)
+              for name in ("student", "student_nokd", "student_nokd_time")}
+    adapters = None
+    if args.feature_weight:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapters = kd.feature_adapters(models["student"], teacher)
+
+    def distil(model, opt, batch):
+        blurred, sharp, t_out = batch
+        return kd.distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=args.amp,
+                               kd_loss_fn=KD_LOSSES[args.kd_loss], teacher_output=t_out,
+                               feature_weight=args.feature_weight, adapters=adapters,
+                               clip_grad_norm=CLIP)
+
+    def plain(model, opt, batch):
+        return kd.train_step(model, opt, batch[0], batch[1], amp=args.amp, clip_grad_norm=CLIP)
+
+    def fit(name: str, steps: int, stage: str, step: Callable) -> float:
+        data = _pooled(args, train, degrade, seed, teacher if step is distil else None)
+        return _fit(models[name], steps, f"{stage}, seed {seed}", args, data, step,
+                    extra=adapters if step is distil else None)
+
+    seconds = {"student": fit("student", n, "distil", distil)}
+    seconds["student_nokd"] = fit("student_nokd", n, "no teacher", plain)
+    time_steps = max(1, round(n * seconds["student"] / seconds["student_nokd"]))
+    seconds["student_nokd_time"] = fit("student_nokd_time", time_steps, "no teacher, equal time",
+                                       plain)
+    return {"models": models, "seconds": seconds, "time_steps": time_steps,
+            "pool_batches": _pool_batches(args)}
+
+
+def _row(name: str, cost: dict, results: list[dict], set_name: str, n_sets: int,
+         prefix: str = "") -> dict:
+    """One row of the report: a model's cost, and the mean (and spread, over seeds) of its
+    metrics on one evaluation set."""
+    psnr = torch.tensor([r[prefix + "psnr"] for r in results], dtype=torch.float64)
+    ssim = torch.tensor([r[prefix + "ssim"] for r in results], dtype=torch.float64)
+    row = {"name": name, **cost, "psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
+    if len(results) > 1:
+        row |= {"psnr_std": psnr.std().item(), "ssim_std": ssim.std().item(),
+                "psnr_per_seed": psnr.tolist(), "ssim_per_seed": ssim.tolist()}
+    if n_sets > 1:
+        row["eval_set"] = set_name
+    return row
+
+
+LABELS = {"input": "Input (blurred)", "teacher": "Teacher", "student": "Student (distilled)",
+          "student_nokd": "Student, no teacher, equal steps",
+          "student_nokd_time": "Student, no teacher, equal time"}
+
+
+def _markdown(protocol: dict, rows: list[dict]) -> str:
+    """The report as Markdown: one table per evaluation set, in the layout of the paper's
+    Table 1, plus the distillation gains."""
+    lines = ["# Sharpening by knowledge distillation: results", "",
+             f"Protocol: {protocol['summary']}", ""]
+    for set_name in dict.fromkeys(r.get("eval_set", "") for r in rows):
+        table = {r["name"]: r for r in rows if r.get("eval_set", "") == set_name}
+        if set_name:
+            lines += [f"## {set_name}", ""]
+        size = protocol["image_size"]
+        lines += [f"| Model | PSNR (dB) | SSIM | Params | GMACs at {size}² | ms / image |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in table.items():
+            spread = (f" ± {r['psnr_std']:.2f}", f" ± {r['ssim_std']:.4f}") if "psnr_std" in r \
+                else ("", "")
+            lines.append(f"| {LABELS[name]} | {r['psnr']:.2f}{spread[0]} | {r['ssim']:.4f}"
+                         f"{spread[1]} | {r['params']:,} | {r['macs'] / 1e9:.2f} | "
+                         f"{r['ms_per_image']:.1f} |")
+        kd_row = table["student"]
+        for twin, what in (("student_nokd", "equal steps"), ("student_nokd_time", "equal time")):
+            gains = [a - b for a, b in zip(kd_row.get("psnr_per_seed", [kd_row["psnr"]]),
+                                           table[twin].get("psnr_per_seed", [table[twin]["psnr"]]))]
+            per_seed = f" (per seed: {', '.join(f'{g:+.2f}' for g in gains)})" if len(gains) > 1 \
+                else ""
+            lines.append(f"\nDistilled minus no-teacher student, {what}: "
+                         f"{sum(gains) / len(gains):+.2f} dB{per_seed}.")
+        lines.append("")
+    if not protocol["real_blur"]:
+        size = protocol["image_size"]
+        paper = " (the source paper's protocol)" if protocol["blur"] == "gaussian" else ""
+        lines.append(f"Synthetic {protocol['blur']}-blur numbers on {size}x{size} images{paper}: "
+                     "not comparable with published GoPro real-blur scores.")
+    return "\n".join(lines) + "\n"
+
+
+def _center(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window of ``img`` (all of it if smaller)."""
+    H, W = img.shape[-2:]
+    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
+    return img[..., top : top + size, left : left + size]
+
+
+def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else sharpen.load_image(img)
+
+
+def _figure(path: Path, models: dict[str, nn.Module], pairs: list, count: int = 3) -> None:
+    """Rows of blurred | student | teacher | sharp, each labelled with its PSNR / SSIM."""
+    from PIL import Image, ImageDraw
+
+    label_h, tiles = 14, []
+    for blurred, sharp in pairs[:count]:
+        blurred, sharp = (_center(_as_image(x), 256) for x in (blurred, sharp))
+        row = [("blurred", blurred)]
+        row += [(name, sharpen.sharpen(models[name], blurred)) for name in ("student", "teacher")]
+        row.append(("sharp", sharp))
+        tiles.append(row)
+    size = tiles[0][0][1].shape[-1]
+    canvas = Image.new("RGB", (4 * size, len(tiles) * (size + label_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(tiles):
+        sharp = row[-1][1]
+        for c, (name, img) in enumerate(row):
+            arr = (img.clamp(0, 1).cpu() * 255).round().byte().permute(1, 2, 0).numpy()
+            top = r * (size + label_h)
+            canvas.paste(Image.fromarray(arr), (c * size, top + label_h))
+            text = name if name == "sharp" else (
+                f"{name} {metrics.psnr(img, sharp).item():.2f} dB / "
+                f"{metrics.ssim(img.clamp(0, 1), sharp).item():.3f}")
+            draw.text((c * size + 3, top + 1), text, fill="black")
+    sharpen.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+
+
+def _write_text(path: Path, text: str) -> None:
+    sharpen.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Reproduce the paper's Table 1 with a distillation ablation; see ``--help``."""
+    args = _parse_args(argv)
+    run_start = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    degrade = functools.partial(sharpen.degrade, kind=args.blur, sigma=args.sigma)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        train, eval_sets, data_desc = _datasets(args, degrade, generator)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    make_teacher, make_student = ((sharpen.teacher, sharpen.student) if args.arch == "unet"
+                                  else (sharpen.paper_teacher, sharpen.paper_student))
+    print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
+
+    teacher = _new_model(make_teacher, args.seed, args.device)
+    teacher_seconds = _fit(teacher, args.steps, "teacher", args,
+                           _train_stream(args, train, degrade, args.seed),
+                           lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
+                                                                    clip_grad_norm=CLIP))
+    seeds = [args.seed + i for i in range(args.seeds)]
+    runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
+
+    models = {"teacher": teacher, **runs[0]["models"]}
+    size = args.eval_size
+    cost = {"input": {"params": 0, "macs": 0, "ms_per_image": 0.0}}
+    for name in ("teacher", "student"):  # the three students share one architecture
+        cost[name] = {"params": sharpen.count_params(models[name]),
+                      "macs": sharpen.count_macs(models[name], size, size),
+                      "ms_per_image": _ms_per_image(models[name], size, args.device)}
+    cost |= dict.fromkeys(("student_nokd", "student_nokd_time"), cost["student"])
+    rows = []
+    for set_name, pairs in eval_sets.items():
+        print(f"evaluating on {set_name} ({len(pairs)} images)", flush=True)
+        teacher_result = kd.evaluate(teacher, pairs)
+        common = {"set_name": set_name, "n_sets": len(eval_sets)}
+        rows.append(_row("input", cost["input"], [teacher_result], prefix="input_", **common))
+        rows.append(_row("teacher", cost["teacher"], [teacher_result], **common))
+        for name in runs[0]["models"]:
+            results = [kd.evaluate(run["models"][name], pairs) for run in runs]
+            rows.append(_row(name, cost[name], results, **common))
+
+    for name, model in models.items():
+        sharpen.save_model(args.out / f"{name}.pt", model)
+    figure_set = "photos" if "photos" in eval_sets else next(iter(eval_sets))
+    _figure(args.out / "comparison.png", models, eval_sets[figure_set])
+    protocol = {
+        "blur": args.blur, "sigma": args.sigma, "image_size": args.eval_size, "data": data_desc,
+        "real_blur": args.real_blur,
+        "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
+                  "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
+        "arch": args.arch, "teacher_steps": args.steps, "student_steps": args.student_steps,
+        "time_matched_steps": [run["time_steps"] for run in runs],
+        "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
+        "batch_size": args.batch_size, "alpha": args.alpha, "kd_loss": args.kd_loss,
+        "feature_weight": args.feature_weight, "seeds": seeds, "device": str(args.device),
+        "precision": (f"{'bf16 autocast' if args.amp else 'fp32'}, channels_last (training); "
+                      "fp32 (evaluation, timing)"),
+        "grad_clip": CLIP,
+        "torch": torch.__version__,
+        "stage_seconds": {"teacher": round(teacher_seconds, 1),
+                          **{k: round(sum(r["seconds"][k] for r in runs) / len(runs), 1)
+                             for k in runs[0]["seconds"]}},
+        "wall_seconds": round(time.perf_counter() - run_start, 1),
+    }
+    protocol["summary"] = (
+        f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher {args.steps} steps, "
+        f"students {args.student_steps} steps (time-matched twin: "
+        f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
+        f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
+        f"({args.kd_loss} teacher term), "
+        f"{len(seeds)} seed(s), {args.device}, torch {torch.__version__}, "
+        f"{protocol['wall_seconds']:.0f} s; {protocol['metric']}.")
+    _write_text(args.out / "report.json", json.dumps({"protocol": protocol, "rows": rows},
+                                                     indent=2) + "\n")
+    report = _markdown(protocol, rows)
+    _write_text(args.out / "report.md", report)
+    print("\n" + report + f"\nwrote {args.out}/: teacher.pt, student.pt, student_nokd.pt, "
+          "student_nokd_time.pt, report.json, report.md, comparison.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
