@@ -61,11 +61,12 @@ def _check_number(name: str, value: object, *, low: float = 0.0, strict: bool = 
     return float(value)
 
 
-def _check_int(name: str, value: object, *, low: int) -> int:
+def _check_int(name: str, value: object, *, low: int, high: float = math.inf) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be >= {low}" + (f" and <= {high}" if high < math.inf
+                                                        else "") + f", got {value}")
     return int(value)
 
 
@@ -232,10 +233,11 @@ def gaussian_blur(img: Tensor, sigma: float | Tensor, *, truncate: float = 4.0) 
             raise ValueError(f"sigma must be finite and > 0, got {s.tolist()}")
     else:
         s = torch.tensor([_check_number("sigma", sigma)], dtype=torch.float64)
+    if (radius := math.floor(truncate * float(s.max()) + 0.5)) >= min(H, W):  # before building
+        raise ValueError(f"kernel radius {radius} (sigma={float(s.max()):g}, truncate="
+                         f"{truncate:g}) must be smaller than the image height and width, got "
+                         f"H={H}, W={W}")
     k = _gaussians(s, truncate).to(x.device, x.dtype)  # (1 or B, 2 * radius + 1)
-    if (radius := k.shape[1] // 2) >= min(H, W):
-        raise ValueError(f"kernel radius {radius} (sigma={sigma}, truncate={truncate}) must be "
-                         f"smaller than the image height and width, got H={H}, W={W}")
     out = _filter(x, [k[:, None, :], k[:, :, None]])
     return out[0] if single else out
 
@@ -409,6 +411,11 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
     dev = _check_generator(generator)
+    s_max = 1.5 * sigma if kind == "mixed" else sigma  # the largest kernel, checked up front
+    radius = max(math.floor(4 * s_max + 0.5) if kind != "motion" else 0, math.ceil(3 * s_max))
+    if radius >= min(x.shape[-2:]):
+        raise ValueError(f"sigma={sigma:g} blurs with kernels up to {2 * radius + 1}x"
+                         f"{2 * radius + 1} ({kind}), too large for {tuple(x.shape[-2:])} images")
     if kind == "gaussian":
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
@@ -606,10 +613,10 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
     ceil(W / 2**l)``; models of equal depth give features that differ only in channels.
 
     Args:
-        width: Channels at full resolution, >= 1.
-        depth: Number of resolution levels, >= 1.
-        blocks: Residual blocks per level in the encoder and in the decoder, >= 0.
-        in_channels: Image channels (input and output), >= 1.
+        width: Channels at full resolution, 1 to 1024.
+        depth: Number of resolution levels, 1 to 8.
+        blocks: Residual blocks per level in the encoder and in the decoder, 0 to 32.
+        in_channels: Image channels (input and output), 1 to 64.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -618,7 +625,8 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
         ValueError: If an argument is out of range.
     """
     kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels}
-    kwargs = {k: _check_int(k, v, low=0 if k == "blocks" else 1) for k, v in kwargs.items()}
+    limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64)}
+    kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
     model = UNet(**kwargs)
     model.config = {"factory": "unet", "kwargs": kwargs}
     return model
@@ -647,7 +655,7 @@ def student(**overrides: int) -> UNet:
 
 
 def _paper(factory: str, blocks: int) -> PaperNet:
-    model = PaperNet(blocks := _check_int("blocks", blocks, low=0))
+    model = PaperNet(blocks := _check_int("blocks", blocks, low=0, high=32))
     model.config = {"factory": factory, "kwargs": {"blocks": blocks}}
     return model
 
@@ -767,6 +775,10 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
 def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Module:
     """Rebuild a model written by ``save_model`` (``torch.load(weights_only=True)``).
 
+    Nothing is built before the file is checked: the network is first laid out on the meta
+    device (no memory), its parameter names and shapes compared with the file's, and its weights
+    must be finite; a small file cannot make it allocate more than the weights it holds.
+
     Args:
         path: The model file.
         map_location: Device for the model; CPU when None.
@@ -776,25 +788,41 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a fitting model file; the message names it.
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: If the file is not a fitting model file; the message names it and the cause.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from e
-    if not isinstance(data, dict) or not {"factory", "kwargs", "state_dict"} <= data.keys():
+    if not isinstance(data, dict) or not {"factory", "kwargs", "state_dict"} <= data.keys() \
+            or not isinstance(data["kwargs"], dict) or not isinstance(data["state_dict"], dict):
         raise ValueError(f"{path}: not a sharpen model file (expected factory, kwargs, state_dict)")
-    factory = data["factory"]
+    factory, kwargs, state = data["factory"], data["kwargs"], data["state_dict"]
     if factory not in _FACTORIES:
         raise ValueError(f"{path}: unknown factory {factory!r}; known: {sorted(_FACTORIES)}")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)
+           or (v.is_floating_point() and not bool(torch.isfinite(v).all()))]
+    if bad:
+        raise ValueError(f"{path}: non-finite weights in {', '.join(map(str, bad[:3]))}")
     try:
-        model = _FACTORIES[factory](**data["kwargs"])
-        model.load_state_dict(data["state_dict"])
+        with torch.device("meta"):
+            model = _FACTORIES[factory](**kwargs)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if wrong := sorted(shapes.keys() ^ state.keys()):
+            raise ValueError(f"missing or unexpected weights {wrong[:3]}")
+        if wrong := [k for k in shapes if shapes[k] != tuple(state[k].shape)]:
+            k = wrong[0]
+            raise ValueError(f"{k} has shape {tuple(state[k].shape)}, the model {shapes[k]}")
+        model = model.to_empty(device="cpu")
+        model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: cannot rebuild {factory}({data['kwargs']}): {e}") from e
+        raise ValueError(f"{path}: cannot rebuild {factory}({kwargs}): {e}") from e
     return model.to(map_location or "cpu").eval()
 
 
@@ -803,14 +831,19 @@ def load_image(path: str | os.PathLike) -> Tensor:
 
     8-bit values are divided by 255, 16-bit grey ("I;16*", or "I" in [0, 65535]) by 65535; grey is
     copied to 3 channels, transparency composited over white, other modes converted by Pillow.
+    An 8-bit image needs about 16 bytes per pixel at the peak, the 12 of the result included
+    (1.4 GB for 90 megapixels); Pillow refuses images over 179 megapixels (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``) as decompression bombs.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
+        FileNotFoundError: If ``path`` is not a file (missing, a folder, a broken link or a loop).
         ValueError: If the file is unreadable or of an unsupported mode; the message names it.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        why = " (a folder)" if path.is_dir() else " (a broken link or a link loop)" \
+            if path.is_symlink() else ""
+        raise FileNotFoundError(f"image file not found: {path}{why}")
     try:
         with Image.open(path) as im:
             im.load()
@@ -828,7 +861,10 @@ def load_image(path: str | os.PathLike) -> Tensor:
             im = Image.alpha_composite(white, im.convert("RGBA"))
         if im.mode not in ("RGB", "RGBA", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
             raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        arr = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3) uint8
+        del im  # 8 bits to float32 in place: the peak stays near the result's 12 bytes a pixel
+        out = torch.empty(3, *arr.shape[:2])
+        return out.copy_(torch.from_numpy(arr).permute(2, 0, 1)).div_(255)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -951,7 +987,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sharpen.py", epilog="No model yet? `python train.py` writes runs/demo/student.pt.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
-        "OUT_DIR/<stem>_sharp.png; inputs are never overwritten. Any size runs in overlapping "
+        "OUT_DIR/<stem>_sharp.png; inputs are never overwritten, existing outputs only with "
+        "--overwrite. Any size runs in overlapping "
         "tiles, so memory stays bounded.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files to sharpen")
     parser.add_argument("--weights", metavar="MODEL.pt", help="model file written by save_model")
@@ -959,7 +996,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (512)")
     parser.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (128)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that already exist (inputs are never replaced)")
     args = parser.parse_args(argv)
+    if args.tile < 1:
+        parser.error(f"--tile must be >= 1, got {args.tile}")
+    if args.overlap < 0:
+        parser.error(f"--overlap must be >= 0, got {args.overlap}")
+    if args.overlap > args.tile // 2:
+        parser.error(f"--overlap must be <= --tile // 2 = {args.tile // 2}, got {args.overlap}")
     try:
         if args.weights is None:
             raise ValueError("no model given (--weights). Train one with `python train.py`, which "
@@ -971,17 +1016,21 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
-    taken = {Path(p).resolve() for p in args.inputs}  # inputs, then outputs as they are written
+    # Inputs, then outputs as they are written; realpath, unlike Path.resolve, never raises on a
+    # link loop (the loop is then reported as an unreadable file).
+    taken = {os.path.realpath(p) for p in args.inputs}
     failed = 0
     for src in map(Path, args.inputs):
         dst = Path(args.out_dir or src.parent) / f"{src.stem}_sharp.png"
         try:
-            if dst.resolve() in taken:
+            if os.path.realpath(dst) in taken:
                 raise ValueError(f"output {dst} would overwrite an input or another output")
+            if os.path.lexists(dst) and not args.overwrite:
+                raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             out = sharpen(model, load_image(src), tile=args.tile, overlap=args.overlap)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
-            taken.add(dst.resolve())
+            taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}")
         except (OSError, ValueError) as e:
             print(f"sharpen.py: {src}: {e}", file=sys.stderr)

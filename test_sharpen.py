@@ -921,6 +921,50 @@ def test_cli_in_process(tmp_path, tiny_model_file, capsys):
     assert sharpen.load_image(tmp_path / "o" / "a_sharp.png").shape == (3, 12, 14)
 
 
+def test_cli_refuses_an_existing_output_unless_overwrite(tmp_path, tiny_model_file, capsys):
+    a = torch.rand(3, 12, 14, generator=gen())
+    sharpen.save_image(a, tmp_path / "b.png")
+    (tmp_path / "b_sharp.png").write_bytes(b"precious")
+    args = [str(tmp_path / "b.png"), "--weights", str(tiny_model_file)]
+    assert sharpen.main(args) == 1
+    assert "b_sharp.png already exists" in capsys.readouterr().err
+    assert (tmp_path / "b_sharp.png").read_bytes() == b"precious"
+    assert sharpen.main([*args, "--overwrite"]) == 0
+    assert sharpen.load_image(tmp_path / "b_sharp.png").shape == (3, 12, 14)
+
+
+def test_cli_reports_symlink_loops_and_goes_on(tmp_path, tiny_model_file, capsys):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "c.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "d_sharp.png").symlink_to(tmp_path / "d_sharp.png")  # a loop as the output
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen(1)), tmp_path / "d.png")
+    rc = sharpen.main([str(tmp_path / "loop.png"), str(tmp_path / "d.png"), str(tmp_path / "c.png"),
+                       "--weights", str(tiny_model_file)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "loop.png" in err and "d_sharp.png already exists" in err
+    assert "Traceback" not in err and (tmp_path / "c_sharp.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [(["--tile", "0"], "--tile must be >= 1, got 0"),
+     (["--overlap", "-5"], "--overlap must be >= 0, got -5"),
+     (["--tile", "64", "--overlap", "40"], "--overlap must be <= --tile // 2 = 32, got 40")],
+)
+def test_cli_bad_tiles_are_a_usage_error_before_any_work(tmp_path, tiny_model_file, capsys,
+                                                          extra, match):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "e.png")
+    with pytest.raises(SystemExit) as exit_info:
+        sharpen.main([str(tmp_path / "e.png"), "--weights", str(tiny_model_file), *extra])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "e_sharp.png").exists()
+
+
+def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
+    assert sharpen.main(["x.png", "--weights", str(tmp_path)]) == 2
+    assert "is a folder, not a model file" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-cuda message")
 def test_cli_cuda_unavailable(tmp_path, tiny_model_file, capsys):
     assert sharpen.main(["x.png", "--weights", str(tiny_model_file), "--device", "cuda"]) == 2
@@ -1012,7 +1056,8 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
             ValueError,
             r"contrast must be in \(0, 1\]",
         ),
-        (lambda: sharpen.unet(width=0), ValueError, "width must be >= 1, got 0"),
+        (lambda: sharpen.unet(width=0), ValueError, "width must be >= 1 and <= 1024, got 0"),
+        (lambda: sharpen.unet(depth=9), ValueError, "depth must be >= 1 and <= 8, got 9"),
         (lambda: sharpen.unet(depth=1.5), TypeError, "depth must be an int"),
         (lambda: sharpen.teacher(colour=3), TypeError, "colour"),
         (lambda: sharpen.count_params("model"), TypeError, "nn.Module"),
@@ -1072,6 +1117,74 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
 def test_bad_inputs_raise(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "kwargs, factory",
+    [({"blocks": 100_000}, "paper_teacher"), ({"width": 64, "depth": 12}, "unet")],
+    ids=["many-blocks", "huge-width"],
+)
+def test_a_tiny_model_file_cannot_exhaust_memory(tmp_path, kwargs, factory):
+    import resource
+
+    torch.save({"factory": factory, "kwargs": kwargs, "state_dict": {}}, tmp_path / "bomb.pt")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"bomb.pt: cannot rebuild"):
+        sharpen.load_model(tmp_path / "bomb.pt")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_a_model_file_with_wrong_shapes_is_refused_before_building(tmp_path):
+    good = sharpen.unet(**TINY)
+    state = good.state_dict()
+    state["head.weight"] = torch.zeros(4, 3, 5, 5)
+    torch.save({"factory": "unet", "kwargs": TINY, "state_dict": state}, tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match=r"shape.pt: cannot rebuild unet.*head.weight.*"
+                       r"\(4, 3, 5, 5\).*\(4, 3, 3, 3\)"):
+        sharpen.load_model(tmp_path / "shape.pt")
+
+
+def test_a_model_file_with_non_finite_weights_is_refused(tmp_path):
+    model = sharpen.unet(**TINY)
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")
+    sharpen.save_model(tmp_path / "nan.pt", model)
+    with pytest.raises(ValueError, match=r"nan.pt: non-finite weights in head.bias"):
+        sharpen.load_model(tmp_path / "nan.pt")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a model file"):
+        sharpen.load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [(lambda x: sharpen.degrade(x, sigma=1e8), r"sigma=1e\+08 blurs with kernels up to 8000"),
+     (lambda x: sharpen.degrade(x, kind="motion", sigma=1e4), "kernels up to 60001x60001"),
+     (lambda x: sharpen.degrade(x, kind="mixed", sigma=11.0), "sigma=11 blurs with kernels up"),
+     (lambda x: sharpen.gaussian_blur(x, 1e8), "radius 400000000"),
+     (lambda x: sharpen.gaussian_blur(x, torch.tensor([1.0, 1e9])), "radius 4000000000")],
+)
+def test_a_huge_sigma_raises_before_building_the_kernel(call, match):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=match):
+        call(torch.rand(2, 3, 64, 64, generator=gen()))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_load_image_peak_memory_is_about_16_bytes_per_pixel(tmp_path):
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(tmp_path / "big.png")
+    code = (
+        "import resource, sys, sharpen\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "x = sharpen.load_image(sys.argv[1])\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / 6e6)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png")],
+                         capture_output=True, text=True, env={**os.environ,
+                                                              "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) <= 17  # bytes per pixel, the (3, H, W) float32 result included
 
 
 def test_bad_files_raise_naming_the_file(tmp_path):
@@ -1810,13 +1923,26 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
     assert err.startswith("error: GoPro root") and "no_gopro" in err and "Traceback" not in err
     for bad, match in (
         (["--steps", "0"], "--steps must be >= 1, got 0"),
-        (["--sigma", "-1"], "--sigma must be > 0"),
+        (["--sigma", "-1"], "--sigma must be finite and > 0"),
         (["--real-blur"], "--real-blur needs --data ROOT"),
         (["--blur", "box"], "invalid choice: 'box'"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             train.main(bad)
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [(["--eval-size", "0"], "--eval-size must be >= 16, got 0"),
+     (["--sigma", "1e8"], "--sigma 1e+08:"),
+     (["--sigma", "nan"], "--sigma must be finite and > 0, got nan")],
+)
+def test_main_names_the_flag_of_a_bad_value(capsys, bad, match):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TINY_RUN, *bad])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and match in err and "Traceback" not in err
 
 
 def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):

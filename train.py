@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -85,16 +86,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "student_steps", "batch_size", "seeds", "eval_images", "train_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.eval_size < 16:
+        p.error(f"--eval-size must be >= 16, got {args.eval_size}")
     largest = 128 if args.data is None else args.eval_size  # the training images' size
     if not 16 <= args.size <= largest:
         p.error(f"--size must be between 16 and {largest} (the training images' size), "
                 f"got {args.size}")
-    if not args.sigma > 0:
-        p.error(f"--sigma must be > 0, got {args.sigma}")
+    if not 0 < args.sigma < math.inf:
+        p.error(f"--sigma must be finite and > 0, got {args.sigma}")
+    try:  # the blur's largest kernel must fit the crops: degrade checks it before any work
+        sharpen.degrade(torch.zeros(1, 3, args.size, args.size), kind=args.blur, sigma=args.sigma)
+    except ValueError as e:
+        p.error(f"--sigma {args.sigma:g}: {e}")
     if not 0 <= args.alpha <= 1:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.feature_weight < 0:
-        p.error(f"--feature-weight must be >= 0, got {args.feature_weight}")
+    if not 0 <= args.feature_weight < math.inf:
+        p.error(f"--feature-weight must be finite and >= 0, got {args.feature_weight}")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.device == "cuda" and not torch.cuda.is_available():
