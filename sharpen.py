@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import numbers
 import os
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "gaussian_kernel", "gaussian_blur", "resample_blur", "motion_kernel", "random_motion_kernel",
-    "disk_kernel", "blur", "add_noise", "degrade", "dead_leaves", "UNet", "PaperNet", "unet",
+    "disk_kernel", "anisotropic_gaussian_kernel", "blur", "add_noise", "jpeg", "unsharp_mask",
+    "wiener", "degrade", "dead_leaves", "UNet", "PaperNet", "unet",
     "teacher", "student", "paper_teacher", "paper_student", "fast_bf16", "count_params",
     "count_macs",
     "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
@@ -363,6 +365,39 @@ def blur(img: Tensor, kernel: Tensor) -> Tensor:
     return out[0] if single else out
 
 
+def anisotropic_gaussian_kernel(sigma_u: float, sigma_v: float, angle: float, *,
+                                truncate: float = 4.0, device: Device = None,
+                                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sampled 2-D Gaussian with standard deviations ``sigma_u`` along the direction ``angle``
+    and ``sigma_v`` across it, normalized; equal sigmas give the isotropic kernel.
+
+    Args:
+        sigma_u, sigma_v: Standard deviations in pixels, > 0.
+        angle: Direction of the u axis in degrees, counter-clockwise from +x as seen on screen.
+        truncate: Half-width in the larger sigma: radius ``int(truncate * max_sigma + 0.5)``.
+        device, dtype: Placement of the result (computed in float64).
+
+    Returns:
+        ``(2 * radius + 1, 2 * radius + 1)``, non-negative, summing to 1.
+
+    Raises:
+        TypeError: If an argument is not a number.
+        ValueError: If a sigma or ``truncate`` is not finite and positive, or ``angle`` not finite.
+
+    Example:
+        >>> anisotropic_gaussian_kernel(2.0, 0.5, 30.0).shape
+        torch.Size([17, 17])
+    """
+    su, sv = _check_number("sigma_u", sigma_u), _check_number("sigma_v", sigma_v)
+    rad = math.radians(_check_number("angle", angle, low=-math.inf))
+    R = math.floor(_check_number("truncate", truncate) * max(su, sv) + 0.5)
+    grid = torch.arange(-R, R + 1, dtype=torch.float64)
+    y, x = grid[:, None], grid[None, :]  # rows go down the screen
+    u, v = x * math.cos(rad) - y * math.sin(rad), x * math.sin(rad) + y * math.cos(rad)
+    k = torch.exp(-0.5 * ((u / su) ** 2 + (v / sv) ** 2))
+    return (k / k.sum()).to(device=device, dtype=dtype)
+
+
 def add_noise(img: Tensor, sigma: float, *, generator: Generator = None) -> Tensor:
     """Add white Gaussian noise, unclamped (so it stays zero-mean).
 
@@ -381,6 +416,106 @@ def add_noise(img: Tensor, sigma: float, *, generator: Generator = None) -> Tens
     sigma, dev = _check_number("sigma", sigma, strict=False), _check_generator(generator)
     noise = torch.randn(img.shape, generator=generator, device=dev, dtype=img.dtype)
     return img + sigma * noise.to(img.device)
+
+
+def jpeg(img: Tensor, quality: int) -> Tensor:
+    """Compress each image as JPEG with Pillow and decode it, as saving a photo would.
+
+    Values are clipped to [0, 1] and rounded to 8 bits, as any 8-bit file does; colour images
+    use Pillow's default chroma subsampling (4:2:0).
+
+    Args:
+        img: ``(B, C, H, W)`` or ``(C, H, W)`` with C = 1 or 3.
+        quality: JPEG quality, 1 to 95 (Pillow's scale).
+
+    Returns:
+        The decoded images, shaped like ``img``, on its device and dtype.
+
+    Raises:
+        ValueError: If ``quality`` is out of range or C is not 1 or 3.
+    """
+    x, single = _as_batch("img", img)
+    quality = _check_int("quality", quality, low=1, high=95)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"img must have 1 or 3 channels for JPEG, got {tuple(img.shape)}")
+    u8 = (x.detach().to("cpu", torch.float32).clamp(0, 1) * 255).round().to(torch.uint8)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i, arr in enumerate(u8.permute(0, 2, 3, 1).numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(
+            buffer, format="JPEG", quality=quality)
+        decoded = np.array(Image.open(buffer))
+        out[i] = torch.from_numpy(decoded.reshape(*decoded.shape[:2], -1)).permute(2, 0, 1)
+    out = out.div_(255).to(x.device, x.dtype)
+    return out[0] if single else out
+
+
+def unsharp_mask(img: Tensor, *, sigma: float = 1.0, amount: float = 1.0) -> Tensor:
+    """Unsharp masking, what most photo editors call sharpening: ``img + amount * (img -
+    gaussian_blur(img, sigma))``, unclamped (as ``skimage.filters.unsharp_mask`` before it clips).
+
+    Args:
+        img: ``(B, C, H, W)`` or ``(C, H, W)``.
+        sigma: Standard deviation of the blur that defines the detail, in pixels, > 0.
+        amount: How much detail to add, >= 0; 0 returns ``img``.
+
+    Returns:
+        Sharpened images, shaped like ``img``.
+
+    Raises:
+        ValueError: If ``sigma`` or ``amount`` is out of range, or the blur too large.
+    """
+    amount = _check_number("amount", amount, strict=False)
+    return torch.lerp(gaussian_blur(img, sigma), img, 1 + amount)
+
+
+def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
+    """Non-blind Wiener deconvolution of images blurred by a known ``kernel``.
+
+    The filter of scikit-image's ``restoration.wiener``: ``conj(K) / (|K|^2 + balance |L|^2)``
+    in the frequency domain, with ``K`` the kernel's transfer function and ``L`` the Laplacian's
+    (a smoothness prior). The image is first padded by reflection by the kernel's width (at most
+    ``H - 1``, ``W - 1``), so the borders do not wrap around; the result is cropped back,
+    unclamped. Computed in float64 for float64 input, else in float32.
+
+    Args:
+        img: ``(B, C, H, W)`` or ``(C, H, W)``, blurred by ``blur(sharp, kernel)``.
+        kernel: ``(kh, kw)`` shared or ``(B, kh, kw)`` per image, odd sides; a ``(1, 1)`` kernel
+            of 1 (no blur) makes the filter a pure Laplacian-regularised smoother.
+        balance: Weight of the prior, >= 0: larger is smoother and less noisy; 0 is the plain
+            inverse filter, which explodes where ``K`` vanishes.
+
+    Returns:
+        Deconvolved images, shaped like ``img``, in its dtype and on its device.
+
+    Raises:
+        ValueError: If ``kernel`` has the wrong rank, batch or even sides, or ``balance < 0``.
+    """
+    x, single = _as_batch("img", img)
+    B, C, H, W = x.shape
+    _check_tensor("kernel", kernel)
+    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B) \
+            or kernel.shape[-2] % 2 == 0 or kernel.shape[-1] % 2 == 0:
+        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={B} and odd "
+                         f"sides, got {tuple(kernel.shape)}")
+    balance = _check_number("balance", balance, strict=False)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    p = min(max(kernel.shape[-2:]), H - 1, W - 1)
+    padded = F.pad(x.to(dtype), (p, p, p, p), mode="reflect") if p else x.to(dtype)
+    size = padded.shape[-2:]
+    lap = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=dtype, device=x.device)
+
+    def transfer(k: Tensor) -> Tensor:  # the impulse response centred on pixel (0, 0)
+        kh, kw = k.shape[-2:]
+        full = k.new_zeros(*k.shape[:-2], *size)
+        full[..., :kh, :kw] = k
+        return torch.fft.rfft2(full.roll((-(kh // 2), -(kw // 2)), dims=(-2, -1)))
+
+    K = transfer(kernel.to(x.device, dtype).reshape(-1, 1, *kernel.shape[-2:]))
+    filt = K.conj() / (K.abs().square() + balance * transfer(lap).abs().square())
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt, s=size)
+    out = out[..., p : p + H, p : p + W].to(x.dtype)
+    return out[0] if single else out
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,

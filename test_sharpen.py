@@ -632,6 +632,73 @@ def test_filters_keep_their_precision_inside_cpu_autocast(dtype):
         assert inside.dtype == dtype and torch.equal(inside, expected)
 
 
+def test_anisotropic_gaussian_kernel_by_hand():
+    iso = sharpen.anisotropic_gaussian_kernel(1.5, 1.5, 37.0, dtype=torch.float64)
+    g = sharpen.gaussian_kernel(1.5, dtype=torch.float64)
+    torch.testing.assert_close(iso, g[:, None] * g[None, :], rtol=0, atol=1e-15)
+    k = sharpen.anisotropic_gaussian_kernel(2.0, 1.0, 0.0, dtype=torch.float64)
+    r = torch.arange(-8, 9, dtype=torch.float64)
+    ref = torch.exp(-0.5 * (r[None, :] ** 2 / 4 + r[:, None] ** 2))
+    torch.testing.assert_close(k, ref / ref.sum(), rtol=0, atol=1e-15)
+    turned = sharpen.anisotropic_gaussian_kernel(2.0, 1.0, 90.0, dtype=torch.float64)
+    torch.testing.assert_close(turned, k.T, rtol=0, atol=1e-15)
+    diagonal = sharpen.anisotropic_gaussian_kernel(3.0, 0.3, 45.0)
+    assert diagonal[0, -1] > diagonal[0, 0]  # 45 degrees runs up to the right on screen
+
+
+def test_unsharp_mask_equals_its_formula_with_scipy():
+    x = torch.rand(2, 3, 20, 24, generator=gen(), dtype=torch.float64)
+    blurred = ndimage.gaussian_filter(x.numpy(), (0, 0, 1.2, 1.2), mode="mirror")
+    ref = x.numpy() + 0.7 * (x.numpy() - blurred)
+    np.testing.assert_allclose(sharpen.unsharp_mask(x, sigma=1.2, amount=0.7).numpy(), ref,
+                               rtol=0, atol=1e-12)
+    assert torch.equal(sharpen.unsharp_mask(x, amount=0.0), x)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "shake", "delta"])
+def test_wiener_equals_scikit_image_on_the_reflected_image(kernel):
+    restoration = pytest.importorskip("skimage.restoration")
+    x = photo("coffee", 40, 48)[:2]
+    k = {"gaussian": sharpen.anisotropic_gaussian_kernel(1.5, 1.5, 0.0, dtype=torch.float64),
+         "shake": sharpen.random_motion_kernel(9, generator=gen(2), dtype=torch.float64),
+         "delta": torch.ones(1, 1, dtype=torch.float64)}[kernel]
+    y = sharpen.blur(x, k)
+    out = sharpen.wiener(y, k, balance=0.02)
+    p = max(k.shape)
+    for c in range(2):
+        padded = np.pad(y[c].numpy(), p, mode="reflect")
+        ref = restoration.wiener(padded, k.numpy(), 0.02, clip=False)[p:-p, p:-p]
+        np.testing.assert_allclose(out[c].numpy(), ref, rtol=0, atol=1e-10)
+
+
+def test_wiener_undoes_a_known_blur_and_takes_one_kernel_per_image():
+    x = photo("astronaut", 64, 64).float()[None].repeat(2, 1, 1, 1)
+    kernels = torch.stack([sharpen.disk_kernel(3.0),  # both 7 x 7
+                           sharpen.anisotropic_gaussian_kernel(1.5, 0.5, 20.0, truncate=2.0)])
+    y = sharpen.blur(x, kernels)
+    out = sharpen.wiener(y, kernels, balance=1e-2)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    gains = metrics.psnr(out.clamp(0, 1), x) - metrics.psnr(y, x)
+    assert (gains > 3).all(), gains
+    single = sharpen.wiener(y[1], kernels[1], balance=1e-2)
+    torch.testing.assert_close(single, out[1], rtol=0, atol=1e-5)
+
+
+def test_jpeg_is_a_pillow_round_trip():
+    x = torch.rand(2, 3, 16, 24, generator=gen())
+    out = sharpen.jpeg(x, 50)
+    import io
+
+    arr = (x[1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="JPEG", quality=50)
+    ref = np.asarray(Image.open(buffer), dtype=np.float32) / 255
+    np.testing.assert_array_equal(out[1].permute(1, 2, 0).numpy(), ref)
+    gray = sharpen.jpeg(x[0, :1].double(), 90)
+    assert gray.shape == (1, 16, 24) and gray.dtype == torch.float64
+    assert (gray - x[0, :1].double()).abs().max() < 0.1
+
+
 # ---------------------------------------------------------------------------------- dead leaves
 
 
@@ -1048,6 +1115,17 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
         (lambda: sharpen.degrade(X, sigma=0.0), ValueError, "sigma"),
         (lambda: sharpen.degrade(X, noise=-1.0), ValueError, "noise"),
         (lambda: sharpen.degrade(X, kind="mixed", generator="seed"), TypeError, "generator"),
+        (lambda: sharpen.anisotropic_gaussian_kernel(0.0, 1.0, 0.0), ValueError, "sigma_u"),
+        (lambda: sharpen.anisotropic_gaussian_kernel(1.0, 1.0, math.nan), ValueError, "angle"),
+        (lambda: sharpen.jpeg(X, 0), ValueError, "quality must be >= 1 and <= 95, got 0"),
+        (lambda: sharpen.jpeg(X, 50.0), TypeError, "quality must be an int"),
+        (lambda: sharpen.jpeg(X[:, :2], 50), ValueError, "1 or 3 channels"),
+        (lambda: sharpen.unsharp_mask(X, amount=-1.0), ValueError, "amount must be finite"),
+        (lambda: sharpen.unsharp_mask(X, sigma=0.0), ValueError, "sigma must be finite"),
+        (lambda: sharpen.wiener(X, torch.ones(2, 2)), ValueError, r"odd sides, got \(2, 2\)"),
+        (lambda: sharpen.wiener(X, torch.ones(3, 3, 3)), ValueError, "B=2"),
+        (lambda: sharpen.wiener(X, torch.ones(3, 3), balance=-1.0), ValueError, "balance"),
+        (lambda: sharpen.wiener(X, [[1.0]]), TypeError, "kernel must be a floating-point"),
         (lambda: sharpen.dead_leaves(0, 16), ValueError, "n must be >= 1, got 0"),
         (lambda: sharpen.dead_leaves(1, 1), ValueError, "size must be >= 2"),
         (lambda: sharpen.dead_leaves(1, 16, r_min=0.3, r_max=0.2), ValueError, "r_min < r_max"),
