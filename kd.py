@@ -453,7 +453,8 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     _check_module("student", student)
     _check_module("teacher", teacher)
     device = next(student.parameters()).device
-    channels = next(m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels
+    channels = getattr(student, "in_channels", None) or next(
+        m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels
     probe = torch.zeros(1, channels, 32, 32, device=device)
     modes = [(m, m.training) for m in (student, teacher)]
     try:

@@ -83,6 +83,12 @@ def _check_module(model: object) -> None:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
+def _image_channels(model: nn.Module) -> int:
+    """The image channels a model takes: ``model.in_channels``, else its first conv's."""
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    return int(getattr(model, "in_channels", first.in_channels))
+
+
 def _check_generator(generator: object) -> torch.device:
     """Validate ``generator`` and return the device its draws are made on."""
     if generator is None:
@@ -675,16 +681,22 @@ class _ResBlock(nn.Module):
 class UNet(nn.Module):
     """Residual U-Net with a global residual; build it with ``unet``, ``teacher`` or ``student``.
 
-    Level l has ``width * 2**l`` channels and ``blocks`` residual blocks in the encoder and decoder;
-    stride-2 conv3x3 down, stride-2 transposed conv2x2 up plus skip. The last conv starts at zero
-    (an untrained net is the identity). Inputs are padded to a multiple of ``self.multiple = m =
-    2**(depth - 1)``, then cropped; ``torch.export`` dynamic sizes: ``{2: m * Dim("h"), ...}``.
+    With ``shuffle = s > 1`` the image is first folded into ``s * s`` times the channels at 1/s of
+    the resolution (``pixel_unshuffle``), and unfolded at the end: the network then runs on
+    1/s^2 of the pixels. Level l has ``width * 2**l`` channels and ``blocks`` residual blocks in
+    the encoder and decoder; stride-2 conv3x3 down, stride-2 transposed conv2x2 up plus skip. The
+    last conv starts at zero (an untrained net is the identity). Inputs are padded to a multiple
+    of ``self.multiple = m = s * 2**(depth - 1)``, then cropped; ``torch.export`` dynamic sizes:
+    ``{2: m * Dim("h"), ...}``.
     """
 
-    def __init__(self, width: int, depth: int, blocks: int, in_channels: int) -> None:
+    def __init__(self, width: int, depth: int, blocks: int, in_channels: int,
+                 shuffle: int = 1) -> None:
         super().__init__()
         ch = [width * 2**level for level in range(depth)]
-        self.multiple = 2 ** (depth - 1)
+        self.shuffle, self.in_channels = shuffle, in_channels  # image channels
+        self.multiple = shuffle * 2 ** (depth - 1)
+        in_channels *= shuffle * shuffle
         self.head = nn.Conv2d(in_channels, width, 3, padding=1)
         self.enc = nn.ModuleList(nn.Sequential(*(_ResBlock(c) for _ in range(blocks))) for c in ch)
         self.down = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1) for c in ch[:-1])
@@ -698,8 +710,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, list]:
         """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``return_features``."""
         H, W = x.shape[-2:]
-        m = self.multiple  # padded size written as m * ceil(H / m), which torch.export can follow
-        h = self.head(F.pad(x, (0, -(-W // m) * m - W, 0, -(-H // m) * m - H), mode="replicate"))
+        m, s = self.multiple, self.shuffle  # padded size m * ceil(H / m): torch.export follows it
+        h = F.pad(x, (0, -(-W // m) * m - W, 0, -(-H // m) * m - H), mode="replicate")
+        h = self.head(F.pixel_unshuffle(h, s) if s > 1 else h)
         feats = []
         for level, stage in enumerate(self.enc):
             feats.append(h := stage(h))
@@ -707,11 +720,13 @@ class UNet(nn.Module):
                 h = self.down[level](h)
         for level in reversed(range(len(self.up))):
             feats.append(h := self.dec[level](self.up[level](h) + feats[level]))
-        out = x + self.tail(h)[..., :H, :W]
+        h = self.tail(h)
+        out = x + (F.pixel_shuffle(h, s) if s > 1 else h)[..., :H, :W]
         if not return_features:
             return out
         levels = [*range(len(self.enc)), *reversed(range(len(self.up)))]
-        return out, [f[..., : -(-H // 2**i), : -(-W // 2**i)] for f, i in zip(feats, levels)]
+        return out, [f[..., : -(-H // (s * 2**i)), : -(-W // (s * 2**i))]
+                     for f, i in zip(feats, levels)]
 
 
 class PaperNet(nn.Module):
@@ -720,7 +735,7 @@ class PaperNet(nn.Module):
 
     def __init__(self, blocks: int) -> None:
         super().__init__()
-        self.multiple = 2
+        self.multiple, self.in_channels = 2, 3
         self.head = nn.Conv2d(3, 64, 3, padding=1)
         self.down = nn.Conv2d(64, 128, 3, stride=2, padding=1)
         self.body = nn.Sequential(*(_ResBlock(128) for _ in range(blocks)))
@@ -740,18 +755,21 @@ class PaperNet(nn.Module):
         return out, [f1[..., :H, :W], f2[..., :h, :w], f3[..., :h, :w]]
 
 
-def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int = 3) -> UNet:
+def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int = 3,
+         shuffle: int = 1) -> UNet:
     """Residual U-Net (``UNet``): no normalization, output unclamped, any H and W.
 
     ``model(x, return_features=True)`` returns ``(out, feats)``: encoder outputs of levels 0 to
-    depth - 1, then decoder outputs of levels depth - 2 to 0, level l at ``ceil(H / 2**l) x
-    ceil(W / 2**l)``; models of equal depth give features that differ only in channels.
+    depth - 1, then decoder outputs of levels depth - 2 to 0, level l at ``ceil(H / (s 2**l)) x
+    ceil(W / (s 2**l))`` with ``s = shuffle``; models of equal depth and shuffle give features
+    that differ only in channels.
 
     Args:
-        width: Channels at full resolution, 1 to 1024.
+        width: Channels of the first level, 1 to 1024.
         depth: Number of resolution levels, 1 to 8.
         blocks: Residual blocks per level in the encoder and in the decoder, 0 to 32.
         in_channels: Image channels (input and output), 1 to 64.
+        shuffle: Run on ``pixel_unshuffle``-d images of 1/shuffle the resolution: 1, 2 or 4.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -759,9 +777,13 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
     Raises:
         ValueError: If an argument is out of range.
     """
-    kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels}
-    limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64)}
+    kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels,
+              "shuffle": shuffle}
+    limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64),
+              "shuffle": (1, 4)}
     kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
+    if kwargs["shuffle"] == 3:
+        raise ValueError("shuffle must be 1, 2 or 4, got 3")
     model = UNet(**kwargs)
     model.config = {"factory": "unet", "kwargs": kwargs}
     return model
@@ -857,7 +879,7 @@ def count_macs(model: nn.Module, height: int, width: int) -> int:
     handles = [m.register_forward_hook(hook) for m in convs]
     try:
         with torch.no_grad():
-            model(convs[0].weight.new_zeros(1, convs[0].in_channels, height, width))
+            model(convs[0].weight.new_zeros(1, _image_channels(model), height, width))
     finally:
         for h in handles:
             h.remove()
@@ -1088,9 +1110,9 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int = 12
     if overlap > tile // 2:
         raise ValueError(f"overlap must be <= tile // 2, got tile={tile}, overlap={overlap}")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if convs and convs[0].in_channels != x.shape[1]:
+    if convs and _image_channels(model) != x.shape[1]:
         raise ValueError(f"img has {x.shape[1]} channels but the model takes "
-                         f"{convs[0].in_channels}, got shape {tuple(img.shape)}")
+                         f"{_image_channels(model)}, got shape {tuple(img.shape)}")
     align = int(getattr(model, "multiple", 1))
     if (tile - overlap) // align < 1:
         raise ValueError(f"tile - overlap = {tile - overlap} must be >= model.multiple = {align}")

@@ -739,6 +739,7 @@ TINY = dict(width=4, depth=3, blocks=1)
 MODELS = {
     "unet_tiny": lambda: sharpen.unet(**TINY),
     "unet_depth1": lambda: sharpen.unet(width=4, depth=1, blocks=0),
+    "unet_shuffle": lambda: sharpen.unet(width=8, depth=2, blocks=1, shuffle=2),
     "teacher": sharpen.teacher,
     "student": sharpen.student,
     "paper_teacher": sharpen.paper_teacher,
@@ -758,6 +759,18 @@ def test_model_output_shapes_any_size(name, hw):
 def test_untrained_unet_is_identity():
     x = torch.rand(1, 3, 13, 10, generator=gen())
     assert torch.equal(sharpen.unet(**TINY)(x), x)
+    assert torch.equal(sharpen.unet(**TINY, shuffle=4)(x), x)
+
+
+def test_shuffled_unet_runs_at_lower_resolution():
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, shuffle=2))
+    assert model.multiple == 4 and model.head.in_channels == 12
+    x = torch.rand(1, 3, 17, 23, generator=gen())
+    out, feats = model(x, return_features=True)
+    assert out.shape == x.shape
+    assert [tuple(f.shape[-2:]) for f in feats] == [(9, 12), (5, 6), (9, 12)]
+    folded = sharpen.unet(width=4, depth=2, blocks=1, in_channels=12)  # the same, unshuffled
+    assert sharpen.count_macs(model, 64, 64) == sharpen.count_macs(folded, 32, 32)
 
 
 def test_features_of_teacher_and_student_match_in_number_and_size():
@@ -827,7 +840,7 @@ def test_load_model_resolves_preset_overrides(tmp_path):
     }
 
 
-@pytest.mark.parametrize("name", ["unet_tiny", "paper_student"])
+@pytest.mark.parametrize("name", ["unet_tiny", "unet_shuffle", "paper_student"])
 def test_export_dynamic_height_width(name):
     from torch.export import Dim
 
@@ -1948,51 +1961,71 @@ def test_main_end_to_end_writes_loadable_models_and_a_complete_report(tmp_path, 
     out = capsys.readouterr().out
     assert "[teacher] step 2/2" in out and "[distil, seed 0] step 3/3" in out
     files = {p.name for p in (tmp_path / "a").iterdir()}
-    assert files == {
-        "teacher.pt",
-        "student.pt",
-        "student_nokd.pt",
-        "student_nokd_time.pt",
-        "report.json",
-        "report.md",
-        "comparison.png",
-    }
+    assert files == {"teacher.pt", "student.pt", "student_nokd.pt", "student_nokd_time.pt",
+                     "report.json", "report.md", "comparison.png", "robustness.png"}
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     protocol = report["protocol"]
-    for key in (
-        "blur",
-        "sigma",
-        "image_size",
-        "metric",
-        "teacher_steps",
-        "student_steps",
-        "time_matched_steps",
-        "batch_size",
-        "seeds",
-        "device",
-        "torch",
-        "data",
-        "wall_seconds",
-    ):
+    for key in ("blur", "sigma", "image_size", "metric", "teacher_steps", "student_steps",
+                "time_matched_steps", "batch_size", "seeds", "device", "torch", "data",
+                "wall_seconds", "robustness"):
         assert key in protocol, key
     names = ["input", "teacher", "student", "student_nokd", "student_nokd_time"]
-    assert [r["name"] for r in report["rows"]] == names * 2
-    assert {r["eval_set"] for r in report["rows"]} == {"dead_leaves", "photos"}
+    sets = ["dead_leaves", "photos", "photos_bicubic", "photo_crops"]
+    assert [r["name"] for r in report["rows"]] == names * 4
+    assert [r["eval_set"] for r in report["rows"]] == [s for s in sets for _ in names]
     for row in report["rows"]:
         assert isinstance(row["params"], int) and isinstance(row["macs"], int)
         assert all(isinstance(row[k], float) for k in ("ms_per_image", "psnr", "ssim"))
     teacher_row, student_row = report["rows"][1], report["rows"][2]
     assert student_row["params"] <= 0.25 * teacher_row["params"]
-    assert "| Student (distilled) |" in (tmp_path / "a" / "report.md").read_text()
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| Student (distilled) |" in md and "### photo_crops" in md
+
+    robust = report["robustness"]
+    robust_names = ["input", "wiener", "unsharp", *names[1:]]
+    assert len(robust) == len(sets) * len(train.CONDITIONS) * len(robust_names)
+    assert {(r["eval_set"], r["condition"], r["name"]) for r in robust} == {
+        (s, c, n) for s in sets for c in train.CONDITIONS for n in robust_names}
+    for r in robust:
+        assert set(r) == {"eval_set", "condition", "name", "psnr", "ssim", "psnr_worst",
+                          "gain_mean", "gain_worst"}
+        if r["condition"] == "sharp":
+            assert r["gain_mean"] is None and r["gain_worst"] is None
+            assert r["name"] != "input" or r["psnr"] is None  # an exact copy: infinite PSNR
+        else:
+            assert r["gain_worst"] <= r["gain_mean"] and r["psnr_worst"] <= r["psnr"]
+            assert r["name"] != "input" or r["gain_mean"] == r["gain_worst"] == 0.0
+    settings = protocol["robustness"]["baseline_settings"]
+    assert settings.keys() == train.CONDITIONS.keys()
+    assert settings["sharp"]["unsharp_amount"] == 0.0  # the validation photos chose identity
     assert Image.open(tmp_path / "a" / "comparison.png").size == (4 * 32, 3 * (32 + 14))
+    assert Image.open(tmp_path / "a" / "robustness.png").size == (5 * 32, 6 * (32 + 14))
     model = sharpen.load_model(tmp_path / "a" / "student.pt")
     assert sharpen.sharpen(model, torch.rand(3, 20, 28)).shape == (3, 20, 28)
 
     assert train.main([*TINY_RUN, "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "report.json").read_text())
-    for a, b in zip(report["rows"], again["rows"]):
+    for a, b in zip(report["rows"] + robust, again["rows"] + again["robustness"]):
         if a["name"] != "student_nokd_time":  # its step count comes from measured time
             assert (a["psnr"], a["ssim"]) == (b["psnr"], b["ssim"]), a["name"]
+
+
+def test_robustness_conditions_are_what_their_names_say():
+    sharp = train._8bit(torch.rand(2, 3, 48, 48, generator=gen()))
+    x, kernels = train._condition(sharp, "sharp", 0)
+    assert torch.equal(x, sharp) and kernels.shape == (2, 1, 1)
+    x, kernels = train._condition(sharp, "gaussian 1.5", 0)
+    torch.testing.assert_close(x, train._8bit(sharpen.gaussian_blur(sharp, 1.5)), rtol=0,
+                               atol=1 / 255)
+    assert torch.equal(x, train._8bit(x))  # 8-bit values, as a photo file
+    x, _ = train._condition(sharp, "gaussian 1.5 + noise 0.03", 0)
+    residual = x - sharpen.gaussian_blur(sharp, 1.5)
+    assert 0.025 < residual.std() < 0.035
+    x, _ = train._condition(sharp, "jpeg 50", 0)
+    assert torch.equal(x, sharpen.jpeg(sharp, 50))
+    a, ka = train._condition(sharp, "camera shake", 3)
+    b, kb = train._condition(sharp, "camera shake", 3)
+    assert torch.equal(a, b) and not torch.equal(ka[0], ka[1])  # fixed seed, a path per image
 
 
 def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys):

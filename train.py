@@ -35,7 +35,32 @@ POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer r
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled colour photos
+# scikit-image's bundled photographs. The colour ones score and choose nothing; the grey ones
+# (as RGB) choose settings (texture, alpha, the baselines' strengths) and never score.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+VALIDATION_PHOTOS = ("camera", "coins", "grass", "gravel", "brick", "moon", "clock")
+
+# The robustness table: named conditions, each (blur, noise std, JPEG quality), applied in that
+# order to the sharp images rounded to 8 bits; the results are clipped to [0, 1] and rounded to
+# 8 bits, as a photo file is. Random draws (shake paths, anisotropic angles, noise) come from
+# ROBUSTNESS_SEED, so every run scores the same images.
+ROBUSTNESS_SEED = 20261130
+CONDITIONS = {
+    "sharp": (None, 0.0, None),
+    **{f"gaussian {s}": (("gaussian", s), 0.0, None) for s in (0.5, 1.0, 1.5, 2.0, 3.0)},
+    "anisotropic 2.0 x 0.7": (("anisotropic", 2.0, 0.7), 0.0, None),
+    "camera shake": (("shake", 13), 0.0, None),
+    "defocus 2.0": (("disk", 2.0), 0.0, None),
+    **{f"{b}noise {n}": (blur, n, None) for b, blur in (("", None), ("gaussian 1.5 + ",
+                                                                     ("gaussian", 1.5)))
+       for n in (0.01, 0.03)},
+    **{f"{b}jpeg {q}": (blur, 0.0, q) for b, blur in (("", None), ("gaussian 1.5 + ",
+                                                                   ("gaussian", 1.5)))
+       for q in (50, 90)},
+}
+BALANCES = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)  # Wiener, chosen per condition
+UNSHARP = [(s, a) for s in (0.5, 1.0, 1.5, 2.0, 3.0)
+           for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,45 +137,83 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _resized(img: torch.Tensor, size: int) -> torch.Tensor:
-    """``(3, H, W)`` resized to ``size`` x ``size`` by area averaging, as the paper resized."""
-    return F.interpolate(img[None], size=(size, size), mode="area")[0]
+def _resized(img: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:
+    """``(3, H, W)`` resized to ``size`` x ``size``, by area averaging as the paper resized, or
+    bicubically (antialiased, clipped to [0, 1])."""
+    if mode == "area":
+        return F.interpolate(img[None], size=(size, size), mode="area")[0]
+    return F.interpolate(img[None], size=(size, size), mode="bicubic", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
+def _center(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` window of ``img`` (all of it if smaller)."""
+    H, W = img.shape[-2:]
+    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
+    return img[..., top : top + size, left : left + size]
+
+
+def _photo(name: str) -> torch.Tensor:
+    """One of scikit-image's bundled photographs as ``(3, H, W)`` float32 (grey copied to RGB)."""
+    from skimage import data as skdata
+
+    img = skdata.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skdata, name)()
+    img = torch.from_numpy(img).float() / 255
+    return img.expand(3, -1, -1) if img.ndim == 2 else img.permute(2, 0, 1)[:3]
+
+
+def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
+    """The photos three ways, ``(N, 3, size, size)`` each: area-resized (the paper's protocol),
+    bicubically resized, and native-resolution central crops (camera detail, no resizing)."""
+    photos = [_photo(name) for name in names]
+    return {"photos": torch.stack([_resized(p, size) for p in photos]),
+            "photos_bicubic": torch.stack([_resized(p, size, "bicubic") for p in photos]),
+            "photo_crops": torch.stack([_center(p, size) for p in photos
+                                        if min(p.shape[-2:]) >= size])}
 
 
 def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Generator):
-    """Training source, evaluation sets ``{name: [(blurred, sharp), ...]}`` and a description.
-    Evaluation images are made apart from training images and never trained on."""
+    """Training source, evaluation sets ``{name: (sharp images or None, [(blurred, sharp)...])}``
+    and a description. Evaluation images are made apart from training images and never trained
+    on."""
     if args.data is not None:
         split = kd.gopro_pairs(args.data, split="train")
         test = kd.gopro_pairs(args.data, split="test")
         test = [test[round(i)] for i in torch.linspace(0, len(test) - 1,
                                                        min(args.eval_images, len(test))).tolist()]
         if args.real_blur:
-            return split, {"gopro_test": test}, f"GoPro real blur ({args.data}), full frames"
+            desc = f"GoPro real blur ({args.data}), full frames"
+            return split, {"gopro_test": (None, test)}, desc
         size = args.eval_size
         print(f"loading {len(split)} GoPro training frames, resized to {size}x{size}")
         train = torch.stack([_resized(sharpen.load_image(s), size) for _, s in split])
         sharp = torch.stack([_resized(sharpen.load_image(s), size) for _, s in test])
         pairs = list(zip(degrade(sharp, generator=generator), sharp))
-        return train, {"gopro_test": pairs}, (f"GoPro sharp frames ({args.data}) resized to "
-                                              f"{size}x{size}")
+        return train, {"gopro_test": (sharp, pairs)}, (
+            f"GoPro sharp frames ({args.data}) resized to {size}x{size}")
     size = args.eval_size
     train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
     held_out = sharpen.dead_leaves(16, size, generator=generator, **LEAVES)
-    sets = {"dead_leaves": list(zip(degrade(held_out, generator=generator), held_out))}
+    sets = {"dead_leaves": held_out}
     desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "
             f"{args.train_images} training images of 128x128, 16 held-out of {size}x{size}")
-    try:
-        from skimage import data as skdata
-    except ImportError:
-        print("scikit-image is not installed: evaluating on dead-leaves images only")
+    if _has_skimage():
+        sets |= _photo_sets(PHOTOS, size)
+        desc += (f"; photos: scikit-image's {', '.join(PHOTOS)}, {size}x{size}, area-resized "
+                 f"(photos), bicubically resized (photos_bicubic) and as native-resolution "
+                 f"central crops (photo_crops)")
     else:
-        photos = torch.stack([
-            _resized(torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1).float() / 255,
-                     size) for name in PHOTOS])
-        sets["photos"] = list(zip(degrade(photos, generator=generator), photos))
-        desc += f"; photos: scikit-image's {', '.join(PHOTOS)} resized to {size}x{size}"
+        print("scikit-image is not installed: evaluating on dead-leaves images only")
+    sets = {name: (x, list(zip(degrade(x, generator=generator), x))) for name, x in sets.items()}
     return train, sets, desc
+
+
+def _has_skimage() -> bool:
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class _Progress:
@@ -362,42 +425,179 @@ def _markdown(protocol: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _center(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` window of ``img`` (all of it if smaller)."""
-    H, W = img.shape[-2:]
-    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
-    return img[..., top : top + size, left : left + size]
+def _robustness_markdown(rows: list[dict]) -> str:
+    """One table per evaluation set: a row per condition, a column per model or baseline."""
+    if not rows:
+        return ""
+    lines = ["## Robustness: photos and images blurred otherwise than in training", "",
+             "Mean PSNR (dB) of each model's output, and in brackets the worst image's gain over "
+             "the input (for `sharp`, whose input is perfect, the worst image's PSNR). Wiener is "
+             "told the true blur kernel; its balance and the unsharp mask's sigma and amount "
+             "were chosen per condition on the validation photos.", ""]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    for set_name in dict.fromkeys(r["eval_set"] for r in rows):
+        table = {(r["condition"], r["name"]): r for r in rows if r["eval_set"] == set_name}
+        lines += [f"### {set_name}", "", "| condition | " + " | ".join(
+            ROBUST_LABELS.get(n, n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+        for condition in dict.fromkeys(c for c, _ in table):
+            cells = []
+            for name in names:
+                r = table[condition, name]
+                value = "∞" if r["psnr"] is None else f"{r['psnr']:.2f}"
+                if name != "input":
+                    extra = r["psnr_worst"] if condition == "sharp" else r["gain_worst"]
+                    value += " (∞)" if extra is None else (
+                        f" ({extra:.1f})" if condition == "sharp" else f" ({extra:+.2f})")
+                cells.append(value)
+            lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+ROBUST_LABELS = {"input": "input", "wiener": "Wiener (true kernel)", "unsharp": "unsharp mask",
+                 "student_nokd": "student, no teacher", "student_nokd_time":
+                 "student, no teacher, equal time"}
 
 
 def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
     return img if isinstance(img, torch.Tensor) else sharpen.load_image(img)
 
 
-def _figure(path: Path, models: dict[str, nn.Module], pairs: list, count: int = 3) -> None:
-    """Rows of blurred | student | teacher | sharp, each labelled with its PSNR / SSIM."""
+def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` blur kernels ``(n, k, k)`` of a condition; a 1 x 1 kernel of 1 when none."""
+    if blur is None:
+        return torch.ones(n, 1, 1)
+    kind, *p = blur
+    if kind == "anisotropic":  # a random direction per image
+        return torch.stack([sharpen.anisotropic_gaussian_kernel(p[0], p[1], 180 * float(a))
+                            for a in torch.rand(n, generator=generator)])
+    if kind == "shake":
+        return torch.stack([sharpen.random_motion_kernel(p[0], generator=generator)
+                            for _ in range(n)])
+    if kind == "gaussian":
+        g = sharpen.gaussian_kernel(p[0])
+        k = g[:, None] * g[None, :]
+    else:
+        k = sharpen.disk_kernel(p[0])
+    return k.expand(n, *k.shape)
+
+
+def _8bit(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit sharp images ``(N, 3, H, W)`` under a named condition, as 8-bit images, and their
+    blur kernels."""
+    blur, noise, quality = CONDITIONS[name]
+    generator = torch.Generator().manual_seed(seed)
+    kernels = _kernels(blur, len(sharp), generator)
+    x = sharpen.blur(sharp, kernels) if blur else sharp
+    if noise:
+        x = sharpen.add_noise(x, noise, generator=generator)
+    return (sharpen.jpeg(x, quality) if quality else _8bit(x)), kernels
+
+
+def _baselines(x: torch.Tensor, kernels: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
+    """The classical alternatives' outputs, clamped to [0, 1] like the networks'."""
+    wiener = sharpen.wiener(x, kernels, balance=settings["wiener_balance"])
+    unsharp = sharpen.unsharp_mask(x, sigma=settings["unsharp_sigma"],
+                                   amount=settings["unsharp_amount"])
+    return {"wiener": wiener.nan_to_num().clamp(0, 1), "unsharp": unsharp.clamp(0, 1)}
+
+
+def _tune_baselines(validation: torch.Tensor) -> dict[str, dict]:
+    """Wiener's balance, and the unsharp mask's sigma and amount, for each condition: those of
+    the best mean PSNR on the validation photos, which never score."""
+    settings = {}
+    for i, name in enumerate(CONDITIONS):
+        x, kernels = _condition(validation, name, ROBUSTNESS_SEED - 1 - i)
+
+        def score(out: torch.Tensor) -> float:
+            return metrics.psnr(out.nan_to_num().clamp(0, 1), validation).mean().item()
+
+        balance = max(BALANCES, key=lambda b: score(sharpen.wiener(x, kernels, balance=b)))  # noqa: B023
+        sigma, amount = max(UNSHARP, key=lambda p: score(sharpen.unsharp_mask(  # noqa: B023
+            x, sigma=p[0], amount=p[1])))
+        settings[name] = {"wiener_balance": balance, "unsharp_sigma": sigma,
+                          "unsharp_amount": amount}
+    return settings
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> list[dict]:
+    """Every model and baseline on every evaluation set under every condition: mean PSNR and
+    SSIM, the worst image's PSNR, and the mean and worst-image PSNR gain over the input (None
+    for ``sharp``, whose input is perfect). Infinite PSNRs (exact copies) are None in JSON."""
+    rows = []
+    for s, (set_name, sharp) in enumerate(sets.items()):
+        print(f"robustness on {set_name} ({len(sharp)} images, {len(CONDITIONS)} conditions)",
+              flush=True)
+        for c, name in enumerate(CONDITIONS):
+            x, kernels = _condition(sharp, name, ROBUSTNESS_SEED + 100 * s + c)
+            outputs = {"input": x, **_baselines(x, kernels, settings[name]),
+                       **{m: sharpen.sharpen(model, x) for m, model in models.items()}}
+            base = metrics.psnr(x, sharp)
+            for label, out in outputs.items():
+                psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)
+                gain = None if name == "sharp" else psnr - base
+                rows.append({
+                    "eval_set": set_name, "condition": name, "name": label,
+                    "psnr": _finite(psnr.mean().item()), "ssim": ssim.mean().item(),
+                    "psnr_worst": _finite(psnr.min().item()),
+                    "gain_mean": None if gain is None else gain.mean().item(),
+                    "gain_worst": None if gain is None else gain.min().item()})
+    return rows
+
+
+def _grid(path: Path, rows: list[list[tuple[str, torch.Tensor, torch.Tensor | None]]]) -> None:
+    """A PNG of labelled images: each cell ``(label, image, reference)``, the label followed by
+    the PSNR / SSIM against the reference when there is one."""
     from PIL import Image, ImageDraw
 
-    label_h, tiles = 14, []
-    for blurred, sharp in pairs[:count]:
-        blurred, sharp = (_center(_as_image(x), 256) for x in (blurred, sharp))
-        row = [("blurred", blurred)]
-        row += [(name, sharpen.sharpen(models[name], blurred)) for name in ("student", "teacher")]
-        row.append(("sharp", sharp))
-        tiles.append(row)
-    size = tiles[0][0][1].shape[-1]
-    canvas = Image.new("RGB", (4 * size, len(tiles) * (size + label_h)), "white")
+    label_h, size = 14, rows[0][0][1].shape[-1]
+    canvas = Image.new("RGB", (max(map(len, rows)) * size, len(rows) * (size + label_h)), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(tiles):
-        sharp = row[-1][1]
-        for c, (name, img) in enumerate(row):
-            arr = (img.clamp(0, 1).cpu() * 255).round().byte().permute(1, 2, 0).numpy()
+    for r, row in enumerate(rows):
+        for c, (label, img, ref) in enumerate(row):
+            img = img.clamp(0, 1).cpu()
+            arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
             top = r * (size + label_h)
             canvas.paste(Image.fromarray(arr), (c * size, top + label_h))
-            text = name if name == "sharp" else (
-                f"{name} {metrics.psnr(img, sharp).item():.2f} dB / "
-                f"{metrics.ssim(img.clamp(0, 1), sharp).item():.3f}")
-            draw.text((c * size + 3, top + 1), text, fill="black")
+            if ref is not None:
+                psnr = metrics.psnr(img, ref).item()
+                label += f" {psnr:.2f} dB / {metrics.ssim(img, ref).item():.3f}" if \
+                    math.isfinite(psnr) else " (identical)"
+            draw.text((c * size + 3, top + 1), label, fill="black")
     sharpen.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+
+
+def _figures(out: Path, models: dict[str, nn.Module], pairs: list, photos: torch.Tensor | None,
+             settings: dict | None) -> None:
+    """comparison.png: blurred | student | teacher | sharp for three evaluation images. With
+    photos, robustness.png: two photos sharp, under Gaussian sigma 1.0 and sigma 1.5, as given to
+    the unsharp mask, Wiener, the teacher and the student."""
+    rows = []
+    for blurred, sharp in pairs[:3]:
+        blurred, sharp = (_center(_as_image(x), 256) for x in (blurred, sharp))
+        rows.append([("blurred", blurred, sharp),
+                     *[(name, sharpen.sharpen(models[name], blurred), sharp)
+                       for name in ("student", "teacher")], ("sharp", sharp, None)])
+    _grid(out / "comparison.png", rows)
+    if photos is None:
+        return
+    rows = []
+    for photo in photos[[0, 2]]:
+        for name in ("sharp", "gaussian 1.0", "gaussian 1.5"):
+            x, kernels = _condition(photo[None], name, ROBUSTNESS_SEED)
+            outputs = {"input": x, **_baselines(x, kernels, settings[name])}
+            outputs |= {m: sharpen.sharpen(models[m], x) for m in ("teacher", "student")}
+            rows.append([(f"{name}: {label}" if label == "input" else label, img[0], photo)
+                         for label, img in outputs.items()])
+    _grid(out / "robustness.png", rows)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -437,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                       "ms_per_image": _ms_per_image(models[name], size, args.device)}
     cost |= dict.fromkeys(("student_nokd", "student_nokd_time"), cost["student"])
     rows = []
-    for set_name, pairs in eval_sets.items():
+    for set_name, (_, pairs) in eval_sets.items():
         print(f"evaluating on {set_name} ({len(pairs)} images)", flush=True)
         teacher_result = kd.evaluate(teacher, pairs)
         common = {"set_name": set_name, "n_sets": len(eval_sets)}
@@ -447,10 +647,22 @@ def main(argv: list[str] | None = None) -> int:
             results = [kd.evaluate(run["models"][name], pairs) for run in runs]
             rows.append(_row(name, cost[name], results, **common))
 
+    robustness, settings = [], None
+    robust_sets = {name: _8bit(sharp) for name, (sharp, _) in eval_sets.items()
+                   if sharp is not None}
+    if robust_sets and _has_skimage():
+        print(f"choosing the baselines' settings on {len(VALIDATION_PHOTOS)} validation photos",
+              flush=True)
+        validation = _8bit(torch.stack([_resized(_photo(p), args.eval_size)
+                                        for p in VALIDATION_PHOTOS]))
+        settings = _tune_baselines(validation)
+        robustness = _robustness(models, robust_sets, settings)
+
     for name, model in models.items():
         sharpen.save_model(args.out / f"{name}.pt", model)
     figure_set = "photos" if "photos" in eval_sets else next(iter(eval_sets))
-    _figure(args.out / "comparison.png", models, eval_sets[figure_set])
+    _figures(args.out, models, eval_sets[figure_set][1],
+             robust_sets["photos"] if settings and "photos" in eval_sets else None, settings)
     protocol = {
         "blur": args.blur, "sigma": args.sigma, "image_size": args.eval_size, "data": data_desc,
         "real_blur": args.real_blur,
@@ -464,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
         "precision": (f"{'bf16 autocast' if args.amp else 'fp32'}, channels_last (training); "
                       "fp32 (evaluation, timing)"),
         "grad_clip": CLIP,
+        "robustness": {"conditions": {name: {"blur": c[0], "noise": c[1], "jpeg_quality": c[2]}
+                                      for name, c in CONDITIONS.items()},
+                       "seed": ROBUSTNESS_SEED, "validation_photos": VALIDATION_PHOTOS,
+                       "baseline_settings": settings,
+                       "models": "the first seed's" if len(seeds) > 1 else "all"},
         "torch": torch.__version__,
         "stage_seconds": {"teacher": round(teacher_seconds, 1),
                           **{k: round(sum(r["seconds"][k] for r in runs) / len(runs), 1)
@@ -478,12 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.kd_loss} teacher term), "
         f"{len(seeds)} seed(s), {args.device}, torch {torch.__version__}, "
         f"{protocol['wall_seconds']:.0f} s; {protocol['metric']}.")
-    _write_text(args.out / "report.json", json.dumps({"protocol": protocol, "rows": rows},
-                                                     indent=2) + "\n")
-    report = _markdown(protocol, rows)
+    _write_text(args.out / "report.json", json.dumps(
+        {"protocol": protocol, "rows": rows, "robustness": robustness}, indent=2) + "\n")
+    report = _markdown(protocol, rows) + _robustness_markdown(robustness)
     _write_text(args.out / "report.md", report)
-    print("\n" + report + f"\nwrote {args.out}/: teacher.pt, student.pt, student_nokd.pt, "
-          "student_nokd_time.pt, report.json, report.md, comparison.png")
+    written = ", ".join(p.name for p in sorted(args.out.iterdir()) if p.suffix in (".pt", ".json",
+                                                                                 ".md", ".png"))
+    print("\n" + report + f"\nwrote {args.out}/: {written}")
     return 0
 
 
