@@ -98,6 +98,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="training precision: bf16 autocast or float32; auto: bf16 where the "
                    "hardware computes it natively (sharpen.fast_bf16), else float32")
+    p.add_argument("--no-robustness", action="store_true",
+                   help="skip the robustness table (the slowest part of the evaluation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--data", type=Path, default=None,
@@ -517,8 +519,9 @@ def _tune_baselines(validation: torch.Tensor) -> dict[str, dict]:
             return metrics.psnr(out.nan_to_num().clamp(0, 1), validation).mean().item()
 
         balance = max(BALANCES, key=lambda b: score(sharpen.wiener(x, kernels, balance=b)))  # noqa: B023
-        sigma, amount = max(UNSHARP, key=lambda p: score(sharpen.unsharp_mask(  # noqa: B023
-            x, sigma=p[0], amount=p[1])))
+        blurred = {s: sharpen.gaussian_blur(x, s) for s in dict.fromkeys(s for s, _ in UNSHARP)}
+        # unsharp_mask(x, sigma=s, amount=a), with the blur shared by the amounts:
+        sigma, amount = max(UNSHARP, key=lambda p: score(torch.lerp(blurred[p[0]], x, 1 + p[1])))  # noqa: B023
         settings[name] = {"wiener_balance": balance, "unsharp_sigma": sigma,
                           "unsharp_amount": amount}
     return settings
@@ -650,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     robustness, settings = [], None
     robust_sets = {name: _8bit(sharp) for name, (sharp, _) in eval_sets.items()
                    if sharp is not None}
-    if robust_sets and _has_skimage():
+    if robust_sets and _has_skimage() and not args.no_robustness:
         print(f"choosing the baselines' settings on {len(VALIDATION_PHOTOS)} validation photos",
               flush=True)
         validation = _8bit(torch.stack([_resized(_photo(p), args.eval_size)
