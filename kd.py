@@ -777,7 +777,7 @@ def evaluate(
                              f"{tuple(sharp.shape)} differ in shape")
         blurred = blurred.to(device, torch.float32)
         sharp = sharp.to(device, torch.float32)
-        out = sharpen.sharpen(model, blurred)
+        out = sharpen.sharpen(model, blurred, precision="fp32")
         for prefix, img in (("", out), ("input_", blurred)):
             sums[prefix + "psnr"] += float(metrics.psnr(img, sharp).sum())
             sums[prefix + "ssim"] += float(metrics.ssim(img, sharp, **kwargs).sum())

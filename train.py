@@ -465,6 +465,11 @@ def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
     return img if isinstance(img, torch.Tensor) else sharpen.load_image(img)
 
 
+def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A model's output as evaluated here: float32 whatever the hardware, clamped to [0, 1]."""
+    return sharpen.sharpen(model, x, precision="fp32")
+
+
 def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` blur kernels ``(n, k, k)`` of a condition; a 1 x 1 kernel of 1 when none."""
     if blur is None:
@@ -542,7 +547,7 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
         for c, name in enumerate(CONDITIONS):
             x, kernels = _condition(sharp, name, ROBUSTNESS_SEED + 100 * s + c)
             outputs = {"input": x, **_baselines(x, kernels, settings[name]),
-                       **{m: sharpen.sharpen(model, x) for m, model in models.items()}}
+                       **{m: _run(model, x) for m, model in models.items()}}
             base = metrics.psnr(x, sharp)
             for label, out in outputs.items():
                 psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)
@@ -587,7 +592,7 @@ def _figures(out: Path, models: dict[str, nn.Module], pairs: list, photos: torch
     for blurred, sharp in pairs[:3]:
         blurred, sharp = (_center(_as_image(x), 256) for x in (blurred, sharp))
         rows.append([("blurred", blurred, sharp),
-                     *[(name, sharpen.sharpen(models[name], blurred), sharp)
+                     *[(name, _run(models[name], blurred), sharp)
                        for name in ("student", "teacher")], ("sharp", sharp, None)])
     _grid(out / "comparison.png", rows)
     if photos is None:
@@ -597,7 +602,7 @@ def _figures(out: Path, models: dict[str, nn.Module], pairs: list, photos: torch
         for name in ("sharp", "gaussian 1.0", "gaussian 1.5"):
             x, kernels = _condition(photo[None], name, ROBUSTNESS_SEED)
             outputs = {"input": x, **_baselines(x, kernels, settings[name])}
-            outputs |= {m: sharpen.sharpen(models[m], x) for m in ("teacher", "student")}
+            outputs |= {m: _run(models[m], x) for m in ("teacher", "student")}
             rows.append([(f"{name}: {label}" if label == "input" else label, img[0], photo)
                          for label, img in outputs.items()])
     _grid(out / "robustness.png", rows)
