@@ -475,6 +475,24 @@ def unsharp_mask(img: Tensor, *, sigma: float = 1.0, amount: float = 1.0) -> Ten
     return torch.lerp(gaussian_blur(img, sigma), img, 1 + amount)
 
 
+def _transfer(k: Tensor, size: torch.Size) -> Tensor:
+    """The real FFT of kernels ``(..., kh, kw)`` centred on pixel (0, 0) of a ``size`` grid."""
+    kh, kw = k.shape[-2:]
+    full = k.new_zeros(*k.shape[:-2], *size)
+    full[..., :kh, :kw] = k
+    return torch.fft.rfft2(full.roll((-(kh // 2), -(kw // 2)), dims=(-2, -1)))
+
+
+def _fft_blur(x: Tensor, kernels: Tensor) -> Tensor:
+    """``blur(x, kernels)`` for ``(B, C, H, W)`` and ``(B, k, k)`` through the FFT: the same
+    reflect border, and a cost that does not grow with the kernel."""
+    p = kernels.shape[-1] // 2
+    padded = F.pad(x, (p, p, p, p), mode="reflect") if p else x
+    K = _transfer(kernels[:, None].to(x.device, x.dtype), padded.shape[-2:])
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * K, s=padded.shape[-2:])
+    return out[..., p : p + x.shape[-2], p : p + x.shape[-1]]
+
+
 def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     """Non-blind Wiener deconvolution of images blurred by a known ``kernel``.
 
@@ -510,18 +528,57 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     padded = F.pad(x.to(dtype), (p, p, p, p), mode="reflect") if p else x.to(dtype)
     size = padded.shape[-2:]
     lap = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=dtype, device=x.device)
-
-    def transfer(k: Tensor) -> Tensor:  # the impulse response centred on pixel (0, 0)
-        kh, kw = k.shape[-2:]
-        full = k.new_zeros(*k.shape[:-2], *size)
-        full[..., :kh, :kw] = k
-        return torch.fft.rfft2(full.roll((-(kh // 2), -(kw // 2)), dims=(-2, -1)))
-
-    K = transfer(kernel.to(x.device, dtype).reshape(-1, 1, *kernel.shape[-2:]))
-    filt = K.conj() / (K.abs().square() + balance * transfer(lap).abs().square())
+    K = _transfer(kernel.to(x.device, dtype).reshape(-1, 1, *kernel.shape[-2:]), size)
+    filt = K.conj() / (K.abs().square() + balance * _transfer(lap, size).abs().square())
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt, s=size)
     out = out[..., p : p + H, p : p + W].to(x.dtype)
     return out[0] if single else out
+
+
+def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
+    """``degrade(kind="real")``: the distribution and its sources are in that docstring."""
+    n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
+    draws = torch.rand(n, 10, generator=generator, device=dev, dtype=torch.float64).cpu()
+    R = math.floor(4 * s_max + 0.5)  # every kernel fits (2R + 1) x (2R + 1)
+    kernels = torch.zeros(n, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
+    kernels[:, R, R] = 1  # unblurred, until a kernel is drawn
+    shaken, resampled = [], []
+    for i, (kind, a, b, c, *_) in enumerate(draws.tolist()):
+        if kind < 0.20:  # left sharp: a sharp photo must come back unchanged
+            continue
+        if kind < 0.45:  # Gaussian, isotropic (a == b) or not, sigma up to s_max
+            su = 0.3 + (s_max - 0.3) * a
+            sv = su if kind < 0.32 else 0.3 + (su - 0.3) * b
+            k = anisotropic_gaussian_kernel(su, sv, 180 * c, dtype=torch.float64)
+        elif kind < 0.62:
+            shaken.append(i)
+            continue
+        elif kind < 0.80:  # defocus
+            k = disk_kernel(0.5 + (s_max / 1.5 - 0.5) * a, dtype=torch.float64)
+        else:
+            resampled.append((i, 1.2 + (s_max - 1.2) * a, "bilinear" if b < 0.5 else "bicubic"))
+            continue
+        r = k.shape[-1] // 2
+        kernels[i] = F.pad(k, (R - r, R - r, R - r, R - r))
+    if shaken:  # camera shake, paths of (0.3 to 1) x 2 s_max pixels
+        size = 2 * math.ceil(s_max) + 3
+        k = _shake_kernels(len(shaken), size, generator).cpu()
+        kernels[shaken] = F.pad(k, [R - size // 2] * 4)
+    out = _fft_blur(x, kernels)
+    for i, scale, mode in resampled:
+        out[i] = resample_blur(out[i], scale, mode=mode)
+    # Noise: white on half the images, signal-dependent (shot) on a third of them; none, and no
+    # JPEG, on the first half of those left sharp, which come back exactly as they were.
+    clean = draws[:, 0] < 0.1
+    white = torch.where((draws[:, 4] < 0.5) & ~clean, 0.04 * draws[:, 5], 0.0).to(x)
+    shot = torch.where((draws[:, 6] < 0.33) & ~clean, 0.002 * draws[:, 7], 0.0).to(x)
+    normal = torch.randn((2, *x.shape), generator=generator, device=dev, dtype=x.dtype).to(x)
+    out = out + white[:, None, None, None] * normal[0] + \
+        (out.clamp(0, 1) * shot[:, None, None, None]).sqrt() * normal[1]
+    out = (out.clamp(0, 1) * 255).round() / 255  # an 8-bit photo
+    for i in ((draws[:, 8] < 0.5) & ~clean).nonzero().flatten().tolist():
+        out[i] = jpeg(out[i], int(30 + 65.99 * draws[i, 9]))
+    return out
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,
@@ -533,10 +590,22 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     * ``"mixed"``: per image, ``s = sigma * U(0.5, 1.5)`` and, with equal odds, a Gaussian blur of
       std ``s``, ``resample_blur`` by ``1 + 1.5 * s``, camera shake of side ``2 * ceil(3 * s) + 1``
       or ``disk_kernel(2 * s)``; noise std ``noise * U(0, 1)``.
+    * ``"real"``: what photographs meet, after the mixes of Real-ESRGAN (Wang et al. 2021: blur,
+      resampling, noise, JPEG q30-95), BSRGAN (Zhang et al. 2021), DeblurGAN (Kupyn et al. 2018:
+      about a quarter of its motion kernels are nearly a point, so sharp input stays sharp) and
+      RSBlur (Rim et al. 2022: noise on synthetic blur was its largest gain on real blur). Per
+      image, with ``s = 2 * sigma`` (3 px by default): 20% left sharp; 25% Gaussian blur of std
+      U(0.3, s), isotropic or (half of them) anisotropic in a random direction; 17% camera shake
+      (paths of 0.3-1 x ``2 ceil(s) + 1`` px); 18% defocus (a disk of radius U(0.5, s / 1.5));
+      20% down-up resampling by U(1.2, s), bilinear or bicubic. Then white noise of std U(0, 0.04)
+      on half the images and shot noise (variance U(0, 0.002) x the signal) on a third, clipping
+      to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but half of the images left
+      sharp (10% of all) get no noise and no JPEG, and so come back exactly as they were if they
+      were 8-bit. ``noise`` adds more.
 
     Args:
         sharp: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].
-        kind: ``"gaussian"``, ``"motion"`` or ``"mixed"``.
+        kind: ``"gaussian"``, ``"motion"``, ``"mixed"`` or ``"real"``.
         sigma: Blur strength in pixels, > 0.
         noise: Standard deviation of ``add_noise`` (unclamped), >= 0.
         generator: Source of randomness.
@@ -548,11 +617,11 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         ValueError: If ``kind``, ``sigma`` or ``noise`` is out of range, or the blur too large.
     """
     x, single = _as_batch("sharp", sharp)
-    if kind not in (kinds := ("gaussian", "motion", "mixed")):
+    if kind not in (kinds := ("gaussian", "motion", "mixed", "real")):
         raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
     dev = _check_generator(generator)
-    s_max = 1.5 * sigma if kind == "mixed" else sigma  # the largest kernel, checked up front
+    s_max = {"mixed": 1.5, "real": 2.0}.get(kind, 1.0) * sigma  # the largest kernel, up front
     radius = max(math.floor(4 * s_max + 0.5) if kind != "motion" else 0, math.ceil(3 * s_max))
     if radius >= min(x.shape[-2:]):
         raise ValueError(f"sigma={sigma:g} blurs with kernels up to {2 * radius + 1}x"
@@ -561,6 +630,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
+    elif kind == "real":
+        out = _realistic(x, sigma, generator)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         return out[0] if single else out
@@ -1187,39 +1258,47 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python sharpen.py INPUT... --weights MODEL.pt``: write ``<stem>_sharp.png`` per input.
+    """``python sharpen.py INPUT... [--weights MODEL.pt]``: write ``<stem>_sharp.png`` per input.
 
+    Without ``--weights``, the student shipped beside this file (``weights/student.pt``).
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
+    shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
     parser = argparse.ArgumentParser(
-        prog="sharpen.py", epilog="No model yet? `python train.py` writes runs/demo/student.pt.",
+        prog="sharpen.py", epilog=f"Without --weights: the shipped student, {shipped}.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
         "OUT_DIR/<stem>_sharp.png; inputs are never overwritten, existing outputs only with "
         "--overwrite. Any size runs in overlapping "
         "tiles, so memory stays bounded.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files to sharpen")
-    parser.add_argument("--weights", metavar="MODEL.pt", help="model file written by save_model")
+    parser.add_argument("--weights", metavar="MODEL.pt",
+                        help="model file written by save_model (default: the shipped student)")
     parser.add_argument("-o", "--out-dir", help="output folder (default: each input's folder)")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (512)")
-    parser.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (128)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="tile overlap in pixels (default: from the model's receptive field)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="bf16 autocast or float32; auto: bf16 where the hardware computes it "
+                        "natively (default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (inputs are never replaced)")
     args = parser.parse_args(argv)
     if args.tile < 1:
         parser.error(f"--tile must be >= 1, got {args.tile}")
-    if args.overlap < 0:
+    if args.overlap is not None and args.overlap < 0:
         parser.error(f"--overlap must be >= 0, got {args.overlap}")
-    if args.overlap > args.tile // 2:
+    if args.overlap is not None and args.overlap > args.tile // 2:
         parser.error(f"--overlap must be <= --tile // 2 = {args.tile // 2}, got {args.overlap}")
     try:
-        if args.weights is None:
-            raise ValueError("no model given (--weights). Train one with `python train.py`, which "
-                             "writes runs/demo/student.pt, then: python sharpen.py INPUT... "
+        if args.weights is None and not shipped.is_file():
+            raise ValueError(f"no model given (--weights), and no shipped student at {shipped}. "
+                             "Train one with `python train.py`, which writes "
+                             "runs/demo/student.pt, then: python sharpen.py INPUT... "
                              "--weights runs/demo/student.pt")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
-        model = load_model(args.weights, map_location=args.device)
+        model = load_model(args.weights or shipped, map_location=args.device)
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
@@ -1234,7 +1313,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} would overwrite an input or another output")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
-            out = sharpen(model, load_image(src), tile=args.tile, overlap=args.overlap)
+            out = sharpen(model, load_image(src), tile=args.tile, overlap=args.overlap,
+                          precision=args.precision)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
             taken.add(os.path.realpath(dst))

@@ -241,6 +241,19 @@ def test_non_finite_input_gives_non_finite_result(bad):
     assert not torch.isfinite(metrics.psnr(pred, target)[1])
 
 
+def test_metrics_compile_with_fullgraph_and_stay_exact():
+    _, pred, target, _ = CASES[3]
+    pred, target = pred.float(), target.float()
+    ssim, psnr = (torch.compile(fn, fullgraph=True) for fn in (metrics.ssim, metrics.psnr))
+    for kw in ({}, WANG):
+        torch.testing.assert_close(ssim(pred, target, **kw).double(),
+                                   torch.tensor(sk_ssim(pred, target, **kw), dtype=torch.float64),
+                                   rtol=0, atol=1e-6)
+    torch.testing.assert_close(psnr(pred, target),
+                               torch.tensor(sk_psnr(pred, target, 1.0), dtype=torch.float64),
+                               rtol=0, atol=1e-4)
+
+
 def test_metrics_py_is_vendorable_alone(tmp_path):
     shutil.copy(ROOT / "metrics.py", tmp_path / "metrics.py")
     code = (
@@ -700,6 +713,32 @@ def test_jpeg_is_a_pillow_round_trip():
     assert (gray - x[0, :1].double()).abs().max() < 0.1
 
 
+def test_fft_blur_equals_blur():
+    x = torch.rand(3, 2, 30, 34, generator=gen(), dtype=torch.float64)
+    kernels = torch.stack([sharpen.disk_kernel(3.0, dtype=torch.float64),
+                           sharpen.random_motion_kernel(7, generator=gen(1), dtype=torch.float64),
+                           sharpen.anisotropic_gaussian_kernel(1.0, 0.5, 10.0, truncate=3.0,
+                                                               dtype=torch.float64)])
+    torch.testing.assert_close(sharpen._fft_blur(x, kernels), sharpen.blur(x, kernels), rtol=0,
+                               atol=1e-12)
+
+
+def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
+    sharp = (sharpen.dead_leaves(64, 48, generator=gen(), supersample=2) * 255).round() / 255
+    a = sharpen.degrade(sharp, kind="real", generator=gen(7))
+    b = sharpen.degrade(sharp, kind="real", generator=gen(7))
+    assert torch.equal(a, b) and a.shape == sharp.shape and a.dtype == sharp.dtype
+    assert torch.equal(a, (a * 255).round() / 255) and a.min() >= 0 and a.max() <= 1  # 8-bit
+    change = (a - sharp).abs().flatten(1).amax(1)
+    assert 3 <= int((change == 0).sum()) <= 12  # about 10% of 64 left exactly as they were
+    blurred = sharpen.gaussian_blur(sharp, 2.0)
+    assert metrics.psnr(a, sharp).median() > metrics.psnr(blurred, sharp).median()  # mostly mild
+    single = sharpen.degrade(sharp[0], kind="real", sigma=0.5, generator=gen(1))
+    assert single.shape == sharp[0].shape
+    with pytest.raises(ValueError, match=r"sigma=6 blurs with kernels up to .* \(real\)"):
+        sharpen.degrade(sharp, kind="real", sigma=6.0)
+
+
 # ---------------------------------------------------------------------------------- dead leaves
 
 
@@ -1104,9 +1143,12 @@ def test_numpy_scalars_are_numbers():
     assert sharpen.random_motion_kernel(np.int64(7), generator=gen()).shape == (7, 7)
 
 
-def test_cli_without_weights_and_help(tmp_path, capsys):
+def test_cli_without_weights_and_help(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sharpen, "__file__", str(tmp_path / "sharpen.py"))  # vendored alone
     assert sharpen.main([str(tmp_path / "x.png")]) == 2
-    assert "python train.py" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no shipped student at" in err and "python train.py" in err
+    monkeypatch.undo()
     with pytest.raises(SystemExit) as e:
         sharpen.main(["--help"])
     assert e.value.code == 0 and "--weights" in capsys.readouterr().out

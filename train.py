@@ -81,8 +81,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dead-leaves training images (128x128) when no --data is given")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sigma", type=float, default=1.5, help="blur strength, pixels")
-    p.add_argument("--blur", choices=("gaussian", "motion", "mixed"), default="gaussian",
-                   help="how training and evaluation images are blurred")
+    p.add_argument("--blur", choices=("gaussian", "motion", "mixed", "real"), default="gaussian",
+                   help="how training and evaluation images are degraded: the paper's Gaussian, "
+                   "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
+                   "noise, JPEG; sharpen.degrade)")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -195,6 +197,8 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
             f"GoPro sharp frames ({args.data}) resized to {size}x{size}")
     size = args.eval_size
     train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
+    if args.blur == "real":  # 8-bit, like the photos it imitates: an image left sharp is the target
+        train = _8bit(train)
     held_out = sharpen.dead_leaves(16, size, generator=generator, **LEAVES)
     sets = {"dead_leaves": held_out}
     desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "

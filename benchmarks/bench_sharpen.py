@@ -1,15 +1,22 @@
-"""Benchmark sharpen.py on this machine: blur speed, model speed, tiled-inference memory.
+"""Speed of sharpen.py on this machine against what users would pick instead, in one run.
 
-Run from the repository root:  python benchmarks/bench_sharpen.py [--threads 2]
+    pip install -e ".[bench]" && python benchmarks/bench_sharpen.py [--threads 2]
 
-Prints three tables:
-1. batched ``gaussian_blur`` (64 RGB 256x256 dead-leaves images, float32) against Pillow's
-   ``ImageFilter.GaussianBlur`` applied image by image (uint8), in ms per image;
-2. teacher vs student forward time per image at 256x256, fp32 NCHW and channels_last + bf16
-   autocast, batch 1 and 4, with parameters and convolution MACs;
-3. peak resident memory of ``sharpen(student(), 3x3000x4000 image)``, measured in a fresh
-   subprocess with ``resource.getrusage`` (ru_maxrss), next to the memory of the input alone.
+1. Gaussian blur, sigma 1.5, 64 RGB 256x256 images: ``sharpen.gaussian_blur`` (batched,
+   float32) against OpenCV's ``GaussianBlur`` (float32, one image at a time: the limit anchor),
+   kornia's ``gaussian_blur2d`` (batched) and Pillow's ``GaussianBlur`` (8-bit box
+   approximation); interleaved rounds, median and min-max per image, and the largest difference
+   from OpenCV.
+2. The networks: milliseconds per megapixel and frames per second at 1280x720 and 1920x1080 for
+   the teacher and the student, float32 (channels_last) and, where ``sharpen.fast_bf16`` says the
+   hardware computes it natively, bf16; the PSNR between the bf16 and float32 outputs of
+   trained models (the shipped weights, when present) on a photograph.
+3. ``sharpen()`` on a 4000x3000 photo with the student: wall time and peak memory in fresh
+   processes, with the overlap derived from the receptive field against the former fixed 128,
+   and the CLI end to end (load PNG, sharpen, save PNG).
 """
+
+from __future__ import annotations
 
 import argparse
 import os
@@ -26,110 +33,158 @@ from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from timing import wall_times  # noqa: E402
+from timing import interleaved, wall_times  # noqa: E402
 
+import metrics  # noqa: E402
 import sharpen  # noqa: E402
 
 
-def best_ms(fn, repeats):
-    """Best wall time of ``fn()`` over ``repeats`` runs (after one warm-up), in ms."""
-    return 1e3 * min(wall_times(fn, repeats=repeats))
+def spread(seconds: list[float], per: float = 1.0) -> str:
+    med, lo, hi = (1e3 * v / per for v in (np.median(seconds), min(seconds), max(seconds)))
+    return f"{med:8.3f} ms ({lo:.3f}-{hi:.3f})"
 
 
-def bench_blur(repeats):
+def bench_blur(rounds: int) -> None:
     g = torch.Generator().manual_seed(0)
-    x = sharpen.dead_leaves(64, 256, generator=g)
+    x = sharpen.dead_leaves(64, 256, generator=g, supersample=2, texture=0.5)
     u8 = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     pil = [Image.fromarray(im) for im in u8]
-    t_torch = best_ms(lambda: sharpen.gaussian_blur(x, 1.5), repeats) / 64
-    t_pil = best_ms(lambda: [im.filter(ImageFilter.GaussianBlur(1.5)) for im in pil], repeats) / 64
-    print("1. Gaussian blur, sigma 1.5, 64 RGB 256x256 images, per image")
-    print(f"   sharpen.gaussian_blur (batched, float32): {t_torch:7.3f} ms")
-    print(f"   Pillow GaussianBlur (one by one, uint8):  {t_pil:7.3f} ms")
-    print(f"   speed-up: {t_pil / t_torch:.1f}x (target >= 10x)")
+    hwc = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+    calls = {"sharpen.gaussian_blur": lambda: sharpen.gaussian_blur(x, 1.5)}
+    reference = None
+    try:
+        import cv2
+    except ImportError:
+        print("opencv-python-headless not installed: skipped")
+    else:
+        cv2.setNumThreads(torch.get_num_threads())
+
+        def opencv():
+            return [cv2.GaussianBlur(im, (13, 13), 1.5, borderType=cv2.BORDER_REFLECT_101)
+                    for im in hwc]
+
+        calls["OpenCV (float32)"] = opencv
+        reference = torch.from_numpy(np.stack(opencv())).permute(0, 3, 1, 2)
+    try:
+        import kornia
+    except ImportError:
+        print("kornia not installed: skipped")
+    else:
+        calls["kornia"] = lambda: kornia.filters.gaussian_blur2d(x, (13, 13), (1.5, 1.5),
+                                                                 border_type="reflect")
+    calls["Pillow (8-bit boxes)"] = lambda: [im.filter(ImageFilter.GaussianBlur(1.5))
+                                             for im in pil]
+    times = interleaved(calls, rounds=rounds)
+    print(f"1. Gaussian blur, sigma 1.5, 64 RGB 256x256 images, per image, {rounds} rounds "
+          "(median, min-max):")
+    for name, seconds in times.items():
+        line = f"   {name:22s} {spread(seconds, 64)}"
+        if reference is not None and name in ("sharpen.gaussian_blur", "kornia"):
+            diff = (torch.as_tensor(calls[name]()) - reference).abs().max().item()
+            line += f"   max |diff| from OpenCV {diff:.1e}"
+        print(line)
 
 
-def bench_models(repeats):
-    print("2. Forward pass per image at 256x256 (eval, no_grad)")
-    models = {"teacher": sharpen.teacher().eval(), "student": sharpen.student().eval()}
-    for name, m in models.items():
-        params, macs = sharpen.count_params(m), sharpen.count_macs(m, 256, 256)
-        print(f"   {name}: {params / 1e6:.3f} M params, {macs / 1e9:.2f} GMAC")
-    print(f"   {'setting':32s} {'teacher ms':>10s} {'student ms':>10s} {'ratio':>6s}")
-    for batch in (1, 4):
-        for layout in ("fp32 NCHW", "channels_last + bf16 autocast"):
-            x = torch.rand(batch, 3, 256, 256)
-            times = {}
-            for name, m in models.items():
-                if layout == "fp32 NCHW":
-                    m, xi = m.to(memory_format=torch.contiguous_format), x
-
-                    def run(m=m, xi=xi):
-                        with torch.no_grad():
-                            m(xi)
-                else:
-                    m, xi = m.to(memory_format=torch.channels_last), x.to(
-                        memory_format=torch.channels_last
-                    )
-
-                    def run(m=m, xi=xi):
-                        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                            m(xi)
-
-                times[name] = best_ms(run, repeats) / batch
-            t, s = times["teacher"], times["student"]
-            print(f"   {layout + f', batch {batch}':32s} {t:10.1f} {s:10.1f} {t / s:5.1f}x")
+def trained(name: str) -> torch.nn.Module:
+    path = ROOT / "weights" / f"{name}.pt"
+    return sharpen.load_model(path) if path.is_file() else getattr(sharpen, name)()
 
 
-MEMORY_SCRIPT = """
+def bench_models(rounds: int) -> None:
+    print("2. Forward passes (eval, no_grad, channels_last), median of rounds:")
+    models = {name: trained(name) for name in ("teacher", "student")}
+    precisions = ["fp32"] + (["bf16"] if sharpen.fast_bf16() else [])
+    for name, model in models.items():
+        print(f"   {name}: {sharpen.count_params(model) / 1e6:.3f} M params, "
+              f"{sharpen.count_macs(model, 1000, 1000) / 1e9:.1f} GMAC per megapixel")
+    for precision in precisions:
+        for name, model in models.items():
+            cells = []
+            for h, w in ((512, 512), (720, 1280), (1080, 1920)):
+                x = torch.rand(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+
+                def run(model=model, x=x, precision=precision):
+                    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
+                                                         enabled=precision == "bf16"):
+                        model(x)
+
+                seconds = float(np.median(wall_times(run, repeats=rounds)))
+                cells.append(f"{1e3 * seconds / (h * w / 1e6):.0f} ms/MP" if h == 512 else
+                             f"{h}p {1 / seconds:.2f} fps")
+            print(f"   {name:8s} {precision}: " + ", ".join(cells))
+    from skimage import data
+
+    photo = torch.from_numpy(data.astronaut()[:256, :256]).permute(2, 0, 1).float() / 255
+    blurred = sharpen.gaussian_blur(photo, 1.5)
+    for name, model in models.items():
+        fp32 = sharpen.sharpen(model, blurred, precision="fp32")
+        bf16 = sharpen.sharpen(model, blurred, precision="bf16")
+        print(f"   {name}: PSNR between its bf16 and float32 outputs on a 256x256 photo: "
+              f"{metrics.psnr(bf16, fp32).item():.1f} dB")
+
+
+SHARPEN_SCRIPT = """
 import resource, sys, time, torch
 sys.path.insert(0, {root!r})
 import sharpen
 torch.set_num_threads({threads})
-model = sharpen.student()
+model = sharpen.load_model({weights!r}) if {weights!r} else sharpen.student()
 img = torch.rand(3, 3000, 4000)
+sharpen.sharpen(model, img[:, :600, :600], overlap={overlap})  # load kernels first
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-out = sharpen.sharpen(model, img)
+sharpen.sharpen(model, img, overlap={overlap})
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base / 2**20, peak / 2**20, dt)
+print(base / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, dt)
 """
 
 
-def bench_memory(threads):
-    code = MEMORY_SCRIPT.format(root=str(ROOT), threads=threads)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    base, peak, seconds = map(float, r.stdout.split())
-    print("3. Peak memory at 4000x3000 with student(), tile 512, overlap 128 (fresh processes)")
-    print(f"   sharpen() on a float32 tensor: peak RSS {peak:.2f} GB (before the call, with the "
-          f"input: {base:.2f} GB); {seconds:.1f} s (target < 2 GB)")  # fmt: skip
+def bench_big(threads: int, runs: int) -> None:
+    weights = str(ROOT / "weights" / "student.pt") if (ROOT / "weights" / "student.pt").is_file() \
+        else ""
+    print(f"3. sharpen() on a 4000x3000 photo with the student, fresh processes, {runs} runs "
+          "(median, min-max):")
+    for overlap in ("None", "128"):
+        results = []
+        for _ in range(runs):
+            code = SHARPEN_SCRIPT.format(root=str(ROOT), threads=threads, weights=weights,
+                                         overlap=overlap)
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True)
+            results.append(list(map(float, r.stdout.split())))
+        base, peak, seconds = (sorted(c) for c in zip(*results))
+        what = "derived from the receptive field" if overlap == "None" else "128 (the former)"
+        print(f"   overlap {what}: {np.median(seconds):.2f} s ({seconds[0]:.2f}-{seconds[-1]:.2f})"
+              f", peak RSS {max(peak):.2f} GB (input alone: {max(base):.2f} GB)")
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         small = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
         Image.fromarray(small).resize((4000, 3000), Image.BICUBIC).save(Path(tmp) / "big.png")
-        sharpen.save_model(Path(tmp) / "student.pt", sharpen.student())
         cmd = [sys.executable, str(ROOT / "sharpen.py"), str(Path(tmp) / "big.png"),
-               "--weights", str(Path(tmp) / "student.pt")]  # fmt: skip
+               "--overwrite"] + (["--weights", weights] if weights else [])
+        if not weights:
+            sharpen.save_model(Path(tmp) / "student.pt", sharpen.student())
+            cmd += ["--weights", str(Path(tmp) / "student.pt")]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    print(f"   CLI `python sharpen.py big.png` (load PNG, sharpen, save PNG): peak RSS of the "
-          f"largest child process {peak:.2f} GB; {seconds:.1f} s")  # fmt: skip
+    print(f"   CLI `python sharpen.py big.png` (load PNG, sharpen, save PNG): {seconds:.1f} s, "
+          f"peak RSS of the largest child process {peak:.2f} GB")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs, best kept (5)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (7)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = torch.backends.cpu.get_cpu_capability()
-    print(f"torch {torch.__version__}, {args.threads} threads, {cpu}; load {os.getloadavg()}")
-    bench_blur(args.repeats)
-    bench_models(args.repeats)
-    bench_memory(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, native bf16: "
+          f"{sharpen.fast_bf16()}; load {os.getloadavg()}")
+    bench_blur(args.rounds)
+    bench_models(max(3, args.rounds // 2))
+    bench_big(args.threads, 3)
 
 
 if __name__ == "__main__":
