@@ -544,16 +544,16 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
     kernels[:, R, R] = 1  # unblurred, until a kernel is drawn
     shaken, resampled = [], []
     for i, (kind, a, b, c, *_) in enumerate(draws.tolist()):
-        if kind < 0.20:  # left sharp: a sharp photo must come back unchanged
+        if kind < 0.30:  # left sharp: a sharp photo must come back unchanged
             continue
-        if kind < 0.45:  # Gaussian, isotropic (a == b) or not, sigma up to s_max
+        if kind < 0.55:  # Gaussian, isotropic (a == b) or not, sigma up to s_max
             su = 0.3 + (s_max - 0.3) * a
-            sv = su if kind < 0.32 else 0.3 + (su - 0.3) * b
+            sv = su if kind < 0.42 else 0.3 + (su - 0.3) * b
             k = anisotropic_gaussian_kernel(su, sv, 180 * c, dtype=torch.float64)
-        elif kind < 0.62:
+        elif kind < 0.70:
             shaken.append(i)
             continue
-        elif kind < 0.80:  # defocus
+        elif kind < 0.85:  # defocus
             k = disk_kernel(0.5 + (s_max / 1.5 - 0.5) * a, dtype=torch.float64)
         else:
             resampled.append((i, 1.2 + (s_max - 1.2) * a, "bilinear" if b < 0.5 else "bicubic"))
@@ -568,8 +568,8 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
     for i, scale, mode in resampled:
         out[i] = resample_blur(out[i], scale, mode=mode)
     # Noise: white on half the images, signal-dependent (shot) on a third of them; none, and no
-    # JPEG, on the first half of those left sharp, which come back exactly as they were.
-    clean = draws[:, 0] < 0.1
+    # JPEG, on two thirds of those left sharp, which come back exactly as they were.
+    clean = draws[:, 0] < 0.2
     white = torch.where((draws[:, 4] < 0.5) & ~clean, 0.04 * draws[:, 5], 0.0).to(x)
     shot = torch.where((draws[:, 6] < 0.33) & ~clean, 0.002 * draws[:, 7], 0.0).to(x)
     normal = torch.randn((2, *x.shape), generator=generator, device=dev, dtype=x.dtype).to(x)
@@ -594,14 +594,14 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       resampling, noise, JPEG q30-95), BSRGAN (Zhang et al. 2021), DeblurGAN (Kupyn et al. 2018:
       about a quarter of its motion kernels are nearly a point, so sharp input stays sharp) and
       RSBlur (Rim et al. 2022: noise on synthetic blur was its largest gain on real blur). Per
-      image, with ``s = 2 * sigma`` (3 px by default): 20% left sharp; 25% Gaussian blur of std
-      U(0.3, s), isotropic or (half of them) anisotropic in a random direction; 17% camera shake
-      (paths of 0.3-1 x ``2 ceil(s) + 1`` px); 18% defocus (a disk of radius U(0.5, s / 1.5));
-      20% down-up resampling by U(1.2, s), bilinear or bicubic. Then white noise of std U(0, 0.04)
+      image, with ``s = 2 * sigma`` (3 px by default): 30% left sharp; 25% Gaussian blur of std
+      U(0.3, s), isotropic or (half of them) anisotropic in a random direction; 15% camera shake
+      (paths of 0.3-1 x ``2 ceil(s) + 1`` px); 15% defocus (a disk of radius U(0.5, s / 1.5));
+      15% down-up resampling by U(1.2, s), bilinear or bicubic. Then white noise of std U(0, 0.04)
       on half the images and shot noise (variance U(0, 0.002) x the signal) on a third, clipping
-      to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but half of the images left
-      sharp (10% of all) get no noise and no JPEG, and so come back exactly as they were if they
-      were 8-bit. ``noise`` adds more.
+      to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but two thirds of the images
+      left sharp (20% of all) get no noise and no JPEG, and so come back exactly as they were if
+      they were 8-bit. ``noise`` adds more.
 
     Args:
         sharp: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].

@@ -730,7 +730,7 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
     assert torch.equal(a, b) and a.shape == sharp.shape and a.dtype == sharp.dtype
     assert torch.equal(a, (a * 255).round() / 255) and a.min() >= 0 and a.max() <= 1  # 8-bit
     change = (a - sharp).abs().flatten(1).amax(1)
-    assert 3 <= int((change == 0).sum()) <= 12  # about 10% of 64 left exactly as they were
+    assert 6 <= int((change == 0).sum()) <= 22  # about 20% of 64 left exactly as they were
     blurred = sharpen.gaussian_blur(sharp, 2.0)
     assert metrics.psnr(a, sharp).median() > metrics.psnr(blurred, sharp).median()  # mostly mild
     single = sharpen.degrade(sharp[0], kind="real", sigma=0.5, generator=gen(1))
@@ -2168,6 +2168,23 @@ def test_the_teacher_output_pool_is_bounded():
     assert 1 <= pool and pool * 3 * 4 * 16 * 3 * 256**2 <= train.POOL_BYTES
 
 
+def test_main_distils_from_a_given_teacher(tmp_path, capsys):
+    teacher = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
+    sharpen.save_model(tmp_path / "t.pt", teacher)
+    args = [*TINY_RUN, "--teacher", str(tmp_path / "t.pt"), "--no-robustness", "--out",
+            str(tmp_path / "run")]
+    assert train.main(args) == 0
+    assert "[teacher]" not in capsys.readouterr().out  # not trained again
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["protocol"]["teacher"] == str(tmp_path / "t.pt")
+    assert report["protocol"]["teacher_steps"] == 0
+    saved = sharpen.load_model(tmp_path / "run" / "teacher.pt")
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in saved.state_dict().items())
+    (tmp_path / "bad.pt").write_text("no model")
+    assert train.main([*TINY_RUN, "--teacher", str(tmp_path / "bad.pt")]) == 2
+    assert "bad.pt: not a readable model file" in capsys.readouterr().err
+
+
 def test_main_seeds_the_feature_adapters(tmp_path):
     reports = []
     for run in ("a", "b"):
@@ -2210,9 +2227,9 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
     for a, b in small.items():
         assert a in code
         code = code.replace(a, b)
-    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
     teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1), std=0.02)
-    sharpen.save_model(tmp_path / "runs" / "demo" / "teacher.pt", teacher)
+    sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
     out = run_script(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("3 {'loss':")

@@ -72,6 +72,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "CPU.",
     )
     p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
+    p.add_argument("--teacher", type=Path, default=None, metavar="MODEL.pt",
+                   help="distil from this trained teacher (sharpen.save_model's file, such as "
+                   "weights/teacher.pt) instead of training one; --steps is then ignored")
     p.add_argument("--student-steps", type=int, default=1000,
                    help="steps of the distilled student and of its equal-steps twin")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
@@ -141,6 +144,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _8bit(x: torch.Tensor) -> torch.Tensor:
+    """Clipped to [0, 1] and rounded to 8 bits, as an image file is."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``sharpen.degrade``, then 8 bits, as the paper's Pillow pipeline gave its blurred images:
+    a network trained on unrounded blur learns to amplify the rounding of every photo file."""
+    return _8bit(sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator))
+
+
 def _resized(img: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:
     """``(3, H, W)`` resized to ``size`` x ``size``, by area averaging as the paper resized, or
     bicubically (antialiased, clipped to [0, 1])."""
@@ -170,8 +185,8 @@ def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
     """The photos three ways, ``(N, 3, size, size)`` each: area-resized (the paper's protocol),
     bicubically resized, and native-resolution central crops (camera detail, no resizing)."""
     photos = [_photo(name) for name in names]
-    return {"photos": torch.stack([_resized(p, size) for p in photos]),
-            "photos_bicubic": torch.stack([_resized(p, size, "bicubic") for p in photos]),
+    return {"photos": _8bit(torch.stack([_resized(p, size) for p in photos])),
+            "photos_bicubic": _8bit(torch.stack([_resized(p, size, "bicubic") for p in photos])),
             "photo_crops": torch.stack([_center(p, size) for p in photos
                                         if min(p.shape[-2:]) >= size])}
 
@@ -190,16 +205,15 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
             return split, {"gopro_test": (None, test)}, desc
         size = args.eval_size
         print(f"loading {len(split)} GoPro training frames, resized to {size}x{size}")
-        train = torch.stack([_resized(sharpen.load_image(s), size) for _, s in split])
-        sharp = torch.stack([_resized(sharpen.load_image(s), size) for _, s in test])
+        train = _8bit(torch.stack([_resized(sharpen.load_image(s), size) for _, s in split]))
+        sharp = _8bit(torch.stack([_resized(sharpen.load_image(s), size) for _, s in test]))
         pairs = list(zip(degrade(sharp, generator=generator), sharp))
         return train, {"gopro_test": (sharp, pairs)}, (
             f"GoPro sharp frames ({args.data}) resized to {size}x{size}")
     size = args.eval_size
     train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
-    if args.blur == "real":  # 8-bit, like the photos it imitates: an image left sharp is the target
-        train = _8bit(train)
-    held_out = sharpen.dead_leaves(16, size, generator=generator, **LEAVES)
+    train = _8bit(train)  # 8-bit, like photos: an image left sharp is then its own target
+    held_out = _8bit(sharpen.dead_leaves(16, size, generator=generator, **LEAVES))
     sets = {"dead_leaves": held_out}
     desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "
             f"{args.train_images} training images of 128x128, 16 held-out of {size}x{size}")
@@ -493,8 +507,6 @@ def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Te
     return k.expand(n, *k.shape)
 
 
-def _8bit(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -621,9 +633,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     run_start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
-    degrade = functools.partial(sharpen.degrade, kind=args.blur, sigma=args.sigma)
+    degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.teacher is not None:
+            sharpen.load_model(args.teacher)  # a bad file stops the run before any work
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -632,11 +646,14 @@ def main(argv: list[str] | None = None) -> int:
                                   else (sharpen.paper_teacher, sharpen.paper_student))
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
-    teacher = _new_model(make_teacher, args.seed, args.device)
-    teacher_seconds = _fit(teacher, args.steps, "teacher", args,
-                           _train_stream(args, train, degrade, args.seed),
-                           lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
-                                                                    clip_grad_norm=CLIP))
+    if args.teacher is not None:
+        teacher, teacher_seconds = sharpen.load_model(args.teacher, map_location=args.device), 0.0
+    else:
+        teacher = _new_model(make_teacher, args.seed, args.device)
+        teacher_seconds = _fit(teacher, args.steps, "teacher", args,
+                               _train_stream(args, train, degrade, args.seed),
+                               lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
+                                                             clip_grad_norm=CLIP))
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
 
@@ -648,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                       "macs": sharpen.count_macs(models[name], size, size),
                       "ms_per_image": _ms_per_image(models[name], size, args.device)}
     cost |= dict.fromkeys(("student_nokd", "student_nokd_time"), cost["student"])
-    rows = []
+    rows, clock = [], time.perf_counter()
     for set_name, (_, pairs) in eval_sets.items():
         print(f"evaluating on {set_name} ({len(pairs)} images)", flush=True)
         teacher_result = kd.evaluate(teacher, pairs)
@@ -659,16 +676,19 @@ def main(argv: list[str] | None = None) -> int:
             results = [kd.evaluate(run["models"][name], pairs) for run in runs]
             rows.append(_row(name, cost[name], results, **common))
 
+    seconds = {"evaluation": time.perf_counter() - clock}
     robustness, settings = [], None
-    robust_sets = {name: _8bit(sharp) for name, (sharp, _) in eval_sets.items()
-                   if sharp is not None}
+    robust_sets = {name: sharp for name, (sharp, _) in eval_sets.items() if sharp is not None}
     if robust_sets and _has_skimage() and not args.no_robustness:
         print(f"choosing the baselines' settings on {len(VALIDATION_PHOTOS)} validation photos",
               flush=True)
+        clock = time.perf_counter()
         validation = _8bit(torch.stack([_resized(_photo(p), args.eval_size)
                                         for p in VALIDATION_PHOTOS]))
         settings = _tune_baselines(validation)
+        seconds["baseline_tuning"] = time.perf_counter() - clock
         robustness = _robustness(models, robust_sets, settings)
+        seconds["robustness"] = time.perf_counter() - clock - seconds["baseline_tuning"]
 
     for name, model in models.items():
         sharpen.save_model(args.out / f"{name}.pt", model)
@@ -680,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
         "real_blur": args.real_blur,
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
-        "arch": args.arch, "teacher_steps": args.steps, "student_steps": args.student_steps,
+        "arch": args.arch, "teacher_steps": 0 if args.teacher else args.steps,
+        "teacher": str(args.teacher) if args.teacher else "trained here",
+        "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
         "batch_size": args.batch_size, "alpha": args.alpha, "kd_loss": args.kd_loss,
@@ -696,11 +718,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "stage_seconds": {"teacher": round(teacher_seconds, 1),
                           **{k: round(sum(r["seconds"][k] for r in runs) / len(runs), 1)
-                             for k in runs[0]["seconds"]}},
+                             for k in runs[0]["seconds"]},
+                          **{k: round(v, 1) for k, v in seconds.items()}},
         "wall_seconds": round(time.perf_counter() - run_start, 1),
     }
     protocol["summary"] = (
-        f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher {args.steps} steps, "
+        f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher "
+        f"{args.teacher or f'{args.steps} steps'}, "
         f"students {args.student_steps} steps (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
         f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
