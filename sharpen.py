@@ -125,17 +125,18 @@ def _no_autocast(x: Tensor) -> torch.autocast:
 
 def _filter(x: Tensor, kernels: list[Tensor]) -> Tensor:
     """Correlate each image of ``x`` with each kernel ``(1 or B, kh, kw)`` in turn, reflect border;
-    channels fold into one grouped convolution, run over chunks of ~``_CHUNK_ELEMENTS`` values."""
+    channels fold into one grouped convolution, run over chunks of ~``_CHUNK_ELEMENTS`` values.
+    The border is padded once for all the kernels: reflecting commutes with the filters."""
     B, C, H, W = x.shape
+    ph, pw = sum(k.shape[-2] // 2 for k in kernels), sum(k.shape[-1] // 2 for k in kernels)
     step = max(1, _CHUNK_ELEMENTS // (C * H * W))
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     for i in range(0, B, step):
         n = min(step, B - i)
-        y = x[i : i + n].reshape(1, n * C, H, W)
+        y = F.pad(x[i : i + n].reshape(1, n * C, H, W), (pw, pw, ph, ph), mode="reflect")
         for k in kernels:
             kh, kw = k.shape[-2:]
             k = k.expand(n, kh, kw) if k.shape[0] == 1 else k[i : i + n]
-            y = F.pad(y, (kw // 2, kw // 2, kh // 2, kh // 2), mode="reflect")
             with _no_autocast(y):
                 y = F.conv2d(y, k.repeat_interleave(C, dim=0).unsqueeze(1), groups=n * C)
         out[i : i + n] = y.view(n, C, H, W)

@@ -242,16 +242,16 @@ def test_non_finite_input_gives_non_finite_result(bad):
 
 
 def test_metrics_compile_with_fullgraph_and_stay_exact():
-    _, pred, target, _ = CASES[3]
+    _, pred, target, data_range = CASES[3]
     pred, target = pred.float(), target.float()
     ssim, psnr = (torch.compile(fn, fullgraph=True) for fn in (metrics.ssim, metrics.psnr))
     for kw in ({}, WANG):
-        torch.testing.assert_close(ssim(pred, target, **kw).double(),
-                                   torch.tensor(sk_ssim(pred, target, **kw), dtype=torch.float64),
-                                   rtol=0, atol=1e-6)
-    torch.testing.assert_close(psnr(pred, target),
-                               torch.tensor(sk_psnr(pred, target, 1.0), dtype=torch.float64),
-                               rtol=0, atol=1e-4)
+        want = sk_ssim(pred, target, data_range=data_range, **kw)
+        torch.testing.assert_close(ssim(pred, target, data_range=data_range, **kw).double(),
+                                   torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-6)
+    want = sk_psnr(pred, target, data_range)
+    torch.testing.assert_close(psnr(pred, target, data_range=data_range).double(),
+                               torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-4)
 
 
 def test_metrics_py_is_vendorable_alone(tmp_path):
@@ -1154,6 +1154,37 @@ def test_cli_without_weights_and_help(tmp_path, capsys, monkeypatch):
     assert e.value.code == 0 and "--weights" in capsys.readouterr().out
     assert sharpen.main(["x.png", "--weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+SHIPPED = ROOT / "weights"
+
+
+def photo_8bit(name: str, size: int = 256) -> torch.Tensor:
+    """A scoring photograph as the robustness table sees it: area-resized, 8-bit, float32."""
+    img = torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1).float()[None] / 255
+    return (F.interpolate(img, size=(size, size), mode="area")[0] * 255).round() / 255
+
+
+def test_the_shipped_models_load_and_fit_their_budget():
+    assert sum((SHIPPED / f).stat().st_size for f in ("teacher.pt", "student.pt")) <= 8e6
+    teacher, student = (sharpen.load_model(SHIPPED / f) for f in ("teacher.pt", "student.pt"))
+    assert sharpen.count_params(student) <= 0.25 * sharpen.count_params(teacher)
+
+
+def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
+    model = sharpen.load_model(SHIPPED / "student.pt")
+    sharp = photo_8bit("chelsea")
+    assert metrics.psnr(sharpen.sharpen(model, sharp, precision="fp32"), sharp) >= 37
+    original = photo_8bit("coffee")
+    soft = (sharpen.gaussian_blur(original, 1.5) * 255).round() / 255
+    out = sharpen.sharpen(model, soft, precision="fp32")
+    assert metrics.psnr(out, original) - metrics.psnr(soft, original) >= 3
+
+
+def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
+    sharpen.save_image(photo_8bit("rocket", 64), tmp_path / "r.png")
+    assert sharpen.main([str(tmp_path / "r.png")]) == 0
+    assert sharpen.load_image(tmp_path / "r_sharp.png").shape == (3, 64, 64)
 
 
 # ---------------------------------------------------------------------------------- bad inputs

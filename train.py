@@ -654,10 +654,12 @@ def main(argv: list[str] | None = None) -> int:
                                _train_stream(args, train, degrade, args.seed),
                                lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
                                                              clip_grad_norm=CLIP))
+        sharpen.save_model(args.out / "teacher.pt", teacher)  # kept if the run is cut short
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
-
     models = {"teacher": teacher, **runs[0]["models"]}
+    for name, model in models.items():
+        sharpen.save_model(args.out / f"{name}.pt", model)
     size = args.eval_size
     cost = {"input": {"params": 0, "macs": 0, "ms_per_image": 0.0}}
     for name in ("teacher", "student"):  # the three students share one architecture
@@ -690,8 +692,6 @@ def main(argv: list[str] | None = None) -> int:
         robustness = _robustness(models, robust_sets, settings)
         seconds["robustness"] = time.perf_counter() - clock - seconds["baseline_tuning"]
 
-    for name, model in models.items():
-        sharpen.save_model(args.out / f"{name}.pt", model)
     figure_set = "photos" if "photos" in eval_sets else next(iter(eval_sets))
     _figures(args.out, models, eval_sets[figure_set][1],
              robust_sets["photos"] if settings and "photos" in eval_sets else None, settings)
