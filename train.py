@@ -1,6 +1,6 @@
 """The main job: the paper's Table 1, with an honest distillation ablation.
 
-    python train.py            # a few minutes on a CPU, nothing to download
+    python train.py            # nothing to download; 5-40 minutes on a 2-core CPU (see README)
     python train.py --help     # options
 
 Trains a teacher, distils a student, trains the same student without the teacher (for equal
@@ -68,7 +68,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python train.py",
         description="Train a teacher, distil a student, train the same student without the "
         "teacher (equal steps and equal time), and print the paper's Table 1. With no "
-        "arguments: dead-leaves training images, Gaussian blur sigma 1.5, a few minutes on a "
+        "arguments: dead-leaves training images, Gaussian blur sigma 1.5, 5 to 40 minutes on a "
         "CPU.",
     )
     p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
