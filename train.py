@@ -38,7 +38,10 @@ LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on
 # scikit-image's bundled photographs. The colour ones score and choose nothing; the grey ones
 # (as RGB) choose settings (texture, alpha, the baselines' strengths) and never score.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
-VALIDATION_PHOTOS = ("camera", "coins", "grass", "gravel", "brick", "moon", "clock")
+VALIDATION_PHOTOS = ("camera", "coins", "moon", "clock")
+# --train-photos: scikit-image's photographs that are neither scored nor validation photos
+TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "cell", "page", "text",
+                "grass", "gravel", "brick")
 
 # The robustness table: named conditions, each (blur, noise std, JPEG quality), applied in that
 # order to the sharp images rounded to 8 bits; the results are clipped to [0, 1] and rounded to
@@ -82,6 +85,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="evaluation images are this size square, as the paper's 256x256")
     p.add_argument("--train-images", type=int, default=256,
                    help="dead-leaves training images (128x128) when no --data is given")
+    p.add_argument("--train-photos", action="store_true",
+                   help="also train on 128x128 tiles of scikit-image's photographs that are "
+                   "neither scored nor validation photos, native and halved (needs scikit-image)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sigma", type=float, default=1.5, help="blur strength, pixels")
     p.add_argument("--blur", choices=("gaussian", "motion", "mixed", "real"), default="gaussian",
@@ -136,6 +142,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--feature-weight must be finite and >= 0, got {args.feature_weight}")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
+    if args.train_photos and (args.data is not None or not _has_skimage()):
+        p.error("--train-photos needs scikit-image (pip install -e \".[eval]\") and no --data")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is available")
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -191,6 +199,20 @@ def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
                                         if min(p.shape[-2:]) >= size])}
 
 
+def _photo_tiles(names: tuple[str, ...], size: int) -> torch.Tensor:
+    """Non-overlapping ``size`` x ``size`` tiles ``(N, 3, size, size)`` of the photos at native
+    resolution and area-halved (the soft, 1411-pixel retina halved only)."""
+    tiles = []
+    for name in names:
+        photo = _photo(name)
+        for img in ([] if name == "retina" else [photo]) + [F.interpolate(
+                photo[None], scale_factor=0.5, mode="area")[0]]:
+            rows, cols = img.shape[-2] // size, img.shape[-1] // size
+            grid = img[:, : rows * size, : cols * size].reshape(3, rows, size, cols, size)
+            tiles.append(grid.permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size))
+    return torch.cat(tiles)
+
+
 def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Generator):
     """Training source, evaluation sets ``{name: (sharp images or None, [(blurred, sharp)...])}``
     and a description. Evaluation images are made apart from training images and never trained
@@ -213,10 +235,16 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
     size = args.eval_size
     train = sharpen.dead_leaves(args.train_images, 128, generator=generator, **LEAVES)
     train = _8bit(train)  # 8-bit, like photos: an image left sharp is then its own target
+    if args.train_photos:
+        tiles = _8bit(_photo_tiles(TRAIN_PHOTOS, 128))
+        train = torch.cat([train, tiles])
     held_out = _8bit(sharpen.dead_leaves(16, size, generator=generator, **LEAVES))
     sets = {"dead_leaves": held_out}
     desc = (f"dead leaves ({', '.join(f'{k}={v}' for k, v in LEAVES.items())}): "
             f"{args.train_images} training images of 128x128, 16 held-out of {size}x{size}")
+    if args.train_photos:
+        desc += (f"; and {len(tiles)} training tiles of 128x128 from scikit-image's "
+                 f"{', '.join(TRAIN_PHOTOS)}, at native resolution and halved (retina halved only)")
     if _has_skimage():
         sets |= _photo_sets(PHOTOS, size)
         desc += (f"; photos: scikit-image's {', '.join(PHOTOS)}, {size}x{size}, area-resized "
