@@ -2157,6 +2157,7 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--sigma", "-1"], "--sigma must be finite and > 0"),
         (["--real-blur"], "--real-blur needs --data ROOT"),
+        (["--train-photos", "--data", str(tmp_path)], "--train-photos needs scikit-image"),
         (["--blur", "box"], "invalid choice: 'box'"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -2187,6 +2188,17 @@ def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
         report = json.loads((out / "report.json").read_text())
         assert report["protocol"]["real_blur"] == bool(extra)
         assert {r.get("eval_set", "gopro_test") for r in report["rows"]} == {"gopro_test"}
+
+
+def test_training_photo_tiles_are_exact_crops_kept_apart_from_the_scored_photos():
+    tiles = train._photo_tiles(("camera",), 128)
+    camera = torch.from_numpy(skdata.camera()).float() / 255
+    assert tiles.shape == (16 + 4, 3, 128, 128)  # 512x512 native, then halved
+    assert torch.equal(tiles[5], camera[128:256, 128:256].expand(3, -1, -1))
+    halved = F.interpolate(camera[None, None], scale_factor=0.5, mode="area")[0, 0]
+    assert torch.equal(tiles[16 + 3], halved[128:, 128:].expand(3, -1, -1))
+    used = set(train.TRAIN_PHOTOS)
+    assert not used & set(train.PHOTOS) and not used & set(train.VALIDATION_PHOTOS)
 
 
 def test_the_teacher_output_pool_is_bounded():
