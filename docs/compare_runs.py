@@ -1,0 +1,93 @@
+"""Put the robustness tables of several ``python train.py`` runs side by side, and check the
+shipped models' targets.
+
+    python docs/compare_runs.py runs/demo runs/real [--set photos] [--check runs/real]
+
+Prints a markdown table of one evaluation set: the input and the two baselines (from the first
+run), then each run's teacher and student, as mean PSNR in dB with the worst image's gain over
+the input in brackets. ``--check RUN`` then prints RUN's teacher and student against the targets
+of the robust models, on every photo set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+BLURS = ("gaussian 0.5", "gaussian 1.0", "gaussian 1.5", "gaussian 2.0", "gaussian 3.0",
+         "anisotropic 2.0 x 0.7", "camera shake", "defocus 2.0")
+PHOTO_SETS = ("photos", "photos_bicubic", "photo_crops")
+
+
+def rows_of(run: Path) -> dict[tuple[str, str, str], dict]:
+    report = json.loads((run / "report.json").read_text())
+    return {(r["eval_set"], r["condition"], r["name"]): r for r in report["robustness"]}
+
+
+def cell(row: dict) -> str:
+    if row["psnr"] is None:
+        return "∞"
+    if row["name"] == "input":
+        return f"{row['psnr']:.2f}"
+    worst = row["gain_worst"] if row["gain_worst"] is not None else row["psnr_worst"]
+    sign = "+" if row["gain_worst"] is not None and worst >= 0 else ""
+    return f"{row['psnr']:.2f} ({sign}{worst:.2f})"
+
+
+def table(runs: list[Path], eval_set: str) -> str:
+    all_rows = [rows_of(run) for run in runs]
+    conditions = list(dict.fromkeys(c for s, c, _ in all_rows[0] if s == eval_set))
+    head = ["condition", "input", "Wiener (true kernel)", "unsharp mask"]
+    head += [f"{run.name}: {m}" for run in runs for m in ("teacher", "student")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in conditions:
+        cells = [cell(all_rows[0][eval_set, c, n]) for n in ("input", "wiener", "unsharp")]
+        cells += [cell(rows[eval_set, c, m]) for rows in all_rows for m in ("teacher", "student")]
+        lines.append("| " + " | ".join([c, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def check(run: Path) -> str:
+    """Each target of the robust models, measured on each photo set of ``run``."""
+    rows, out = rows_of(run), []
+    for s in (s for s in PHOTO_SETS if (s, "sharp", "teacher") in rows):
+        degraded = [c for (e, c, n) in rows if e == s and n == "input" and c != "sharp"]
+        for m in ("teacher", "student"):
+            def r(c, name=m, s=s):
+                return rows[s, c, name]
+            gains = {c: r(c)["gain_mean"] for c in degraded}
+            worst = min(degraded, key=lambda c: r(c)["gain_worst"])
+            beaten = [c for c in BLURS if r(c)["psnr"] <= r(c, "unsharp")["psnr"]]
+            wiener = sum(r(c, "wiener")["psnr"] - r(c)["psnr"] for c in BLURS) / len(BLURS)
+            out.append(
+                f"{s}, {m}: sharp {r('sharp')['psnr']:.2f} dB "
+                f"(worst {r('sharp')['psnr_worst']:.2f}) / SSIM {r('sharp')['ssim']:.4f} "
+                f"[>= 37 dB, >= 0.98]; smallest mean gain "
+                f"{min(gains.values()):+.2f} dB ({min(gains, key=gains.get)}) [>= +1]; worst "
+                f"image {r(worst)['gain_worst']:+.2f} dB ({worst}) [>= 0]; at or below the "
+                f"unsharp mask on {len(beaten)} of {len(BLURS)} blurs {beaten} [0]; behind Wiener "
+                f"by {wiener:.2f} dB on average over the blurs [<= 1.5]; gaussian 1.5 gain "
+                f"{gains['gaussian 1.5']:+.2f} dB [>= +3]")
+        gap = [rows[s, c, "teacher"]["psnr"] - rows[s, c, "student"]["psnr"] for c in degraded]
+        gap += [rows[s, "sharp", "teacher"]["psnr"] - rows[s, "sharp", "student"]["psnr"]]
+        gap = [g for g in gap if math.isfinite(g)]
+        out.append(f"{s}: teacher minus student {sum(gap) / len(gap):+.2f} dB on average "
+                   f"over the {len(gap)} conditions [<= 0.5]")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="output folders of python train.py")
+    parser.add_argument("--set", default="photos", help="evaluation set (photos)")
+    parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
+    args = parser.parse_args()
+    print(table(args.runs, args.set))
+    if args.check:
+        print("\n" + check(args.check))
+
+
+if __name__ == "__main__":
+    main()
