@@ -49,6 +49,22 @@ def table(runs: list[Path], eval_set: str) -> str:
     return "\n".join(lines)
 
 
+def table1(run: Path) -> str:
+    """The run's Table 1 on one line per model: PSNR / SSIM on each evaluation set, and cost."""
+    rows = json.loads((run / "report.json").read_text())["rows"]
+    sets = list(dict.fromkeys(r["eval_set"] for r in rows))
+    head = ["model", *sets, "params", "GMACs at 256²", "ms / image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        by_set = {r["eval_set"]: r for r in rows if r["name"] == name}
+        first = next(iter(by_set.values()))
+        cells = [f"{by_set[s]['psnr']:.2f} / {by_set[s]['ssim']:.4f}" for s in sets]
+        cells += [f"{first['params']:,}", f"{first['macs'] / 1e9:.2f}",
+                  f"{first['ms_per_image']:.1f}"]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def check(run: Path) -> str:
     """Each target of the robust models, measured on each photo set of ``run``."""
     rows, out = rows_of(run), []
@@ -84,6 +100,8 @@ def main() -> None:
     parser.add_argument("--set", default="photos", help="evaluation set (photos)")
     parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
     args = parser.parse_args()
+    for run in args.runs:
+        print(f"{run}:\n{table1(run)}\n")
     print(table(args.runs, args.set))
     if args.check:
         print("\n" + check(args.check))
