@@ -83,8 +83,11 @@ def peers(pred: torch.Tensor, target: torch.Tensor) -> dict[str, dict[str, objec
             "psnr": psnr}
 
 
-def as_list(values: object) -> list[float]:
-    return [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+def as_list(values: object) -> list[float] | None:
+    """Per-image values as floats; None for a peer that returns one value for the batch."""
+    if isinstance(values, torch.Tensor):
+        return values.tolist() if values.ndim else None
+    return [float(v) for v in values]
 
 
 def per_image_rows(rounds: int) -> None:
@@ -106,11 +109,13 @@ def per_image_rows(rounds: int) -> None:
         print(f"{convention} (compiled in {compile_s:.0f} s), ms per image over {rounds} "
               "interleaved rounds:")
         for name, seconds in times.items():
-            diff = max(abs(a - b) for a, b in zip(as_list(calls[name]()), reference))
+            values = as_list(calls[name]())
+            diff = ("n/a (one value per batch)" if values is None else
+                    f"{max(abs(a - b) for a, b in zip(values, reference)):.1e}")
             med, lo, hi = (1e3 * v / n for v in (np.median(seconds), min(seconds), max(seconds)))
             speed = sk / np.median(seconds)
             print(f"  {name:16s} {med:7.3f}  ({lo:6.3f}-{hi:6.3f})   {speed:5.1f}x scikit-image's "
-                  f"speed   max |diff| from scikit-image {diff:.1e}")
+                  f"speed   max |diff| from scikit-image {diff}")
 
 
 def training_loss_row(rounds: int) -> None:
