@@ -1,6 +1,6 @@
 """The main job: the paper's Table 1, with an honest distillation ablation.
 
-    python train.py            # nothing to download; 5-40 minutes on a 2-core CPU (see README)
+    python train.py            # no download; ~50 min on 2 CPU cores without native bf16
     python train.py --help     # options
 
 Trains a teacher, distils a student, trains the same student without the teacher (for equal
@@ -71,8 +71,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python train.py",
         description="Train a teacher, distil a student, train the same student without the "
         "teacher (equal steps and equal time), and print the paper's Table 1. With no "
-        "arguments: dead-leaves training images, Gaussian blur sigma 1.5, 5 to 40 minutes on a "
-        "CPU.",
+        "arguments: dead-leaves training images, Gaussian blur sigma 1.5, about 50 minutes on "
+        "2 CPU cores without native bf16.",
     )
     p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
     p.add_argument("--teacher", type=Path, default=None, metavar="MODEL.pt",
@@ -535,8 +535,6 @@ def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Te
     return k.expand(n, *k.shape)
 
 
-
-
 def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit sharp images ``(N, 3, H, W)`` under a named condition, as 8-bit images, and their
     blur kernels."""
@@ -664,8 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        if args.teacher is not None:
-            sharpen.load_model(args.teacher)  # a bad file stops the run before any work
+        given_teacher = None if args.teacher is None else \
+            sharpen.load_model(args.teacher, map_location=args.device)  # before any work
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -674,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                                   else (sharpen.paper_teacher, sharpen.paper_student))
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
-    if args.teacher is not None:
-        teacher, teacher_seconds = sharpen.load_model(args.teacher, map_location=args.device), 0.0
+    if given_teacher is not None:
+        teacher, teacher_seconds = given_teacher, 0.0
     else:
         teacher = _new_model(make_teacher, args.seed, args.device)
         teacher_seconds = _fit(teacher, args.steps, "teacher", args,
