@@ -536,6 +536,11 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     return out[0] if single else out
 
 
+def _log_uniform(low: float, high: float, u: float | Tensor) -> float | Tensor:
+    """``u`` in [0, 1] mapped log-uniformly onto [low, high] (low, high > 0)."""
+    return low * (high / low) ** u
+
+
 def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
     """``degrade(kind="real")``: the distribution and its sources are in that docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
@@ -548,16 +553,17 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
         if kind < 0.30:  # left sharp: a sharp photo must come back unchanged
             continue
         if kind < 0.55:  # Gaussian, isotropic (a == b) or not, sigma up to s_max
-            su = 0.3 + (s_max - 0.3) * a
-            sv = su if kind < 0.42 else 0.3 + (su - 0.3) * b
+            su = _log_uniform(0.3, s_max, a)
+            sv = su if kind < 0.42 else _log_uniform(0.3, su, b)
             k = anisotropic_gaussian_kernel(su, sv, 180 * c, dtype=torch.float64)
         elif kind < 0.70:
             shaken.append(i)
             continue
         elif kind < 0.85:  # defocus
-            k = disk_kernel(0.5 + (s_max / 1.5 - 0.5) * a, dtype=torch.float64)
+            k = disk_kernel(_log_uniform(0.5, s_max / 1.5, a), dtype=torch.float64)
         else:
-            resampled.append((i, 1.2 + (s_max - 1.2) * a, "bilinear" if b < 0.5 else "bicubic"))
+            mode = "bilinear" if b < 0.5 else "bicubic"
+            resampled.append((i, _log_uniform(1.2, s_max, a), mode))
             continue
         r = k.shape[-1] // 2
         kernels[i] = F.pad(k, (R - r, R - r, R - r, R - r))
@@ -571,8 +577,9 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
     # Noise: white on half the images, signal-dependent (shot) on a third of them; none, and no
     # JPEG, on two thirds of those left sharp, which come back exactly as they were.
     clean = draws[:, 0] < 0.2
-    white = torch.where((draws[:, 4] < 0.5) & ~clean, 0.04 * draws[:, 5], 0.0).to(x)
-    shot = torch.where((draws[:, 6] < 0.33) & ~clean, 0.002 * draws[:, 7], 0.0).to(x)
+    white = torch.where((draws[:, 4] < 0.5) & ~clean, _log_uniform(0.002, 0.04, draws[:, 5]), 0.0)
+    shot = torch.where((draws[:, 6] < 0.33) & ~clean, _log_uniform(1e-4, 2e-3, draws[:, 7]), 0.0)
+    white, shot = white.to(x), shot.to(x)
     normal = torch.randn((2, *x.shape), generator=generator, device=dev, dtype=x.dtype).to(x)
     out = out + white[:, None, None, None] * normal[0] + \
         (out.clamp(0, 1) * shot[:, None, None, None]).sqrt() * normal[1]
@@ -595,14 +602,15 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       resampling, noise, JPEG q30-95), BSRGAN (Zhang et al. 2021), DeblurGAN (Kupyn et al. 2018:
       about a quarter of its motion kernels are nearly a point, so sharp input stays sharp) and
       RSBlur (Rim et al. 2022: noise on synthetic blur was its largest gain on real blur). Per
-      image, with ``s = 2 * sigma`` (3 px by default): 30% left sharp; 25% Gaussian blur of std
-      U(0.3, s), isotropic or (half of them) anisotropic in a random direction; 15% camera shake
-      (paths of 0.3-1 x ``2 ceil(s) + 1`` px); 15% defocus (a disk of radius U(0.5, s / 1.5));
-      15% down-up resampling by U(1.2, s), bilinear or bicubic. Then white noise of std U(0, 0.04)
-      on half the images and shot noise (variance U(0, 0.002) x the signal) on a third, clipping
-      to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but two thirds of the images
-      left sharp (20% of all) get no noise and no JPEG, and so come back exactly as they were if
-      they were 8-bit. ``noise`` adds more.
+      image, with ``s = 2 * sigma`` (3 px by default) and L(a, b) log-uniform on [a, b] (mild
+      degradations as common as strong ones): 30% left sharp; 25% Gaussian blur of std
+      L(0.3, s), isotropic or (half of them) anisotropic in a random direction; 15% camera shake
+      (paths of 0.3-1 x ``2 ceil(s) + 1`` px); 15% defocus (a disk of radius L(0.5, s / 1.5));
+      15% down-up resampling by L(1.2, s), bilinear or bicubic. Then white noise of std
+      L(0.002, 0.04) on half the images and shot noise (variance L(1e-4, 2e-3) x the signal) on a
+      third, clipping to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but two thirds
+      of the images left sharp (20% of all) get no noise and no JPEG, and so come back exactly as
+      they were if they were 8-bit. ``noise`` adds more.
 
     Args:
         sharp: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].

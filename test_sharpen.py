@@ -2160,6 +2160,7 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--sigma", "-1"], "--sigma must be finite and > 0"),
         (["--real-blur"], "--real-blur needs --data ROOT"),
+        (["--teacher", "a.pt", "--init-teacher", "b.pt"], "--teacher and --init-teacher exclude"),
         (["--train-photos", "--data", str(tmp_path)], "--train-photos needs scikit-image"),
         (["--blur", "box"], "invalid choice: 'box'"),
     ):
@@ -2229,6 +2230,23 @@ def test_main_distils_from_a_given_teacher(tmp_path, capsys):
     (tmp_path / "bad.pt").write_text("no model")
     assert train.main([*TINY_RUN, "--teacher", str(tmp_path / "bad.pt")]) == 2
     assert "bad.pt: not a readable model file" in capsys.readouterr().err
+
+
+def test_main_fine_tunes_a_given_initial_teacher(tmp_path, capsys):
+    init = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
+    sharpen.save_model(tmp_path / "t.pt", init)
+    args = [*TINY_RUN, "--init-teacher", str(tmp_path / "t.pt"), "--no-robustness", "--out",
+            str(tmp_path / "run")]
+    assert train.main(args) == 0
+    assert "[teacher] step 2/2" in capsys.readouterr().out
+    protocol = json.loads((tmp_path / "run" / "report.json").read_text())["protocol"]
+    assert protocol["teacher"] == f"trained here, from {tmp_path / 't.pt'}"
+    assert protocol["teacher_steps"] == 2 and f"from {tmp_path / 't.pt'}" in protocol["summary"]
+    tuned = sharpen.load_model(tmp_path / "run" / "teacher.pt")
+    assert tuned.config == init.config  # the given architecture, trained further
+    assert not torch.equal(tuned.head.weight, init.head.weight)
+    assert train.main([*TINY_RUN, "--init-teacher", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
 
 
 def test_main_seeds_the_feature_adapters(tmp_path):

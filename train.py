@@ -78,6 +78,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, default=None, metavar="MODEL.pt",
                    help="distil from this trained teacher (sharpen.save_model's file, such as "
                    "weights/teacher.pt) instead of training one; --steps is then ignored")
+    p.add_argument("--init-teacher", type=Path, default=None, metavar="MODEL.pt",
+                   help="fine-tune: start the teacher from this trained model and train it for "
+                   "--steps more, with a fresh optimizer and learning-rate schedule")
     p.add_argument("--student-steps", type=int, default=1000,
                    help="steps of the distilled student and of its equal-steps twin")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
@@ -140,6 +143,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--alpha must be in [0, 1], got {args.alpha}")
     if not 0 <= args.feature_weight < math.inf:
         p.error(f"--feature-weight must be finite and >= 0, got {args.feature_weight}")
+    if args.teacher is not None and args.init_teacher is not None:
+        p.error("--teacher and --init-teacher exclude each other: --teacher is used as it is")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.train_photos and (args.data is not None or not _has_skimage()):
@@ -662,8 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        given_teacher = None if args.teacher is None else \
-            sharpen.load_model(args.teacher, map_location=args.device)  # before any work
+        given_teacher, init_teacher = (  # before any work
+            None if path is None else sharpen.load_model(path, map_location=args.device)
+            for path in (args.teacher, args.init_teacher))
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -675,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     if given_teacher is not None:
         teacher, teacher_seconds = given_teacher, 0.0
     else:
-        teacher = _new_model(make_teacher, args.seed, args.device)
+        teacher = _new_model(make_teacher, args.seed, args.device) if init_teacher is None \
+            else init_teacher.to(memory_format=torch.channels_last)
         teacher_seconds = _fit(teacher, args.steps, "teacher", args,
                                _train_stream(args, train, degrade, args.seed),
                                lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
@@ -727,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch, "teacher_steps": 0 if args.teacher else args.steps,
-        "teacher": str(args.teacher) if args.teacher else "trained here",
+        "teacher": str(args.teacher) if args.teacher else "trained here" + (
+            f", from {args.init_teacher}" if args.init_teacher else ""),
         "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
@@ -750,7 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     protocol["summary"] = (
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher "
-        f"{args.teacher or f'{args.steps} steps'}, "
+        f"{args.teacher or f'{args.steps} steps'}"
+        f"{f' from {args.init_teacher}' if args.init_teacher else ''}, "
         f"students {args.student_steps} steps (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
         f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
