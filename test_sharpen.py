@@ -733,6 +733,10 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
     assert 6 <= int((change == 0).sum()) <= 22  # about 20% of 64 left exactly as they were
     blurred = sharpen.gaussian_blur(sharp, 2.0)
     assert metrics.psnr(a, sharp).median() > metrics.psnr(blurred, sharp).median()  # mostly mild
+    # strengths are log-uniform: half the Gaussian sigmas in [0.3, 3] fall below sqrt(0.3 * 3)
+    assert sharpen._log_uniform(0.3, 3.0, 0.5) == pytest.approx(0.9 ** 0.5, rel=1e-12)
+    assert sharpen._log_uniform(0.3, 3.0, 0.0) == 0.3
+    assert sharpen._log_uniform(0.3, 3.0, 1.0) == pytest.approx(3.0, rel=1e-12)
     single = sharpen.degrade(sharp[0], kind="real", sigma=0.5, generator=gen(1))
     assert single.shape == sharp[0].shape
     with pytest.raises(ValueError, match=r"sigma=6 blurs with kernels up to .* \(real\)"):
@@ -1172,12 +1176,13 @@ def test_the_shipped_models_load_and_fit_their_budget():
 
 
 def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
-    # Guards of what the shipped student measured (36.2 dB / 0.964, +1.33 dB), not the issue's
-    # targets of 37 dB and +3 dB, which it misses: see "The shipped models" in the README.
+    # The 37 dB for the sharp photo (measured 38.5 dB, SSIM 0.979); for the soft one a
+    # guard of what was measured (+1.36 dB), not the issue's +3 dB, which the student misses:
+    # see "The shipped models" in the README.
     model = sharpen.load_model(SHIPPED / "student.pt")
     sharp = photo_8bit("chelsea")
     out = sharpen.sharpen(model, sharp, precision="fp32")
-    assert metrics.psnr(out, sharp) >= 35.5 and metrics.ssim(out, sharp) >= 0.95
+    assert metrics.psnr(out, sharp) >= 37 and metrics.ssim(out, sharp) >= 0.97
     original = photo_8bit("coffee")
     soft = (sharpen.gaussian_blur(original, 1.5) * 255).round() / 255
     out = sharpen.sharpen(model, soft, precision="fp32")
