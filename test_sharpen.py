@@ -2220,16 +2220,21 @@ def test_the_teacher_output_pool_is_bounded():
     assert 1 <= pool and pool * 3 * 4 * 16 * 3 * 256**2 <= train.POOL_BYTES
 
 
-def test_main_distils_from_a_given_teacher(tmp_path, capsys):
+def run_from_a_saved_teacher(tmp_path, flag: str) -> tuple[torch.nn.Module, dict]:
+    """A tiny run given a saved random teacher with ``flag``; the teacher and the protocol."""
     teacher = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
     sharpen.save_model(tmp_path / "t.pt", teacher)
-    args = [*TINY_RUN, "--teacher", str(tmp_path / "t.pt"), "--no-robustness", "--out",
+    args = [*TINY_RUN, flag, str(tmp_path / "t.pt"), "--no-robustness", "--out",
             str(tmp_path / "run")]
     assert train.main(args) == 0
+    return teacher, json.loads((tmp_path / "run" / "report.json").read_text())["protocol"]
+
+
+def test_main_distils_from_a_given_teacher(tmp_path, capsys):
+    teacher, protocol = run_from_a_saved_teacher(tmp_path, "--teacher")
     assert "[teacher]" not in capsys.readouterr().out  # not trained again
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["protocol"]["teacher"] == str(tmp_path / "t.pt")
-    assert report["protocol"]["teacher_steps"] == 0
+    assert protocol["teacher"] == str(tmp_path / "t.pt")
+    assert protocol["teacher_steps"] == 0
     saved = sharpen.load_model(tmp_path / "run" / "teacher.pt")
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in saved.state_dict().items())
     (tmp_path / "bad.pt").write_text("no model")
@@ -2238,14 +2243,9 @@ def test_main_distils_from_a_given_teacher(tmp_path, capsys):
 
 
 def test_main_fine_tunes_a_given_initial_teacher(tmp_path, capsys):
-    init = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
-    sharpen.save_model(tmp_path / "t.pt", init)
-    args = [*TINY_RUN, "--init-teacher", str(tmp_path / "t.pt"), "--no-robustness", "--out",
-            str(tmp_path / "run")]
-    assert train.main(args) == 0
+    init, protocol = run_from_a_saved_teacher(tmp_path, "--init-teacher")
     assert "[teacher] step 2/2" in capsys.readouterr().out
-    protocol = json.loads((tmp_path / "run" / "report.json").read_text())["protocol"]
-    assert protocol["teacher"] == f"trained here, from {tmp_path / 't.pt'}"
+    assert protocol["teacher"] == f"trained here from {tmp_path / 't.pt'}"
     assert protocol["teacher_steps"] == 2 and f"from {tmp_path / 't.pt'}" in protocol["summary"]
     tuned = sharpen.load_model(tmp_path / "run" / "teacher.pt")
     assert tuned.config == init.config  # the given architecture, trained further

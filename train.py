@@ -728,14 +728,14 @@ def main(argv: list[str] | None = None) -> int:
     figure_set = "photos" if "photos" in eval_sets else next(iter(eval_sets))
     _figures(args.out, models, eval_sets[figure_set][1],
              robust_sets["photos"] if settings and "photos" in eval_sets else None, settings)
+    origin = f" from {args.init_teacher}" if args.init_teacher else ""
     protocol = {
         "blur": args.blur, "sigma": args.sigma, "image_size": args.eval_size, "data": data_desc,
         "real_blur": args.real_blur,
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch, "teacher_steps": 0 if args.teacher else args.steps,
-        "teacher": str(args.teacher) if args.teacher else "trained here" + (
-            f", from {args.init_teacher}" if args.init_teacher else ""),
+        "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
         "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
@@ -758,8 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     protocol["summary"] = (
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher "
-        f"{args.teacher or f'{args.steps} steps'}"
-        f"{f' from {args.init_teacher}' if args.init_teacher else ''}, "
+        f"{args.teacher or f'{args.steps} steps{origin}'}, "
         f"students {args.student_steps} steps (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
         f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
