@@ -95,6 +95,15 @@ def _check_pair(blurred: object, sharp: object) -> None:
                          f"{tuple(blurred.shape)} and {tuple(sharp.shape)}")
 
 
+def _check_levels(levels: object, blurred: torch.Tensor) -> None:
+    if levels is None:
+        return
+    _check_float_tensor("levels", levels)
+    if tuple(levels.shape) != (len(blurred), 3):
+        raise ValueError(f"levels must be (B, 3) = ({len(blurred)}, 3), one (blur, noise, jpeg) "
+                         f"per image, got {tuple(levels.shape)}")
+
+
 def _check_adapters(adapters: object) -> None:
     _check_type("adapters", adapters, (nn.ModuleList, type(None)), "an nn.ModuleList (from "
                 "feature_adapters)")
@@ -130,6 +139,11 @@ def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 # -- Losses ----------------------------------------------------------------------------------------
+
+
+def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwargs: bool):
+    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``)."""
+    return model(x, **kwargs) if levels is None else model(x, levels=levels, **kwargs)
 
 
 def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.5
@@ -184,6 +198,7 @@ def train_loss(
     *,
     loss_fn: Loss = l1_ssim_loss,
     amp: bool = False,
+    levels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The supervised loss ``loss_fn(model(blurred), sharp)``, with its graph.
 
@@ -197,13 +212,19 @@ def train_loss(
         loss_fn: ``(pred, target) -> 0-dim tensor``, computed in the widest dtype of the
             prediction and the target, float32 at least.
         amp: run the forward pass under bf16 autocast (CPU or CUDA).
+        levels: ``(B, 3)`` what was done to each image, for a conditioned model
+            (``sharpen.unet(conditioned=1)``, levels from ``sharpen.degrade(...,
+            return_levels=True)``; NaN rows unknown); the model is then run as
+            ``model(blurred, levels=levels)``. None: ``model(blurred)``.
 
     Returns:
         ``(loss, {"loss": float})``: the 0-dim loss tensor and its value.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or a batch is not a floating-point tensor.
-        ValueError: a batch is not ``(B, C, H, W)``, or the two shapes differ.
+        TypeError: ``model`` is not an ``nn.Module``, or a batch or ``levels`` is not a
+            floating-point tensor.
+        ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ, ``levels`` is not
+            ``(B, 3)``, or the model takes no levels.
 
     Example:
         >>> model = sharpen.student()
@@ -214,8 +235,9 @@ def train_loss(
     """
     _check_module("model", model)
     _check_pair(blurred, sharp)
+    _check_levels(levels, blurred)
     with _autocast(blurred, amp):
-        pred = model(blurred)
+        pred = _run(model, blurred, levels)
     dtype = _loss_dtype(pred, sharp)
     loss = loss_fn(pred.to(dtype), sharp.to(dtype))
     return loss, {"loss": loss.item()}
@@ -234,6 +256,7 @@ def distill_loss(
     adapters: nn.ModuleList | None = None,
     teacher_output: torch.Tensor | None = None,
     amp: bool = False,
+    levels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation loss of the student towards the teacher and the sharp target.
 
@@ -260,19 +283,23 @@ def distill_loss(
         teacher_output: the teacher's output for ``blurred``, if already computed (for example
             once for a pool of batches); then the teacher is not run unless features are needed.
         amp: bf16 autocast for the forward passes (CPU or CUDA).
+        levels: ``(B, 3)`` what was done to each image, told to both models (as in
+            :func:`train_loss`): both must then be conditioned.
 
     Returns:
         ``(loss, {"loss", "kd", "gt", "feat"})``: the 0-dim loss tensor and the terms as floats.
 
     Raises:
-        TypeError: a model is not an ``nn.Module``, a batch or ``teacher_output`` is not a
-            floating-point tensor, or ``alpha`` or ``feature_weight`` is not a number.
+        TypeError: a model is not an ``nn.Module``, a batch, ``teacher_output`` or ``levels``
+            is not a floating-point tensor, or ``alpha`` or ``feature_weight`` is not a number.
         ValueError: bad batch shapes, ``alpha`` outside [0, 1], negative ``feature_weight``,
-            teacher and student outputs of different shapes, or features that do not match.
+            teacher and student outputs of different shapes, features that do not match,
+            ``levels`` not ``(B, 3)``, or levels for a model that takes none.
     """
     _check_module("student", student)
     _check_module("teacher", teacher)
     _check_pair(blurred, sharp)
+    _check_levels(levels, blurred)
     alpha = _check_number("alpha", alpha, high=1.0)
     feature_weight = _check_number("feature_weight", feature_weight)
     if teacher_output is not None:
@@ -287,22 +314,22 @@ def distill_loss(
         try:
             with torch.no_grad(), _autocast(blurred, amp):
                 if features:
-                    teacher_output, t_feats = teacher(blurred, return_features=True)
+                    teacher_output, t_feats = _run(teacher, blurred, levels, return_features=True)
                 else:
-                    teacher_output = teacher(blurred)
+                    teacher_output = _run(teacher, blurred, levels)
         finally:
             teacher.train(was_training)
 
     with _autocast(blurred, amp):
         if features:
-            out, s_feats = student(blurred, return_features=True)
+            out, s_feats = _run(student, blurred, levels, return_features=True)
             if adapters is not None:
                 if len(adapters) != len(s_feats):
                     raise ValueError(f"{len(adapters)} adapters for {len(s_feats)} student "
                                      "feature levels")
                 s_feats = [a(f) for a, f in zip(adapters, s_feats)]
         else:
-            out = student(blurred)
+            out = _run(student, blurred, levels)
     if out.shape != teacher_output.shape:
         raise ValueError(f"teacher output {tuple(teacher_output.shape)} and student output "
                          f"{tuple(out.shape)} differ in shape")
@@ -358,6 +385,7 @@ def train_step(
     loss_fn: Loss = l1_ssim_loss,
     amp: bool = False,
     clip_grad_norm: float | None = None,
+    levels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One supervised step: :func:`train_loss` in train mode, backward, ``optimizer.step()``.
     The arguments are those of :func:`train_loss` (the model plain or DistributedDataParallel),
@@ -387,7 +415,7 @@ def train_step(
     _check_step_options(optimizer, clip_grad_norm, model)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss, terms = train_loss(model, blurred, sharp, loss_fn=loss_fn, amp=amp)
+    loss, terms = train_loss(model, blurred, sharp, loss_fn=loss_fn, amp=amp, levels=levels)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -406,6 +434,7 @@ def distill_step(
     teacher_output: torch.Tensor | None = None,
     amp: bool = False,
     clip_grad_norm: float | None = None,
+    levels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One distillation step: :func:`distill_loss` with the student in train mode, backward,
     ``optimizer.step()``. The arguments are those of :func:`distill_loss`, plus:
@@ -430,7 +459,8 @@ def distill_step(
     optimizer.zero_grad(set_to_none=True)
     loss, terms = distill_loss(
         student, teacher, blurred, sharp, alpha=alpha, loss_fn=loss_fn, kd_loss_fn=kd_loss_fn,
-        feature_weight=feature_weight, adapters=adapters, teacher_output=teacher_output, amp=amp)
+        feature_weight=feature_weight, adapters=adapters, teacher_output=teacher_output, amp=amp,
+        levels=levels)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -498,11 +528,12 @@ class AdaptedStudent(nn.Module):
         _check_adapters(adapters)
         self.student, self.adapters = student, adapters
 
-    def forward(self, x: torch.Tensor, return_features: bool = False
+    def forward(self, x: torch.Tensor, levels: torch.Tensor | None = None,
+                return_features: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if not return_features:
-            return self.student(x)
-        out, feats = self.student(x, return_features=True)
+            return _run(self.student, x, levels)
+        out, feats = _run(self.student, x, levels, return_features=True)
         return out, [a(f) for a, f in zip(self.adapters, feats, strict=True)]
 
 
@@ -625,7 +656,7 @@ def batches(
     generator: torch.Generator | None = None,
     degrade: Callable[..., torch.Tensor] = sharpen.degrade,
     device: str | torch.device = "cpu",
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Endless random ``(blurred, sharp)`` training batches of ``size`` x ``size`` crops.
 
     Every crop comes from an image drawn at random (with replacement), at a random position,
@@ -646,11 +677,14 @@ def batches(
         degrade: ``degrade(sharp, generator=g) -> blurred``, applied on ``device`` to sources
             without blurred images. The default is ``sharpen.degrade``, the paper's protocol
             (Gaussian blur, sigma 1.5); ``functools.partial(sharpen.degrade, kind="mixed")``
-            picks another.
+            picks another. One that returns ``(blurred, levels)``, such as
+            ``partial(sharpen.degrade, kind="real", return_levels=True)``, makes the batches
+            ``(blurred, sharp, levels)``, for a conditioned model.
         device: where the batches are made and returned.
 
     Yields:
-        ``(blurred, sharp)``, each ``(batch_size, 3, size, size)`` float32 on ``device``.
+        ``(blurred, sharp)``, each ``(batch_size, 3, size, size)`` float32 on ``device``; and
+        ``levels`` third if ``degrade`` returns them.
 
     Raises:
         ValueError: an empty source, ``size`` or ``batch_size`` below 1, or an image smaller than
@@ -692,7 +726,11 @@ def batches(
             continue
         if device.type != "cpu":
             blur_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        yield degrade(stacked[0], generator=blur_generator), stacked[0]
+        blurred = degrade(stacked[0], generator=blur_generator)
+        if isinstance(blurred, tuple):  # (blurred, levels)
+            yield blurred[0], stacked[0], blurred[1]
+        else:
+            yield blurred, stacked[0]
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 __all__ = [
     "gaussian_kernel", "gaussian_blur", "resample_blur", "motion_kernel", "random_motion_kernel",
     "disk_kernel", "anisotropic_gaussian_kernel", "blur", "add_noise", "jpeg", "unsharp_mask",
-    "wiener", "degrade", "dead_leaves", "UNet", "PaperNet", "unet",
+    "wiener", "kernel_sigma", "degrade", "dead_leaves", "LEVELS", "UNet", "PaperNet", "unet",
     "teacher", "student", "paper_teacher", "paper_student", "fast_bf16", "count_params",
     "count_macs",
     "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
@@ -536,13 +536,57 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     return out[0] if single else out
 
 
+def kernel_sigma(kernel: Tensor) -> Tensor:
+    """The Gaussian-equivalent size of blur kernels: ``sqrt((var_y + var_x) / 2)`` of each kernel,
+    normalised to sum 1, about its own centroid (a Gaussian of std s gives s).
+
+    Args:
+        kernel: ``(k, k)`` or ``(N, k, k)``, non-negative, each summing to more than 0.
+
+    Returns:
+        ``()`` or ``(N,)``, float32 on the kernel's device.
+
+    Raises:
+        TypeError: If ``kernel`` is not a floating-point tensor.
+        ValueError: If it is not ``(k, k)`` or ``(N, k, k)``, or a kernel does not sum to > 0.
+
+    Example:
+        >>> round(kernel_sigma(disk_kernel(2.0)).item(), 2)  # a disk of radius r: about r / 2
+        1.08
+    """
+    _check_tensor("kernel", kernel)
+    if kernel.ndim not in (2, 3) or kernel.numel() == 0:
+        raise ValueError(f"kernel must be (k, k) or (N, k, k), got {tuple(kernel.shape)}")
+    k = kernel.double()
+    total = k.sum((-2, -1), keepdim=True)
+    if not bool((total > 0).all()):
+        raise ValueError("every kernel must sum to more than 0")
+    k = k / total
+    rows, cols = k.sum(-1), k.sum(-2)
+    variance = 0.0
+    for marginal in (rows, cols):
+        r = torch.arange(marginal.shape[-1], dtype=torch.float64, device=k.device)
+        mean = (marginal * r).sum(-1)
+        variance = variance + (marginal * r**2).sum(-1) - mean**2
+    return (variance / 2).clamp(min=0).sqrt().float()
+
+
+def _resample_sigma(scale: float, mode: str) -> float:
+    """``kernel_sigma`` of ``resample_blur(., scale, mode=mode)``'s response to a point."""
+    size = 2 * math.ceil(4 * scale) + 9
+    point = torch.zeros(1, 1, size, size, dtype=torch.float64)
+    point[..., size // 2, size // 2] = 1
+    return kernel_sigma(resample_blur(point, scale, mode=mode)[0].clamp(min=0)).item()
+
+
 def _log_uniform(low: float, high: float, u: float | Tensor) -> float | Tensor:
     """``u`` in [0, 1] mapped log-uniformly onto [low, high] (low, high > 0)."""
     return low * (high / low) ** u
 
 
-def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
-    """``degrade(kind="real")``: the distribution and its sources are in that docstring."""
+def _realistic(x: Tensor, sigma: float, generator: Generator) -> tuple[Tensor, Tensor]:
+    """``degrade(kind="real")``, and its levels ``(N, 3)`` (see ``degrade``): the distribution
+    and its sources are in ``degrade``'s docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
     draws = torch.rand(n, 10, generator=generator, device=dev, dtype=torch.float64).cpu()
     R = math.floor(4 * s_max + 0.5)  # every kernel fits (2R + 1) x (2R + 1)
@@ -571,9 +615,11 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
         size = 2 * math.ceil(s_max) + 3
         k = _shake_kernels(len(shaken), size, generator).cpu()
         kernels[shaken] = F.pad(k, [R - size // 2] * 4)
+    blur_sigma = kernel_sigma(kernels).double()
     out = _fft_blur(x, kernels)
     for i, scale, mode in resampled:
         out[i] = resample_blur(out[i], scale, mode=mode)
+        blur_sigma[i] = _resample_sigma(scale, mode)
     # Noise: white on half the images, signal-dependent (shot) on a third of them; none, and no
     # JPEG, on two thirds of those left sharp, which come back exactly as they were.
     clean = draws[:, 0] < 0.2
@@ -581,16 +627,21 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> Tensor:
     shot = torch.where((draws[:, 6] < 0.33) & ~clean, _log_uniform(1e-4, 2e-3, draws[:, 7]), 0.0)
     white, shot = white.to(x), shot.to(x)
     normal = torch.randn((2, *x.shape), generator=generator, device=dev, dtype=x.dtype).to(x)
+    noise_std = (white**2 + shot * out.clamp(0, 1).mean((1, 2, 3))).sqrt()  # shot: at the mean
     out = out + white[:, None, None, None] * normal[0] + \
         (out.clamp(0, 1) * shot[:, None, None, None]).sqrt() * normal[1]
     out = (out.clamp(0, 1) * 255).round() / 255  # an 8-bit photo
+    quality = torch.full((n,), 100.0, dtype=torch.float64)
     for i in ((draws[:, 8] < 0.5) & ~clean).nonzero().flatten().tolist():
-        out[i] = jpeg(out[i], int(30 + 65.99 * draws[i, 9]))
-    return out
+        quality[i] = int(30 + 65.99 * draws[i, 9])
+        out[i] = jpeg(out[i], int(quality[i]))
+    levels = torch.stack([blur_sigma, noise_std.double().cpu(), quality], 1)
+    return out, levels.to(x.device, torch.float32)
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,
-            generator: Generator = None) -> Tensor:
+            generator: Generator = None, return_levels: bool = False
+            ) -> Tensor | tuple[Tensor, Tensor]:
     """Make blurred training inputs from sharp images, then add noise if ``noise > 0``.
 
     * ``"gaussian"``: the source paper's protocol, exactly ``gaussian_blur(sharp, sigma)``.
@@ -612,22 +663,33 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       of the images left sharp (20% of all) get no noise and no JPEG, and so come back exactly as
       they were if they were 8-bit. ``noise`` adds more.
 
+    With ``return_levels``, also what was done to each image, as a conditioned model
+    (``unet(conditioned=1)``) is told it: ``(blur, noise, jpeg)`` with blur the
+    ``kernel_sigma`` of the blur (of its response to a point for resampling; 0 when unblurred),
+    noise the standard deviation of the added noise (shot noise taken at the image's mean) and
+    jpeg the JPEG quality (100 when not compressed).
+
     Args:
         sharp: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].
         kind: ``"gaussian"``, ``"motion"``, ``"mixed"`` or ``"real"``.
         sigma: Blur strength in pixels, > 0.
         noise: Standard deviation of ``add_noise`` (unclamped), >= 0.
         generator: Source of randomness.
+        return_levels: Also return the levels (``kind`` ``"gaussian"`` or ``"real"``).
 
     Returns:
-        Degraded images, shaped like ``sharp``.
+        Degraded images, shaped like ``sharp``; with ``return_levels``, ``(images, levels)``,
+        levels ``(B, 3)`` or ``(3,)`` float32 on the images' device.
 
     Raises:
-        ValueError: If ``kind``, ``sigma`` or ``noise`` is out of range, or the blur too large.
+        ValueError: If ``kind``, ``sigma`` or ``noise`` is out of range, the blur too large, or
+            levels are asked of ``"motion"`` or ``"mixed"``.
     """
     x, single = _as_batch("sharp", sharp)
     if kind not in (kinds := ("gaussian", "motion", "mixed", "real")):
         raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
+    if return_levels and kind not in ("gaussian", "real"):
+        raise ValueError(f"return_levels needs kind 'gaussian' or 'real', got {kind!r}")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
     dev = _check_generator(generator)
     s_max = {"mixed": 1.5, "real": 2.0}.get(kind, 1.0) * sigma  # the largest kernel, up front
@@ -635,15 +697,20 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     if radius >= min(x.shape[-2:]):
         raise ValueError(f"sigma={sigma:g} blurs with kernels up to {2 * radius + 1}x"
                          f"{2 * radius + 1} ({kind}), too large for {tuple(x.shape[-2:])} images")
+    levels = torch.tensor([sigma, 0.0, 100.0], device=x.device).expand(len(x), 3)
     if kind == "gaussian":
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
     elif kind == "real":
-        out = _realistic(x, sigma, generator)
+        out, levels = _realistic(x, sigma, generator)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
-        return out[0] if single else out
+        if not return_levels:
+            return out[0] if single else out
+        levels = levels.clone()
+        levels[:, 1] = levels[:, 1].hypot(torch.tensor(noise))
+        return (out[0], levels[0]) if single else (out, levels)
     draws = torch.rand(len(x), 3, generator=generator, device=dev, dtype=torch.float64)
     parts = []
     for xi, (strength, choice, level) in zip(x.split(1), draws.tolist()):
@@ -768,6 +835,47 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
     return shuffle * r + shuffle - 1
 
 
+LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
+_LEVEL_SCALE = (3.0, 0.04)  # blur sigma, noise std: the largest that degrade(kind="real") draws
+
+
+def _check_levels(levels: object, n: int) -> Tensor:
+    """``levels`` as a ``(n, 3)`` tensor; NaN rows (unknown) allowed."""
+    if isinstance(levels, (tuple, list)):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in levels):
+            raise TypeError(f"levels must be numbers (blur, noise, jpeg), got {levels!r}")
+        levels = torch.tensor(levels, dtype=torch.float32)
+    _check_tensor("levels", levels)
+    if levels.shape not in ((len(LEVELS),), (n, len(LEVELS))):
+        raise ValueError(f"levels must be ({len(LEVELS)},) or (B, {len(LEVELS)}) = ({n}, "
+                         f"{len(LEVELS)}), got {tuple(levels.shape)}")
+    known = levels.reshape(-1, len(LEVELS))
+    known = known[~known.isnan().any(1)]
+    if not bool(known.isfinite().all()) or bool((known[:, :2] < 0).any()) or \
+            bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
+        raise ValueError(f"levels must be blur >= 0, noise >= 0 and 1 <= jpeg <= 100 (NaN for "
+                         f"unknown), got {levels.tolist()}")
+    return levels.expand(n, len(LEVELS))
+
+
+def _level_maps(levels: Tensor | None, h: Tensor) -> Tensor:
+    """Constant maps ``(B, 4, h, w)``: known (1 or 0), then blur / 3, noise / 0.04 and
+    (100 - jpeg) / 70, zero where unknown (levels None or a NaN row)."""
+    n = h.shape[0]
+    if levels is None:
+        v = h.new_zeros(n, 1 + len(LEVELS))
+    else:
+        if not isinstance(levels, Tensor) or levels.shape not in ((3,), (n, 3)):
+            got = tuple(levels.shape) if isinstance(levels, Tensor) else type(levels).__name__
+            raise ValueError(f"levels must be a (3,) or ({n}, 3) tensor, got {got}")
+        levels = levels.to(h.device, h.dtype).expand(n, 3)
+        known = ~levels.isnan().any(1, keepdim=True)
+        scaled = torch.stack([levels[:, 0] / _LEVEL_SCALE[0], levels[:, 1] / _LEVEL_SCALE[1],
+                              (100 - levels[:, 2]) / 70], 1)
+        v = torch.cat([known.to(h.dtype), scaled.nan_to_num() * known], 1)
+    return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
+
+
 class _ResBlock(nn.Module):
     """conv3x3 - ReLU - conv3x3 plus identity; no normalization, so batch-size independent."""
 
@@ -793,14 +901,15 @@ class UNet(nn.Module):
     """
 
     def __init__(self, width: int, depth: int, blocks: int, in_channels: int,
-                 shuffle: int = 1) -> None:
+                 shuffle: int = 1, conditioned: int = 0) -> None:
         super().__init__()
         ch = [width * 2**level for level in range(depth)]
         self.shuffle, self.in_channels = shuffle, in_channels  # image channels
+        self.conditioned = conditioned
         self.multiple = shuffle * 2 ** (depth - 1)
         self.receptive_radius = _unet_radius(depth, blocks, shuffle)
         in_channels *= shuffle * shuffle
-        self.head = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = nn.Conv2d(in_channels + (1 + len(LEVELS)) * conditioned, width, 3, padding=1)
         self.enc = nn.ModuleList(nn.Sequential(*(_ResBlock(c) for _ in range(blocks))) for c in ch)
         self.down = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1) for c in ch[:-1])
         self.up = nn.ModuleList(nn.ConvTranspose2d(2 * c, c, 2, stride=2) for c in ch[:-1])
@@ -810,12 +919,19 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, list]:
-        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``return_features``."""
+    def forward(self, x: Tensor, levels: Tensor | None = None, return_features: bool = False
+                ) -> Tensor | tuple[Tensor, list]:
+        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels`` and ``return_features``."""
         H, W = x.shape[-2:]
         m, s = self.multiple, self.shuffle  # padded size m * ceil(H / m): torch.export follows it
         h = F.pad(x, (0, -(-W // m) * m - W, 0, -(-H // m) * m - H), mode="replicate")
-        h = self.head(F.pixel_unshuffle(h, s) if s > 1 else h)
+        h = F.pixel_unshuffle(h, s) if s > 1 else h
+        if self.conditioned:
+            h = torch.cat([h, _level_maps(levels, h)], 1)
+        elif levels is not None:
+            raise ValueError("levels given, but this model was built without them "
+                             "(unet(conditioned=0)): it sharpens blind")
+        h = self.head(h)
         feats = []
         for level, stage in enumerate(self.enc):
             feats.append(h := stage(h))
@@ -862,7 +978,7 @@ class PaperNet(nn.Module):
 
 
 def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int = 3,
-         shuffle: int = 1) -> UNet:
+         shuffle: int = 1, conditioned: int = 0) -> UNet:
     """Residual U-Net (``UNet``): no normalization, output unclamped, any H and W.
 
     ``model(x, return_features=True)`` returns ``(out, feats)``: encoder outputs of levels 0 to
@@ -876,6 +992,12 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
         blocks: Residual blocks per level in the encoder and in the decoder, 0 to 32.
         in_channels: Image channels (input and output), 1 to 64.
         shuffle: Run on ``pixel_unshuffle``-d images of 1/shuffle the resolution: 1, 2 or 4.
+        conditioned: 1: the model is told per image what was done to it, ``model(x, levels)``
+            with ``levels (B, 3)`` or ``(3,)`` of (blur, noise, jpeg) as ``degrade(...,
+            return_levels=True)`` gives them (FFDNet's noise map, for three degradations): blur
+            the ``kernel_sigma`` in pixels, noise the std, jpeg the quality (100: none). A NaN
+            row, or ``levels=None``, means unknown: the model then sharpens blind, as it learns
+            to when trained with some rows unknown. 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -884,9 +1006,9 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
         ValueError: If an argument is out of range.
     """
     kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels,
-              "shuffle": shuffle}
+              "shuffle": shuffle, "conditioned": conditioned}
     limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64),
-              "shuffle": (1, 4)}
+              "shuffle": (1, 4), "conditioned": (0, 1)}
     kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
     if kwargs["shuffle"] == 3:
         raise ValueError("shuffle must be 1, 2 or 4, got 3")
@@ -1199,7 +1321,8 @@ def _overlap(radius: int) -> int:
 
 
 def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | None = None,
-            precision: str = "auto") -> Tensor:
+            precision: str = "auto", levels: Tensor | tuple[float, float, float] | None = None
+            ) -> Tensor:
     """Run ``model`` over an image of any size in overlapping, cross-faded tiles.
 
     Tiles run one at a time on the model's device and dtype, in eval mode under ``no_grad`` (the
@@ -1217,16 +1340,27 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
             :func:`fast_bf16` says the device computes it natively and the model is float32,
             else fp32. The README measures what bf16 costs in PSNR.
+        levels: For a conditioned model (``unet(conditioned=1)``), what was done to the image:
+            (blur, noise, jpeg) as a tuple, a ``(3,)`` tensor or ``(B, 3)`` for a batch, with
+            blur >= 0 (pixels), noise >= 0 and 1 <= jpeg <= 100 (100: not compressed); NaN
+            for unknown. None: unknown (the model sharpens blind).
 
     Returns:
         Sharpened images, shaped like ``img``, on its device and dtype.
 
     Raises:
+        TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
         ValueError: If ``img`` does not fit the model, ``tile`` or ``overlap`` is out of range,
-            or ``precision`` is unknown.
+            ``precision`` is unknown, or ``levels`` are out of range or given to a model built
+            without them.
     """
     _check_module(model)
     x, single = _as_batch("img", img)
+    if levels is not None:
+        if not getattr(model, "conditioned", 0):
+            raise ValueError("levels given, but the model was built without them "
+                             "(unet(conditioned=0)): it sharpens blind")
+        levels = _check_levels(levels, len(x))
     tile = _check_int("tile", tile, low=1)
     if overlap is None:
         radius = getattr(model, "receptive_radius", None)
@@ -1254,7 +1388,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             for y0, y1, wy in _tiles(x.shape[-2], tile, overlap, align):
                 for x0, x1, wx in _tiles(x.shape[-1], tile, overlap, align):
                     piece = x[..., y0:y1, x0:x1].to(p.device, p.dtype)
-                    y = model(piece.contiguous(memory_format=torch.channels_last)).to(p.dtype)
+                    piece = piece.contiguous(memory_format=torch.channels_last)
+                    y = (model(piece) if levels is None else model(piece, levels)).to(p.dtype)
                     y = y * (wy[:, None] * wx[None, :]).to(y.device, y.dtype)
                     out[..., y0:y1, x0:x1] += y.to(x.device, x.dtype)
     finally:
@@ -1289,6 +1424,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="bf16 autocast or float32; auto: bf16 where the hardware computes it "
                         "natively (default)")
+    parser.add_argument("--blur", type=float, metavar="SIGMA",
+                        help="tell the model the blur, in pixels (the std of a Gaussian of "
+                        "like size; 0: sharp); needs a conditioned model")
+    parser.add_argument("--noise", type=float, metavar="STD",
+                        help="tell the model the noise std, on a 0-1 scale (0.01 is 2.55 of "
+                        "255); needs a conditioned model")
+    parser.add_argument("--jpeg", type=int, metavar="QUALITY",
+                        help="tell the model the JPEG quality (1-100; 100: not compressed); "
+                        "needs a conditioned model")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (inputs are never replaced)")
@@ -1299,6 +1443,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--overlap must be >= 0, got {args.overlap}")
     if args.overlap is not None and args.overlap > args.tile // 2:
         parser.error(f"--overlap must be <= --tile // 2 = {args.tile // 2}, got {args.overlap}")
+    for name in ("blur", "noise"):
+        if (v := getattr(args, name)) is not None and not (math.isfinite(v) and v >= 0):
+            parser.error(f"--{name} must be finite and >= 0, got {v}")
+    if args.jpeg is not None and not 1 <= args.jpeg <= 100:
+        parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
+    told = [args.blur, args.noise, args.jpeg]
+    levels = None if told == [None] * 3 else (args.blur or 0.0, args.noise or 0.0,
+                                               100 if args.jpeg is None else args.jpeg)
     try:
         if args.weights is None and not shipped.is_file():
             raise ValueError(f"no model given (--weights), and no shipped student at {shipped}. "
@@ -1308,6 +1460,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
         model = load_model(args.weights or shipped, map_location=args.device)
+        if levels is not None and not getattr(model, "conditioned", 0):
+            raise ValueError(f"--blur, --noise and --jpeg need a conditioned model "
+                             f"(unet(conditioned=1)); {args.weights or shipped} sharpens blind")
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
@@ -1323,7 +1478,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             out = sharpen(model, load_image(src), tile=args.tile, overlap=args.overlap,
-                          precision=args.precision)
+                          precision=args.precision, levels=levels)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
             taken.add(os.path.realpath(dst))

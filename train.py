@@ -32,6 +32,7 @@ import sharpen
 
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
 POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer runs draw new pools
+UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
@@ -97,6 +98,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how training and evaluation images are degraded: the paper's Gaussian, "
                    "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
                    "noise, JPEG; sharpen.degrade)")
+    p.add_argument("--conditioned", action="store_true",
+                   help="models told what was done to each image (blur, noise, JPEG: "
+                   "sharpen.unet(conditioned=1)), trained with a quarter of the images' levels "
+                   "unknown so that they also sharpen blind; the robustness table adds them "
+                   "told. Needs --blur gaussian or real and the U-Net; a blind --init-teacher "
+                   "gets the level inputs added, starting at zero")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -145,6 +152,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--feature-weight must be finite and >= 0, got {args.feature_weight}")
     if args.teacher is not None and args.init_teacher is not None:
         p.error("--teacher and --init-teacher exclude each other: --teacher is used as it is")
+    if args.conditioned and (args.blur not in ("gaussian", "real") or args.arch != "unet"
+                             or args.real_blur):
+        p.error("--conditioned needs --blur gaussian or real, --arch unet and no --real-blur")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.train_photos and (args.data is not None or not _has_skimage()):
@@ -167,6 +177,30 @@ def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
     """``sharpen.degrade``, then 8 bits, as the paper's Pillow pipeline gave its blurred images:
     a network trained on unrounded blur learns to amplify the rounding of every photo file."""
     return _8bit(sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator))
+
+
+def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_degrade_8bit`` and the levels ``(B, 3)``, a share ``UNKNOWN`` of them unknown (NaN)."""
+    blurred, levels = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
+                                      return_levels=True)
+    unknown = torch.rand(len(sharp), generator=generator, device=generator.device
+                         if generator is not None else "cpu") < UNKNOWN
+    return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
+
+
+def _told(model: nn.Module) -> nn.Module:
+    """A blind ``unet`` as a conditioned one that starts out the same: the level inputs are
+    added with zero weights."""
+    if getattr(model, "conditioned", 1):
+        return model
+    kwargs = {**model.config["kwargs"], "conditioned": 1}
+    told = sharpen.unet(**kwargs).to(next(model.parameters()).device)
+    state = model.state_dict()
+    head = told.head.weight.detach().clone().zero_()
+    head[:, : state["head.weight"].shape[1]] = state["head.weight"]
+    told.load_state_dict({**state, "head.weight": head})
+    return told
 
 
 def _resized(img: torch.Tensor, size: int, mode: str = "area") -> torch.Tensor:
@@ -345,7 +379,8 @@ def _pool_batches(args: argparse.Namespace) -> int:
 
 def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
             teacher: nn.Module | None) -> Iterator:
-    """Endless ``(blurred, sharp, teacher output or None)`` batches, drawn from ``seed``.
+    """Endless ``(blurred, sharp, teacher output or None, levels or None)`` batches, drawn from
+    ``seed``.
 
     The batches come in pools: the teacher's outputs for a pool are computed once, then the
     pool is served ``POOL_REUSE`` times in a new random order each pass before the next pool is
@@ -357,13 +392,14 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
     while True:
         pool = []
         for _ in range(size):
-            blurred, sharp = next(data)
-            t_out = None
+            blurred, sharp, *levels = next(data)
+            levels, t_out = levels[0] if levels else None, None
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
                                                      enabled=args.amp):
-                    t_out = teacher.eval()(blurred).float()
-            pool.append((blurred, sharp, t_out))
+                    told = {} if levels is None else {"levels": levels}
+                    t_out = teacher.eval()(blurred, **told).float()
+            pool.append((blurred, sharp, t_out, levels))
         served += POOL_REUSE * size
         passes = 0
         while passes < POOL_REUSE or served >= args.student_steps:
@@ -400,14 +436,15 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
             adapters = kd.feature_adapters(models["student"], teacher)
 
     def distil(model, opt, batch):
-        blurred, sharp, t_out = batch
+        blurred, sharp, t_out, levels = batch
         return kd.distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=args.amp,
                                kd_loss_fn=KD_LOSSES[args.kd_loss], teacher_output=t_out,
                                feature_weight=args.feature_weight, adapters=adapters,
-                               clip_grad_norm=CLIP)
+                               clip_grad_norm=CLIP, levels=levels)
 
     def plain(model, opt, batch):
-        return kd.train_step(model, opt, batch[0], batch[1], amp=args.amp, clip_grad_norm=CLIP)
+        return kd.train_step(model, opt, batch[0], batch[1], amp=args.amp, clip_grad_norm=CLIP,
+                             levels=batch[3])
 
     def fit(name: str, steps: int, stage: str, step: Callable) -> float:
         data = _pooled(args, train, degrade, seed, teacher if step is distil else None)
@@ -509,7 +546,9 @@ def _robustness_markdown(rows: list[dict]) -> str:
 
 ROBUST_LABELS = {"input": "input", "wiener": "Wiener (true kernel)", "unsharp": "unsharp mask",
                  "student_nokd": "student, no teacher", "student_nokd_time":
-                 "student, no teacher, equal time"}
+                 "student, no teacher, equal time", "teacher_told": "teacher, told",
+                 "student_told": "student, told", "student_nokd_told": "student, no teacher, told",
+                 "student_nokd_time_told": "student, no teacher, equal time, told"}
 
 
 def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
@@ -584,7 +623,8 @@ def _finite(value: float) -> float | None:
 
 
 def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> list[dict]:
-    """Every model and baseline on every evaluation set under every condition: mean PSNR and
+    """Every model and baseline on every evaluation set under every condition (conditioned
+    models blind, and again as ``<name>_told``, told the condition's levels): mean PSNR and
     SSIM, the worst image's PSNR, and the mean and worst-image PSNR gain over the input (None
     for ``sharp``, whose input is perfect). Infinite PSNRs (exact copies) are None in JSON."""
     rows = []
@@ -595,6 +635,11 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
             x, kernels = _condition(sharp, name, ROBUSTNESS_SEED + 100 * s + c)
             outputs = {"input": x, **_baselines(x, kernels, settings[name]),
                        **{m: _run(model, x) for m, model in models.items()}}
+            _, noise, quality = CONDITIONS[name]
+            levels = torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(x),), noise),
+                                  torch.full((len(x),), float(quality or 100))], 1)
+            outputs |= {f"{m}_told": sharpen.sharpen(model, x, precision="fp32", levels=levels)
+                        for m, model in models.items() if getattr(model, "conditioned", 0)}
             base = metrics.psnr(x, sharp)
             for label, out in outputs.items():
                 psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)
@@ -665,17 +710,31 @@ def main(argv: list[str] | None = None) -> int:
     run_start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
+    train_degrade = functools.partial(_degrade_told, kind=args.blur, sigma=args.sigma) \
+        if args.conditioned else degrade
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         given_teacher, init_teacher = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)
             for path in (args.teacher, args.init_teacher))
+        if args.conditioned and given_teacher is not None and not getattr(
+                given_teacher, "conditioned", 0):
+            raise ValueError(f"--conditioned needs a conditioned --teacher; {args.teacher} "
+                             "sharpens blind (fine-tune it with --init-teacher instead)")
+        if args.conditioned and init_teacher is not None:
+            if not isinstance(init_teacher, sharpen.UNet):
+                raise ValueError(f"--conditioned needs a U-Net --init-teacher, {args.init_teacher}"
+                                 f" is a {type(init_teacher).__name__}")
+            init_teacher = _told(init_teacher)
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     make_teacher, make_student = ((sharpen.teacher, sharpen.student) if args.arch == "unet"
                                   else (sharpen.paper_teacher, sharpen.paper_student))
+    if args.conditioned:
+        make_teacher, make_student = (functools.partial(make, conditioned=1)
+                                      for make in (make_teacher, make_student))
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
     if given_teacher is not None:
@@ -684,12 +743,13 @@ def main(argv: list[str] | None = None) -> int:
         teacher = _new_model(make_teacher, args.seed, args.device) if init_teacher is None \
             else init_teacher.to(memory_format=torch.channels_last)
         teacher_seconds = _fit(teacher, args.steps, "teacher", args,
-                               _train_stream(args, train, degrade, args.seed),
-                               lambda m, o, b: kd.train_step(m, o, *b, amp=args.amp,
-                                                             clip_grad_norm=CLIP))
+                               _train_stream(args, train, train_degrade, args.seed),
+                               lambda m, o, b: kd.train_step(m, o, b[0], b[1], amp=args.amp,
+                                                             clip_grad_norm=CLIP,
+                                                             levels=b[2] if len(b) > 2 else None))
         sharpen.save_model(args.out / "teacher.pt", teacher)  # kept if the run is cut short
     seeds = [args.seed + i for i in range(args.seeds)]
-    runs = [_students(args, teacher, make_student, train, degrade, seed) for seed in seeds]
+    runs = [_students(args, teacher, make_student, train, train_degrade, seed) for seed in seeds]
     models = {"teacher": teacher, **runs[0]["models"]}
     for name, model in models.items():
         sharpen.save_model(args.out / f"{name}.pt", model)
@@ -734,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         "real_blur": args.real_blur,
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
-        "arch": args.arch, "teacher_steps": 0 if args.teacher else args.steps,
+        "arch": args.arch, "conditioned": {"unknown_share": UNKNOWN} if args.conditioned
+        else False, "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
         "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
@@ -756,8 +817,10 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: round(v, 1) for k, v in seconds.items()}},
         "wall_seconds": round(time.perf_counter() - run_start, 1),
     }
+    told = f"models told the levels ({UNKNOWN:.0%} unknown in training); " \
+        if args.conditioned else ""
     protocol["summary"] = (
-        f"{args.blur} blur (sigma {args.sigma}), {data_desc}; teacher "
+        f"{args.blur} blur (sigma {args.sigma}), {data_desc}; {told}teacher "
         f"{args.teacher or f'{args.steps} steps{origin}'}, "
         f"students {args.student_steps} steps (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
