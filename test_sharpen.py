@@ -743,6 +743,52 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
         sharpen.degrade(sharp, kind="real", sigma=6.0)
 
 
+def test_kernel_sigma_of_hand_computed_kernels():
+    g = sharpen.gaussian_kernel(1.5, dtype=torch.float64)
+    assert sharpen.kernel_sigma(g[:, None] * g[None, :]).item() == pytest.approx(1.5, abs=1e-3)
+    point = torch.zeros(5, 5)
+    point[1, 3] = 2.0  # off centre, unnormalised: still no spread
+    pair = torch.zeros(3, 3)
+    pair[1, 1:] = 0.5  # var_x = 1/4 about the centroid, var_y = 0
+    square = torch.ones(2, 2)  # var 1/4 along both axes
+    sigmas = sharpen.kernel_sigma(torch.stack([point[1:4, 2:5], pair, F.pad(square, (0, 1, 0, 1))]))
+    torch.testing.assert_close(sigmas, torch.tensor([0.0, 0.125 ** 0.5, 0.5]))
+    assert sharpen.kernel_sigma(sharpen.disk_kernel(2.0)).item() == pytest.approx(1.08, abs=0.01)
+    with pytest.raises(TypeError, match="kernel must be a floating-point torch.Tensor, got dtype"):
+        sharpen.kernel_sigma(torch.ones(3, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"kernel must be \(k, k\) or \(N, k, k\), got \(3,\)"):
+        sharpen.kernel_sigma(torch.ones(3))
+    with pytest.raises(ValueError, match="every kernel must sum to more than 0"):
+        sharpen.kernel_sigma(torch.zeros(2, 3, 3))
+
+
+def test_degrade_returns_the_levels_it_applied():
+    sharp = (sharpen.dead_leaves(64, 48, generator=gen(), supersample=2) * 255).round() / 255
+    a = sharpen.degrade(sharp, kind="real", generator=gen(7))
+    b, levels = sharpen.degrade(sharp, kind="real", generator=gen(7), return_levels=True)
+    assert torch.equal(a, b)  # the same draws: levels change nothing
+    assert levels.shape == (64, 3) and levels.dtype == torch.float32
+    blur, noise, quality = levels.T
+    untouched = (a - sharp).abs().flatten(1).amax(1) == 0
+    assert untouched.any() and (levels[untouched] == torch.tensor([0.0, 0.0, 100.0])).all()
+    assert (blur >= 0).all() and blur.max() <= 3.0 and (blur > 0.2).sum() >= 30
+    assert (noise >= 0).all() and noise.max() <= 0.06 and (noise > 0).sum() >= 20
+    compressed = quality < 100
+    assert compressed.sum() >= 15 and (quality[compressed] >= 30).all()
+    assert (quality[compressed] <= 95).all() and torch.equal(quality, quality.round())
+    # a blurrier input, by PSNR, was told a larger blur
+    only_blur = (noise == 0) & ~compressed & (blur > 0)
+    loss = -metrics.psnr(a, sharp)[only_blur]
+    rank = torch.corrcoef(torch.stack([blur[only_blur].argsort().argsort().float(),
+                                       loss.argsort().argsort().float()]))[0, 1]
+    assert rank > 0.6
+    x, told = sharpen.degrade(sharp[0], sigma=1.2, noise=0.01, generator=gen(), return_levels=True)
+    assert x.shape == sharp[0].shape
+    torch.testing.assert_close(told, torch.tensor([1.2, 0.01, 100.0]))
+    with pytest.raises(ValueError, match="return_levels needs kind 'gaussian' or 'real', got 'mix"):
+        sharpen.degrade(sharp, kind="mixed", return_levels=True)
+
+
 # ---------------------------------------------------------------------------------- dead leaves
 
 
@@ -907,13 +953,14 @@ def test_sharpen_tiled_equals_untiled():
     x = torch.rand(2, 3, 100, 130, generator=gen())
     with torch.no_grad():
         ref = model(x).clamp(0, 1)
-    y = sharpen.sharpen(model, x, tile=64, overlap=32)
+    y = sharpen.sharpen(model, x, tile=64, overlap=32, precision="fp32")
     assert model.training  # mode restored
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-4)
-    single = sharpen.sharpen(model, x[1], tile=64, overlap=32)
+    single = sharpen.sharpen(model, x[1], tile=64, overlap=32, precision="fp32")
     torch.testing.assert_close(single, ref[1], rtol=0, atol=1e-4)
     # One tile: equal but for the rounding of the channels_last layout.
-    torch.testing.assert_close(sharpen.sharpen(model, x, tile=512), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sharpen.sharpen(model, x, tile=512, precision="fp32"), ref,
+                               rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -928,7 +975,8 @@ def test_sharpen_derives_the_overlap_from_the_receptive_field(make):
     with torch.no_grad():
         ref = model.eval()(x).clamp(0, 1)
     tile = 2 * sharpen._overlap(model.receptive_radius) + 8
-    torch.testing.assert_close(sharpen.sharpen(model, x, tile=tile), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(sharpen.sharpen(model, x, tile=tile, precision="fp32"), ref,
+                               rtol=0, atol=1e-4)
 
 
 def receptive_radius_by_probe(model: torch.nn.Module, size: int, phases: int) -> int:
@@ -979,6 +1027,80 @@ def test_sharpen_clamps_and_keeps_dtype():
     x = torch.rand(3, 20, 20, dtype=torch.float64, generator=gen())
     y = sharpen.sharpen(model, x, tile=16, overlap=4)
     assert y.dtype == torch.float64 and y.min() >= 0 and y.max() <= 1
+
+
+def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_path):
+    model = randomize(sharpen.unet(**TINY, conditioned=1), std=0.1).eval()
+    x = torch.rand(2, 3, 20, 28, generator=gen())
+    told = torch.tensor([[1.5, 0.01, 90.0], [0.0, 0.0, 100.0]])
+    with torch.no_grad():
+        blind = model(x)
+        unknown = model(x, torch.full((2, 3), math.nan))
+        out = model(x, told)
+        mixed = model(x, torch.stack([told[0], torch.full((3,), math.nan)]))
+        shared = model(x, told[0])  # one row for the whole batch
+        _, feats = model(x, told, return_features=True)
+    assert torch.equal(blind, unknown) and not torch.equal(out, blind)
+    assert torch.equal(mixed[0], out[0]) and torch.equal(mixed[1], blind[1])
+    assert torch.equal(shared[0], out[0]) and len(feats) == 5
+    sharpen.save_model(tmp_path / "c.pt", model)
+    loaded = sharpen.load_model(tmp_path / "c.pt")
+    assert loaded.conditioned == 1 and torch.equal(loaded(x, told), out)
+    with pytest.raises(ValueError, match=r"must be a \(3,\) or \(2, 3\) tensor, got \(2, 2\)"):
+        model(x, told[:, :2])
+    with pytest.raises(ValueError, match=r"levels given, but this model was built without them"):
+        sharpen.unet(**TINY)(x, told)
+    with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 1, got 2"):
+        sharpen.unet(conditioned=2)
+
+
+def test_sharpen_tells_a_conditioned_model_in_tiles():
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.1)
+    x = torch.rand(2, 3, 100, 130, generator=gen())
+    told = torch.tensor([[2.0, 0.0, 100.0], [0.5, 0.02, 40.0]])
+    with torch.no_grad():
+        ref = model.eval()(x, told).clamp(0, 1)
+    tiled = sharpen.sharpen(model, x, tile=64, overlap=32, precision="fp32", levels=told)
+    torch.testing.assert_close(tiled, ref, rtol=0, atol=1e-4)
+    one = sharpen.sharpen(model, x[1], precision="fp32", levels=(0.5, 0.02, 40))
+    torch.testing.assert_close(one, ref[1], rtol=0, atol=1e-5)
+    unknown = sharpen.sharpen(model, x, precision="fp32", levels=torch.full((3,), math.nan))
+    torch.testing.assert_close(unknown, sharpen.sharpen(model, x, precision="fp32"))
+    for levels, error, match in [
+        ((-1.0, 0.0, 100), ValueError, r"blur >= 0, noise >= 0 and 1 <= jpeg <= 100"),
+        ((1.0, 0.0, 0), ValueError, r"1 <= jpeg <= 100 .* got \[1.0, 0.0, 0.0\]"),
+        ((1.0, math.inf, 90), ValueError, r"blur >= 0, noise >= 0"),
+        (torch.ones(3, 3), ValueError, r"must be \(3,\) or \(B, 3\) = \(2, 3\), got \(3, 3\)"),
+        (("1", 0, 100), TypeError, r"levels must be numbers \(blur, noise, jpeg\)"),
+        (torch.ones(3, dtype=torch.int64), TypeError, "levels must be a floating-point"),
+    ]:
+        with pytest.raises(error, match=match):
+            sharpen.sharpen(model, x, levels=levels)
+    with pytest.raises(ValueError, match="levels given, but the model was built without them"):
+        sharpen.sharpen(sharpen.unet(**TINY), x, levels=(1.0, 0.0, 100))
+
+
+def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
+                                                                       capsys):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "a.png")
+    told = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.05)
+    sharpen.save_model(tmp_path / "told.pt", told)
+    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "told.pt")]
+    assert sharpen.main([*args, "--blur", "1.2", "--jpeg", "80"]) == 0
+    out = sharpen.load_image(tmp_path / "a_sharp.png")
+    img = sharpen.load_image(tmp_path / "a.png")
+    expected = sharpen.sharpen(told, img, levels=(1.2, 0.0, 80))
+    assert (out - expected).abs().max() <= 1 / 255
+    assert sharpen.main([*args, "--overwrite"]) == 0  # not told: blind
+    rc = sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "--noise",
+                       "0.01", "-o", str(tmp_path / "b")])
+    assert rc == 2 and "need a conditioned model" in capsys.readouterr().err
+    for bad, match in [(["--blur", "-1"], "--blur must be finite and >= 0, got -1.0"),
+                       (["--noise", "nan"], "--noise must be finite and >= 0, got nan"),
+                       (["--jpeg", "0"], "--jpeg must be from 1 to 100, got 0")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main([*args, *bad])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- image files
@@ -1546,6 +1668,46 @@ def test_distill_step_leaves_the_teacher_untouched_and_alpha_zero_is_train_step(
         assert torch.equal(v, before[k]), k
     for k, v in student.state_dict().items():
         torch.testing.assert_close(v, twin.state_dict()[k], rtol=0, atol=1e-7)
+
+
+def test_steps_tell_conditioned_models_their_levels():
+    torch.manual_seed(0)  # the adapters
+    student = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.05, seed=1)
+    teacher = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.05)
+    blurred, sharp = pair_batch(2)
+    levels = torch.tensor([[1.0, 0.0, 100.0], [math.nan] * 3])
+    loss, _ = kd.train_loss(teacher, blurred, sharp, levels=levels)
+    with torch.no_grad():
+        expected = kd.l1_ssim_loss(teacher(blurred, levels), sharp)
+        blind = kd.l1_ssim_loss(teacher(blurred), sharp)
+    assert loss.item() == pytest.approx(expected.item()) and expected.item() != blind.item()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    out = kd.distill_step(student, teacher, opt, blurred, sharp, alpha=1.0, kd_loss_fn=F.l1_loss,
+                          levels=levels)
+    with torch.no_grad():
+        t_out = teacher(blurred, levels)
+    assert out["kd"] > 0 and student.head.weight.grad[:, 3:].abs().sum() > 0  # the maps train
+    adapted = kd.AdaptedStudent(student, kd.feature_adapters(student, teacher))
+    assert kd.distill_loss(adapted, teacher, blurred, sharp, levels=levels, feature_weight=1.0,
+                           teacher_output=t_out)[1]["feat"] > 0
+    assert kd.train_step(student, opt, blurred, sharp, levels=levels)["loss"] > 0
+    with pytest.raises(ValueError, match=r"levels must be \(B, 3\) = \(2, 3\), one .* got \(3,\)"):
+        kd.train_step(student, opt, blurred, sharp, levels=levels[0])
+    with pytest.raises(TypeError, match="levels must be a floating-point torch.Tensor, got list"):
+        kd.distill_step(student, teacher, opt, blurred, sharp, levels=[[1.0, 0, 100]] * 2)
+    with pytest.raises(ValueError, match="levels given, but this model was built without them"):
+        kd.train_loss(tiny(), blurred, sharp, levels=levels)
+
+
+def test_batches_carry_the_levels_of_a_degrade_that_returns_them():
+    images = torch.rand(6, 3, 40, 40, generator=gen())
+    degrade = functools.partial(sharpen.degrade, kind="real", return_levels=True)
+    blurred, sharp, levels = next(kd.batches(images, size=24, batch_size=3, generator=gen(7),
+                                             degrade=degrade))
+    assert blurred.shape == sharp.shape == (3, 3, 24, 24) and levels.shape == (3, 3)
+    plain = next(kd.batches(images, size=24, batch_size=3, generator=gen(7),
+                            degrade=functools.partial(sharpen.degrade, kind="real")))
+    assert len(plain) == 2 and torch.equal(plain[0], blurred)
 
 
 def test_distill_step_loss_is_the_weighted_sum_and_precomputed_teacher_output_is_equal():
@@ -2252,6 +2414,36 @@ def test_main_fine_tunes_a_given_initial_teacher(tmp_path, capsys):
     assert not torch.equal(tuned.head.weight, init.head.weight)
     assert train.main([*TINY_RUN, "--init-teacher", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
+    init = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
+    sharpen.save_model(tmp_path / "t.pt", init)
+    args = [*TINY_RUN, "--blur", "real", "--conditioned", "--out", str(tmp_path / "run")]
+    assert train.main([*args, "--init-teacher", str(tmp_path / "t.pt")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["protocol"]["conditioned"] == {"unknown_share": train.UNKNOWN}
+    assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
+    names = {r["name"] for r in report["robustness"]}
+    assert {"teacher_told", "student_told", "student_nokd_told"} <= names
+    tuned = sharpen.load_model(tmp_path / "run" / "teacher.pt")
+    assert tuned.conditioned == sharpen.load_model(tmp_path / "run" / "student.pt").conditioned == 1
+    assert "| condition | input |" in (tmp_path / "run" / "report.md").read_text()
+    # a blind teacher given as it is cannot be told
+    assert train.main([*args, "--teacher", str(tmp_path / "t.pt")]) == 2
+    assert "needs a conditioned --teacher" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main([*TINY_RUN, "--blur", "mixed", "--conditioned"])
+    assert "--conditioned needs --blur gaussian or real" in capsys.readouterr().err
+
+
+def test_a_blind_unet_told_starts_out_as_it_was():
+    blind = randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.1).eval()
+    told = train._told(blind).eval()
+    x = torch.rand(2, 3, 24, 24, generator=gen())
+    with torch.no_grad():
+        torch.testing.assert_close(told(x, torch.tensor([2.0, 0.03, 30.0])), blind(x))
+    assert told.conditioned == 1 and train._told(told) is told
 
 
 def test_main_seeds_the_feature_adapters(tmp_path):
