@@ -6,6 +6,8 @@ Writes three photos to docs/examples/ (native-resolution crops of scikit-image's
 one as it is, one softened by a Gaussian blur of sigma 1.2, one blurred, noisy and saved as a
 JPEG of quality 60), runs ``python sharpen.py`` on them exactly as a user would, and puts each
 input beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
+For a conditioned model, a third column: ``python sharpen.py`` told what was done to each photo
+(``--blur``, ``--noise``, ``--jpeg``).
 """
 
 from __future__ import annotations
@@ -49,25 +51,38 @@ def main() -> None:
         arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(path, **({"quality": 60} if path.suffix == ".jpg" else {}))
     files = [str(out / f) for f in ("sharp.png", "soft.png", "noisy_jpeg.jpg")]
-    cmd = [sys.executable, str(ROOT / "sharpen.py"), *files, "--overwrite"]
-    cmd += ["--weights", args.weights] if args.weights else []
-    print("+ " + " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2"],
+            "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"]}
+    weights = ["--weights", args.weights] if args.weights else []
+    cmds = [[*files, "--overwrite", *weights]]
+    model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
+    conditioned = getattr(model, "conditioned", 0)
+    if conditioned:
+        cmds += [[f, "-o", str(out / "told"), "--overwrite", *weights, *told[name]]
+                 for name, f in zip(told, files)]
+    for cmd in cmds:
+        print("+ python sharpen.py " + " ".join(cmd))
+        subprocess.run([sys.executable, str(ROOT / "sharpen.py"), *cmd], check=True)
 
     label_h, size = 16, 320
-    canvas = Image.new("RGB", (2 * size, 3 * (size + label_h)), "white")
+    columns = 3 if conditioned else 2
+    canvas = Image.new("RGB", (columns * size, 3 * (size + label_h)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, path) in enumerate(zip(originals, files)):
-        before = sharpen.load_image(path)
-        after = sharpen.load_image(Path(path).with_name(Path(path).stem + "_sharp.png"))
+        stem = Path(path).stem + "_sharp.png"
+        shown = [("input", sharpen.load_image(path)),
+                 ("python sharpen.py", sharpen.load_image(Path(path).with_name(stem)))]
+        if conditioned:
+            shown.append((" ".join(told[name]), sharpen.load_image(out / "told" / stem)))
         reference = (originals[name] * 255).round() / 255
-        for c, (what, img) in enumerate((("input", before), ("python sharpen.py", after))):
+        for c, (what, img) in enumerate(shown):
             top = r * (size + label_h)
             arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
             canvas.paste(Image.fromarray(arr), (c * size, top + label_h))
             psnr = metrics.psnr(img, reference).item()
             score = "identical to the original" if psnr == float("inf") else f"{psnr:.2f} dB"
-            draw.text((c * size + 3, top + 2), f"{name}, {what}: {score}", fill="black")
+            label = f"{name}, {what}" if c == 0 else what
+            draw.text((c * size + 3, top + 2), f"{label}: {score}", fill="black")
     sharpen.atomic_write(ROOT / "docs" / "cli_examples.png", lambda f: canvas.save(f, "PNG"))
     print("wrote docs/cli_examples.png")
 

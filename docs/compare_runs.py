@@ -4,9 +4,10 @@ shipped models' targets.
     python docs/compare_runs.py runs/demo runs/real [--set photos] [--check runs/real]
 
 Prints a markdown table of one evaluation set: the input and the two baselines (from the first
-run), then each run's teacher and student, as mean PSNR in dB with the worst image's gain over
-the input in brackets. ``--check RUN`` then prints RUN's teacher and student against the targets
-of the robust models, on every photo set.
+run), then each run's teacher and student (and, for conditioned models, both again told the
+condition's levels), as mean PSNR in dB with the worst image's gain over the input in brackets.
+``--check RUN`` then prints RUN's models against the targets of the robust models, on every
+photo set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from pathlib import Path
 BLURS = ("gaussian 0.5", "gaussian 1.0", "gaussian 1.5", "gaussian 2.0", "gaussian 3.0",
          "anisotropic 2.0 x 0.7", "camera shake", "defocus 2.0")
 PHOTO_SETS = ("photos", "photos_bicubic", "photo_crops")
+MODELS = ("teacher", "student", "teacher_told", "student_told")
+
+
+def models_of(rows: dict[tuple[str, str, str], dict]) -> list[str]:
+    """The run's teacher and student, and their told rows where the models are conditioned."""
+    return [m for m in MODELS if any(n == m for _, _, n in rows)]
 
 
 def rows_of(run: Path) -> dict[tuple[str, str, str], dict]:
@@ -40,11 +47,12 @@ def table(runs: list[Path], eval_set: str) -> str:
     all_rows = [rows_of(run) for run in runs]
     conditions = list(dict.fromkeys(c for s, c, _ in all_rows[0] if s == eval_set))
     head = ["condition", "input", "Wiener (true kernel)", "unsharp mask"]
-    head += [f"{run.name}: {m}" for run in runs for m in ("teacher", "student")]
+    head += [f"{run.name}: {m.replace('_', ', ')}" for run, rows in zip(runs, all_rows)
+             for m in models_of(rows)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in conditions:
         cells = [cell(all_rows[0][eval_set, c, n]) for n in ("input", "wiener", "unsharp")]
-        cells += [cell(rows[eval_set, c, m]) for rows in all_rows for m in ("teacher", "student")]
+        cells += [cell(rows[eval_set, c, m]) for rows in all_rows for m in models_of(rows)]
         lines.append("| " + " | ".join([c, *cells]) + " |")
     return "\n".join(lines)
 
@@ -70,7 +78,7 @@ def check(run: Path) -> str:
     rows, out = rows_of(run), []
     for s in (s for s in PHOTO_SETS if (s, "sharp", "teacher") in rows):
         degraded = [c for (e, c, n) in rows if e == s and n == "input" and c != "sharp"]
-        for m in ("teacher", "student"):
+        for m in models_of(rows):
             def r(c, name=m, s=s):
                 return rows[s, c, name]
             gains = {c: r(c)["gain_mean"] for c in degraded}
@@ -86,11 +94,12 @@ def check(run: Path) -> str:
                 f"unsharp mask on {len(beaten)} of {len(BLURS)} blurs {beaten} [0]; behind Wiener "
                 f"by {wiener:.2f} dB on average over the blurs [<= 1.5]; gaussian 1.5 gain "
                 f"{gains['gaussian 1.5']:+.2f} dB [>= +3]")
-        gap = [rows[s, c, "teacher"]["psnr"] - rows[s, c, "student"]["psnr"] for c in degraded]
-        gap += [rows[s, "sharp", "teacher"]["psnr"] - rows[s, "sharp", "student"]["psnr"]]
-        gap = [g for g in gap if math.isfinite(g)]
-        out.append(f"{s}: teacher minus student {sum(gap) / len(gap):+.2f} dB on average "
-                   f"over the {len(gap)} conditions [<= 0.5]")
+        for told in ("", "_told")[: 1 + ((s, "sharp", "teacher_told") in rows)]:
+            gap = [rows[s, c, "teacher" + told]["psnr"] - rows[s, c, "student" + told]["psnr"]
+                   for c in [*degraded, "sharp"]]
+            gap = [g for g in gap if math.isfinite(g)]
+            out.append(f"{s}: teacher{told} minus student{told} {sum(gap) / len(gap):+.2f} dB "
+                       f"on average over the {len(gap)} conditions [<= 0.5]")
     return "\n".join(out)
 
 
