@@ -2505,7 +2505,7 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
         assert a in code
         code = code.replace(a, b)
     (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
-    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1), std=0.02)
+    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=1), std=0.02)
     sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
     out = run_script(code, tmp_path)
     assert out.returncode == 0, out.stderr
