@@ -697,8 +697,10 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     if radius >= min(x.shape[-2:]):
         raise ValueError(f"sigma={sigma:g} blurs with kernels up to {2 * radius + 1}x"
                          f"{2 * radius + 1} ({kind}), too large for {tuple(x.shape[-2:])} images")
-    levels = torch.tensor([sigma, 0.0, 100.0], device=x.device).expand(len(x), 3)
     if kind == "gaussian":
+        g = gaussian_kernel(sigma)
+        levels = torch.tensor([kernel_sigma(g[:, None] * g[None, :]), 0.0, 100.0],
+                              device=x.device).expand(len(x), 3)
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
@@ -836,7 +838,7 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
 
 
 LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
-_LEVEL_SCALE = (3.0, 0.04)  # blur sigma, noise std: the largest that degrade(kind="real") draws
+_LEVEL_SCALE = (3.0, 0.04)  # blur sigma, white-noise std: degrade(kind="real")'s largest draws
 
 
 def _check_levels(levels: object, n: int) -> Tensor:
@@ -849,8 +851,11 @@ def _check_levels(levels: object, n: int) -> Tensor:
     if levels.shape not in ((len(LEVELS),), (n, len(LEVELS))):
         raise ValueError(f"levels must be ({len(LEVELS)},) or (B, {len(LEVELS)}) = ({n}, "
                          f"{len(LEVELS)}), got {tuple(levels.shape)}")
-    known = levels.reshape(-1, len(LEVELS))
-    known = known[~known.isnan().any(1)]
+    rows = levels.reshape(-1, len(LEVELS))
+    if bool((rows.isnan().any(1) != rows.isnan().all(1)).any()):
+        raise ValueError(f"a row of levels is either all NaN (unknown) or all numbers, got "
+                         f"{levels.tolist()}")
+    known = rows[~rows.isnan().any(1)]
     if not bool(known.isfinite().all()) or bool((known[:, :2] < 0).any()) or \
             bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
         raise ValueError(f"levels must be blur >= 0, noise >= 0 and 1 <= jpeg <= 100 (NaN for "
@@ -865,9 +870,12 @@ def _level_maps(levels: Tensor | None, h: Tensor) -> Tensor:
     if levels is None:
         v = h.new_zeros(n, 1 + len(LEVELS))
     else:
-        if not isinstance(levels, Tensor) or levels.shape not in ((3,), (n, 3)):
-            got = tuple(levels.shape) if isinstance(levels, Tensor) else type(levels).__name__
-            raise ValueError(f"levels must be a (3,) or ({n}, 3) tensor, got {got}")
+        if not isinstance(levels, Tensor):
+            raise TypeError(f"levels must be a (3,) or ({n}, 3) tensor, got "
+                            f"{type(levels).__name__}")
+        if levels.shape not in ((3,), (n, 3)):
+            raise ValueError(f"levels must be a (3,) or ({n}, 3) tensor, got "
+                             f"{tuple(levels.shape)}")
         levels = levels.to(h.device, h.dtype).expand(n, 3)
         known = ~levels.isnan().any(1, keepdim=True)
         scaled = torch.stack([levels[:, 0] / _LEVEL_SCALE[0], levels[:, 1] / _LEVEL_SCALE[1],
@@ -1446,6 +1454,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("blur", "noise"):
         if (v := getattr(args, name)) is not None and not (math.isfinite(v) and v >= 0):
             parser.error(f"--{name} must be finite and >= 0, got {v}")
+    if args.noise is not None and args.noise > 1:
+        parser.error(f"--noise must be <= 1 (a 0-1 scale: 0.01 is 2.55 of 255), got {args.noise}")
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
     told = [args.blur, args.noise, args.jpeg]

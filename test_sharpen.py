@@ -784,7 +784,11 @@ def test_degrade_returns_the_levels_it_applied():
     assert rank > 0.6
     x, told = sharpen.degrade(sharp[0], sigma=1.2, noise=0.01, generator=gen(), return_levels=True)
     assert x.shape == sharp[0].shape
-    torch.testing.assert_close(told, torch.tensor([1.2, 0.01, 100.0]))
+    g = sharpen.gaussian_kernel(1.2)  # the blur as the kernel used, not the nominal sigma
+    torch.testing.assert_close(told, torch.stack([sharpen.kernel_sigma(g[:, None] * g[None, :]),
+                                                  torch.tensor(0.01), torch.tensor(100.0)]))
+    _, small = sharpen.degrade(sharp[:1], sigma=0.5, generator=gen(), return_levels=True)
+    assert 0.45 < small[0, 0].item() < 0.48  # sampled sigma 0.5 spreads as 0.464
     with pytest.raises(ValueError, match="return_levels needs kind 'gaussian' or 'real', got 'mix"):
         sharpen.degrade(sharp, kind="mixed", return_levels=True)
 
@@ -1048,6 +1052,8 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
     assert loaded.conditioned == 1 and torch.equal(loaded(x, told), out)
     with pytest.raises(ValueError, match=r"must be a \(3,\) or \(2, 3\) tensor, got \(2, 2\)"):
         model(x, told[:, :2])
+    with pytest.raises(TypeError, match=r"levels must be a \(3,\) or \(2, 3\) tensor, got tuple"):
+        model(x, (1.0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"levels given, but this model was built without them"):
         sharpen.unet(**TINY)(x, told)
     with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 1, got 2"):
@@ -1073,6 +1079,8 @@ def test_sharpen_tells_a_conditioned_model_in_tiles():
         (torch.ones(3, 3), ValueError, r"must be \(3,\) or \(B, 3\) = \(2, 3\), got \(3, 3\)"),
         (("1", 0, 100), TypeError, r"levels must be numbers \(blur, noise, jpeg\)"),
         (torch.ones(3, dtype=torch.int64), TypeError, "levels must be a floating-point"),
+        ((1.5, math.nan, 100), ValueError, r"a row of levels is either all NaN \(unknown\) or "
+                                           r"all numbers, got \[1.5, nan, 100.0\]"),
     ]:
         with pytest.raises(error, match=match):
             sharpen.sharpen(model, x, levels=levels)
@@ -1092,11 +1100,16 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
     expected = sharpen.sharpen(told, img, levels=(1.2, 0.0, 80))
     assert (out - expected).abs().max() <= 1 / 255
     assert sharpen.main([*args, "--overwrite"]) == 0  # not told: blind
+    blind = sharpen.load_image(tmp_path / "a_sharp.png")
+    assert (blind - sharpen.sharpen(told, img)).abs().max() <= 1 / 255
+    assert (blind - out).abs().max() > 2 / 255  # the levels changed the output
     rc = sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "--noise",
                        "0.01", "-o", str(tmp_path / "b")])
     assert rc == 2 and "need a conditioned model" in capsys.readouterr().err
     for bad, match in [(["--blur", "-1"], "--blur must be finite and >= 0, got -1.0"),
                        (["--noise", "nan"], "--noise must be finite and >= 0, got nan"),
+                       (["--noise", "5"], "--noise must be <= 1 (a 0-1 scale: 0.01 is 2.55 of "
+                                          "255), got 5.0"),
                        (["--jpeg", "0"], "--jpeg must be from 1 to 100, got 0")]:
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, *bad])
@@ -1711,6 +1724,15 @@ def test_steps_tell_conditioned_models_their_levels():
         kd.train_step(student, opt, blurred, sharp, levels=levels[0])
     with pytest.raises(TypeError, match="levels must be a floating-point torch.Tensor, got list"):
         kd.distill_step(student, teacher, opt, blurred, sharp, levels=[[1.0, 0, 100]] * 2)
+    before = [p.clone() for p in student.parameters()]
+    for bad in (math.inf, -1.0):
+        with pytest.raises(ValueError, match=r"levels must be blur >= 0, noise >= 0 and 1 <= jpeg"):
+            kd.distill_step(student, teacher, opt, blurred, sharp,
+                            levels=torch.tensor([[1.0, bad, 90.0], [0.5, 0.0, 100.0]]))
+    with pytest.raises(ValueError, match="a row of levels is either all NaN"):
+        kd.train_step(student, opt, blurred, sharp,
+                      levels=torch.tensor([[1.0, math.nan, 90.0], [0.5, 0.0, 100.0]]))
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
     with pytest.raises(ValueError, match="levels given, but this model was built without them"):
         kd.train_loss(tiny(), blurred, sharp, levels=levels)
 
