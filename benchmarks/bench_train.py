@@ -8,7 +8,8 @@ batch 8, float32 with NCHW tensors against channels_last (and bf16 autocast, ``a
 a ``distill_step`` with the default L1 + SSIM teacher term relative to a ``train_step`` for the
 student, with the teacher run at every step and with its output precomputed (as ``train.py``
 does for a pool of batches); then the cost of making a batch with ``sharpen.degrade`` (the
-paper's Gaussian and ``kind="real"``) against a student step on 16 crops of 64x64, the shape
+paper's Gaussian and ``kind="real"``, without and with the levels that ``--conditioned`` trains
+on) against a student step on 16 crops of 64x64, the shape
 ``train.py`` trains on. Medians of interleaved rounds, with the min-max.
 """
 
@@ -90,6 +91,8 @@ def main() -> None:
         "student train_step": lambda: kd.train_step(student, opt, blurred, sharp),
         "degrade gaussian": lambda: sharpen.degrade(sharp, generator=g),
         "degrade real": lambda: sharpen.degrade(sharp, kind="real", generator=g),
+        "degrade real with levels": lambda: sharpen.degrade(sharp, kind="real", generator=g,
+                                                            return_levels=True),
     }, rounds=args.rounds)
     step = np.median(times["student train_step"])
     print("3. a batch of 16 x 3 x 64 x 64: " + ", ".join(
