@@ -1434,7 +1434,8 @@ def main(argv: list[str] | None = None) -> int:
                         "natively (default)")
     parser.add_argument("--blur", type=float, metavar="SIGMA",
                         help="tell the model the blur, in pixels (the std of a Gaussian of "
-                        "like size; 0: sharp); needs a conditioned model")
+                        "like size; 0: sharp); needs a conditioned model. Of --blur, --noise and "
+                        "--jpeg, those not given count as none (0, 0, 100) when any is given")
     parser.add_argument("--noise", type=float, metavar="STD",
                         help="tell the model the noise std, on a 0-1 scale (0.01 is 2.55 of "
                         "255); needs a conditioned model")
