@@ -113,6 +113,16 @@ def _check_levels(levels: object, blurred: torch.Tensor) -> None:
                          f"unknown), got {levels.tolist()}")
 
 
+def _check_told(levels: torch.Tensor | None, **models: nn.Module) -> None:
+    """Levels only for conditioned models (``unet(conditioned=1)``), checked before any compute."""
+    for name, model in models.items():
+        model = _unwrapped(model)
+        model = _unwrapped(getattr(model, "student", model))  # an AdaptedStudent's student
+        if levels is not None and not getattr(model, "conditioned", 0):
+            raise ValueError(f"levels given, but the {name} ({type(model).__name__}) was built "
+                             f"without them (unet(conditioned=1) takes them)")
+
+
 def _check_adapters(adapters: object) -> None:
     _check_type("adapters", adapters, (nn.ModuleList, type(None)), "an nn.ModuleList (from "
                 "feature_adapters)")
@@ -245,6 +255,7 @@ def train_loss(
     _check_module("model", model)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
+    _check_told(levels, model=model)
     with _autocast(blurred, amp):
         pred = _run(model, blurred, levels)
     dtype = _loss_dtype(pred, sharp)
@@ -309,6 +320,7 @@ def distill_loss(
     _check_module("teacher", teacher)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
+    _check_told(levels, student=student, **({"teacher": teacher} if teacher_output is None else {}))
     alpha = _check_number("alpha", alpha, high=1.0)
     feature_weight = _check_number("feature_weight", feature_weight)
     if teacher_output is not None:

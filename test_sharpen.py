@@ -1733,8 +1733,16 @@ def test_steps_tell_conditioned_models_their_levels():
         kd.train_step(student, opt, blurred, sharp,
                       levels=torch.tensor([[1.0, math.nan, 90.0], [0.5, 0.0, 100.0]]))
     assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
-    with pytest.raises(ValueError, match="levels given, but this model was built without them"):
+    with pytest.raises(ValueError, match=r"levels given, but the model \(UNet\) was built without"):
         kd.train_loss(tiny(), blurred, sharp, levels=levels)
+    with pytest.raises(ValueError, match=r"levels given, but the model \(PaperNet\) was built"):
+        kd.train_loss(sharpen.paper_student(), blurred, sharp, levels=levels)
+    with pytest.raises(ValueError, match=r"levels given, but the student \(UNet\) was built"):
+        kd.distill_loss(tiny(), teacher, blurred, sharp, levels=levels)
+    with pytest.raises(ValueError, match=r"levels given, but the teacher \(UNet\) was built"):
+        kd.distill_step(student, tiny(), opt, blurred, sharp, levels=levels)
+    assert kd.distill_loss(student, tiny(), blurred, sharp, levels=levels,  # teacher not run
+                           teacher_output=t_out)[1]["kd"] > 0
 
 
 def test_batches_carry_the_levels_of_a_degrade_that_returns_them():
