@@ -102,15 +102,7 @@ def _check_levels(levels: object, blurred: torch.Tensor) -> None:
     if tuple(levels.shape) != (len(blurred), 3):
         raise ValueError(f"levels must be (B, 3) = ({len(blurred)}, 3), one (blur, noise, jpeg) "
                          f"per image, got {tuple(levels.shape)}")
-    unknown = levels.isnan()
-    if bool((unknown.any(1) != unknown.all(1)).any()):
-        raise ValueError(f"a row of levels is either all NaN (unknown) or all numbers, got "
-                         f"{levels.tolist()}")
-    known = levels[~unknown.any(1)]
-    if not bool(known.isfinite().all()) or bool((known[:, :2] < 0).any()) or \
-            bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
-        raise ValueError(f"levels must be blur >= 0, noise >= 0 and 1 <= jpeg <= 100 (NaN for "
-                         f"unknown), got {levels.tolist()}")
+    sharpen.check_levels(levels, len(blurred))  # the values
 
 
 def _check_told(levels: torch.Tensor | None, **models: nn.Module) -> None:

@@ -39,9 +39,9 @@ from torch import Tensor, nn
 __all__ = [
     "gaussian_kernel", "gaussian_blur", "resample_blur", "motion_kernel", "random_motion_kernel",
     "disk_kernel", "anisotropic_gaussian_kernel", "blur", "add_noise", "jpeg", "unsharp_mask",
-    "wiener", "kernel_sigma", "degrade", "dead_leaves", "LEVELS", "UNet", "PaperNet", "unet",
-    "teacher", "student", "paper_teacher", "paper_student", "fast_bf16", "count_params",
-    "count_macs",
+    "wiener", "kernel_sigma", "degrade", "dead_leaves", "LEVELS", "check_levels", "UNet",
+    "PaperNet", "unet", "teacher", "student", "paper_teacher", "paper_student", "fast_bf16",
+    "count_params", "count_macs",
     "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
 ]
 
@@ -698,9 +698,6 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"sigma={sigma:g} blurs with kernels up to {2 * radius + 1}x"
                          f"{2 * radius + 1} ({kind}), too large for {tuple(x.shape[-2:])} images")
     if kind == "gaussian":
-        g = gaussian_kernel(sigma)
-        levels = torch.tensor([kernel_sigma(g[:, None] * g[None, :]), 0.0, 100.0],
-                              device=x.device).expand(len(x), 3)
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
@@ -710,7 +707,10 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         if not return_levels:
             return out[0] if single else out
-        levels = levels.clone()
+        if kind == "gaussian":  # the blur as the sampled kernel spreads, as _realistic reports it
+            g = gaussian_kernel(sigma)
+            told = [float(kernel_sigma(g[:, None] * g[None, :])), 0.0, 100.0]
+            levels = torch.tensor([told] * len(x), device=x.device)
         levels[:, 1] = levels[:, 1].hypot(torch.tensor(noise))
         return (out[0], levels[0]) if single else (out, levels)
     draws = torch.rand(len(x), 3, generator=generator, device=dev, dtype=torch.float64)
@@ -841,8 +841,27 @@ LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per imag
 _LEVEL_SCALE = (3.0, 0.04)  # blur sigma, white-noise std: degrade(kind="real")'s largest draws
 
 
-def _check_levels(levels: object, n: int) -> Tensor:
-    """``levels`` as a ``(n, 3)`` tensor; NaN rows (unknown) allowed."""
+def check_levels(levels: object, n: int) -> Tensor:
+    """Check what a conditioned model is to be told about ``n`` images.
+
+    Args:
+        levels: ``(blur, noise, jpeg)`` numbers, or a float tensor ``(3,)`` (one row for all
+            images) or ``(n, 3)``: blur sigma >= 0, noise std >= 0, JPEG quality 1-100 (100:
+            none). A row of NaN means unknown.
+        n: the number of images.
+
+    Returns:
+        The levels as an ``(n, 3)`` tensor (a view where one row was given).
+
+    Raises:
+        TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
+        ValueError: If the shape is wrong, a value is out of range or infinite, or a row is
+            partly NaN.
+
+    Example:
+        >>> check_levels((1.5, 0.0, 100), 2).tolist()
+        [[1.5, 0.0, 100.0], [1.5, 0.0, 100.0]]
+    """
     if isinstance(levels, (tuple, list)):
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in levels):
             raise TypeError(f"levels must be numbers (blur, noise, jpeg), got {levels!r}")
@@ -1368,7 +1387,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         if not getattr(model, "conditioned", 0):
             raise ValueError("levels given, but the model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
-        levels = _check_levels(levels, len(x))
+        levels = check_levels(levels, len(x))
     tile = _check_int("tile", tile, low=1)
     if overlap is None:
         radius = getattr(model, "receptive_radius", None)
