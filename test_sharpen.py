@@ -967,6 +967,23 @@ def test_sharpen_tiled_equals_untiled():
                                rtol=0, atol=1e-6)
 
 
+def test_sharpen_runs_the_weights_channels_last_and_leaves_the_model_as_it_was():
+    # oneDNN convolves 1.5-2x faster when the weights, not only the input, are channels_last.
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.1)
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    seen = []
+    model.head.register_forward_hook(lambda module, args, out: seen.append(
+        module.weight.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.rand(1, 3, 40, 50, generator=gen())
+    with torch.no_grad():
+        ref = model(x).clamp(0, 1)
+    seen.clear()
+    y = sharpen.sharpen(model, x, precision="fp32")
+    assert seen == [True]
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "make",
     [sharpen.teacher, sharpen.student, lambda: sharpen.unet(width=8, depth=3, blocks=1, shuffle=2),
