@@ -8,9 +8,12 @@
    approximation); interleaved rounds, median and min-max per image, and the largest difference
    from OpenCV.
 2. The networks: milliseconds per megapixel and frames per second at 1280x720 and 1920x1080 for
-   the teacher and the student, float32 (channels_last) and, where ``sharpen.fast_bf16`` says the
-   hardware computes it natively, bf16; the PSNR between the bf16 and float32 outputs of
-   trained models (the shipped weights, when present) on a photograph.
+   the teacher and the student, float32 and, where ``sharpen.fast_bf16`` says the hardware
+   computes it natively, bf16, with input and weights channels_last (as ``sharpen()`` runs
+   them) against weights left as built (the input alone channels_last); the student at 720p
+   under ``torch.compile`` (inductor, frozen weights), for video, with its compile time; the PSNR
+   between the bf16 and float32 outputs of trained models (the shipped weights, when present) on
+   a photograph.
 3. ``sharpen()`` on a 4000x3000 photo with the student: wall time and peak memory in fresh
    processes, with the overlap derived from the receptive field against the former fixed 128,
    and the CLI end to end (load PNG, sharpen, save PNG).
@@ -19,6 +22,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import os
 import resource
 import subprocess
@@ -30,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from torch._inductor import config as inductor_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from timing import interleaved, wall_times  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 import metrics  # noqa: E402
 import sharpen  # noqa: E402
@@ -91,27 +97,49 @@ def trained(name: str) -> torch.nn.Module:
 
 
 def bench_models(rounds: int) -> None:
-    print("2. Forward passes (eval, no_grad, channels_last), median of rounds:")
+    print("2. Forward passes (eval, no_grad, channels_last input), median of rounds:")
     models = {name: trained(name) for name in ("teacher", "student")}
     precisions = ["fp32"] + (["bf16"] if sharpen.fast_bf16() else [])
     for name, model in models.items():
         print(f"   {name}: {sharpen.count_params(model) / 1e6:.3f} M params, "
               f"{sharpen.count_macs(model, 1000, 1000) / 1e9:.1f} GMAC per megapixel")
+
+    def run(model: torch.nn.Module, x: torch.Tensor, precision: str) -> None:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            model(x)
+
+    layouts = {"weights channels_last": torch.channels_last, "weights as built": None}
     for precision in precisions:
         for name, model in models.items():
-            cells = []
-            for h, w in ((512, 512), (720, 1280), (1080, 1920)):
-                x = torch.rand(1, 3, h, w).contiguous(memory_format=torch.channels_last)
-
-                def run(model=model, x=x, precision=precision):
-                    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
-                                                         enabled=precision == "bf16"):
-                        model(x)
-
-                seconds = float(np.median(wall_times(run, repeats=rounds)))
-                cells.append(f"{1e3 * seconds / (h * w / 1e6):.0f} ms/MP" if h == 512 else
-                             f"{h}p {1 / seconds:.2f} fps")
-            print(f"   {name:8s} {precision}: " + ", ".join(cells))
+            x = {(h, w): torch.rand(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+                 for h, w in ((512, 512), (720, 1280), (1080, 1920))}
+            variants = {label: copy.deepcopy(model).to(memory_format=layout) if layout else model
+                        for label, layout in layouts.items()}
+            cells = {label: [] for label in layouts}
+            for (h, w), image in x.items():  # the two layouts interleaved, round by round
+                times = interleaved({label: functools.partial(run, m, image, precision)
+                                     for label, m in variants.items()}, rounds=rounds)
+                for label, seconds in times.items():
+                    seconds = float(np.median(seconds))
+                    cells[label].append(f"{1e3 * seconds / (h * w / 1e6):.0f} ms/MP" if h == 512
+                                        else f"{h}p {1 / seconds:.2f} fps")
+            for label, row in cells.items():
+                print(f"   {name:8s} {precision}, {label:21s}: " + ", ".join(row))
+    inductor_config.freezing = True  # weights folded into the compiled graph: inference only
+    x = torch.rand(1, 3, 720, 1280).contiguous(memory_format=torch.channels_last)
+    for precision in precisions:
+        model = copy.deepcopy(models["student"]).eval().to(memory_format=torch.channels_last)
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        run(compiled, x, precision)
+        compile_s = time.perf_counter() - start
+        times = interleaved({"compiled": functools.partial(run, compiled, x, precision),
+                             "eager": functools.partial(run, model, x, precision)},
+                            rounds=rounds)
+        fps = {k: 1 / float(np.median(v)) for k, v in times.items()}
+        print(f"   student  {precision}, torch.compile: 720p {fps['compiled']:.2f} fps against "
+              f"{fps['eager']:.2f} eager (channels_last), {fps['compiled'] / fps['eager']:.2f}x; "
+              f"compiling took {compile_s:.0f} s")
     from skimage import data
 
     photo = torch.from_numpy(data.astronaut()[:256, :256]).permute(2, 0, 1).float() / 255
