@@ -2563,6 +2563,27 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
     assert all(torch.equal(v, ckpt["student"][k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path):
+    code = readme_script("### Many frames of one size (video)")
+    (tmp_path / "weights").mkdir()  # a small stand-in for the shipped student
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.1)
+    sharpen.save_model(tmp_path / "weights" / "student.pt", model)
+    (tmp_path / "frames").mkdir()
+    frames = torch.rand(2, 3, 40, 56, generator=gen())
+    for i, frame in enumerate(frames):
+        sharpen.save_image(frame, tmp_path / "frames" / f"{i:05d}.png")
+    out = run_script(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    for i in range(2):
+        frame = sharpen.load_image(tmp_path / "frames" / f"{i:05d}.png")
+        expected = (sharpen.sharpen(model, frame) * 255).round() / 255  # bf16 where native
+        got = sharpen.load_image(tmp_path / "sharp" / f"{i:05d}.png")
+        assert (got - expected).abs().max() <= 3 / 255
+        assert (got - frame).abs().max() > 10 / 255  # the model did change the frame
+
+
 @cuda
 def test_kd_steps_batches_and_evaluate_on_cuda():
     teacher, student = trained_teacher().cuda(), tiny(4, 2).cuda()
