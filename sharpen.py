@@ -1353,7 +1353,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     """Run ``model`` over an image of any size in overlapping, cross-faded tiles.
 
     Tiles run one at a time on the model's device and dtype, in eval mode under ``no_grad`` (the
-    mode is restored), with tiles and weights laid out channels_last (1.5-2x faster with oneDNN;
+    mode is restored), with tiles and weights laid out channels_last (1.3-1.9x faster with oneDNN;
     the model itself is left as it is: a channels_last copy of its 4-D weights), starting at
     multiples of ``model.multiple``. By default the overlap is the smallest whose unused margin
     ``(overlap - overlap // 4) // 2`` covers ``model.receptive_radius``, so that in float32 the
