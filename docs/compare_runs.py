@@ -2,6 +2,7 @@
 shipped models' targets.
 
     python docs/compare_runs.py runs/demo runs/real [--set photos] [--check runs/real]
+        [--student student_nokd]
 
 Prints a markdown table of one evaluation set: the input and the two baselines (from the first
 run), then each run's teacher and student (and, for conditioned models, both again told the
@@ -27,9 +28,14 @@ def models_of(rows: dict[tuple[str, str, str], dict]) -> list[str]:
     return [m for m in MODELS if any(n == m for _, _, n in rows)]
 
 
-def rows_of(run: Path) -> dict[tuple[str, str, str], dict]:
+def rows_of(run: Path, student: str = "student") -> dict[tuple[str, str, str], dict]:
+    """The run's robustness rows by (set, condition, name), the model ``student`` (and its told
+    rows) named ``student``."""
     report = json.loads((run / "report.json").read_text())
-    return {(r["eval_set"], r["condition"], r["name"]): r for r in report["robustness"]}
+    rename = {student: "student", f"{student}_told": "student_told"}
+    return {(r["eval_set"], r["condition"], rename.get(r["name"], r["name"])): r
+            for r in report["robustness"]
+            if r["name"] in rename or r["name"] not in ("student", "student_told")}
 
 
 def cell(row: dict) -> str:
@@ -42,8 +48,8 @@ def cell(row: dict) -> str:
     return f"{row['psnr']:.2f} ({sign}{worst:.2f})"
 
 
-def table(runs: list[Path], eval_set: str) -> str:
-    all_rows = [rows_of(run) for run in runs]
+def table(runs: list[Path], eval_set: str, student: str = "student") -> str:
+    all_rows = [rows_of(run, student) for run in runs]
     conditions = list(dict.fromkeys(c for s, c, _ in all_rows[0] if s == eval_set))
     head = ["condition", "input", "Wiener (true kernel)", "unsharp mask"]
     head += [f"{run.name}: {m.replace('_', ', ')}" for run, rows in zip(runs, all_rows)
@@ -72,9 +78,9 @@ def table1(run: Path) -> str:
     return "\n".join(lines)
 
 
-def check(run: Path) -> str:
+def check(run: Path, student: str = "student") -> str:
     """Each target of the robust models, measured on each photo set of ``run``."""
-    rows, out = rows_of(run), []
+    rows, out = rows_of(run, student), []
     for s in (s for s in PHOTO_SETS if (s, "sharp", "teacher") in rows):
         degraded = [c for (e, c, n) in rows if e == s and n == "input" and c != "sharp"]
         for m in models_of(rows):
@@ -108,12 +114,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="output folders of python train.py")
     parser.add_argument("--set", default="photos", help="evaluation set (photos)")
     parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
+    parser.add_argument("--student", default="student",
+                        help="which of the run's students to show as the student: student (the "
+                        "distilled one), student_nokd or student_nokd_time")
     args = parser.parse_args()
     for run in args.runs:
         print(f"{run}:\n{table1(run)}\n")
-    print(table(args.runs, args.set))
+    print(table(args.runs, args.set, args.student))
     if args.check:
-        print("\n" + check(args.check))
+        print("\n" + check(args.check, args.student))
 
 
 if __name__ == "__main__":
