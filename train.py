@@ -738,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
     if given_teacher is not None:
-        teacher, teacher_seconds = given_teacher, 0.0
+        teacher, teacher_seconds = given_teacher.to(memory_format=torch.channels_last), 0.0
     else:
         teacher = _new_model(make_teacher, args.seed, args.device) if init_teacher is None \
             else init_teacher.to(memory_format=torch.channels_last)
