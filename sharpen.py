@@ -903,6 +903,50 @@ def _level_maps(levels: Tensor | None, h: Tensor) -> Tensor:
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
 
 
+def _sampled_gaussian_std(told: Tensor) -> Tensor:
+    """The sigma ``s`` whose sampled Gaussian (``gaussian_kernel(s)``) spreads by ``told``
+    (``kernel_sigma``; they differ below about 0.7 px), by bisection; ``(B,)`` to ``(B,)``."""
+    k = torch.arange(-16.0, 17.0, dtype=told.dtype, device=told.device)
+    lo, hi = torch.zeros_like(told), told + 1
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        w = torch.exp(-0.5 * (k / mid[:, None].clamp_min(1e-3)) ** 2)
+        spread = ((k**2 * w).sum(1) / w.sum(1)).sqrt()
+        lo, hi = torch.where(spread < told, mid, lo), torch.where(spread < told, hi, mid)
+    return torch.where(told < 3, (lo + hi) / 2, told)
+
+
+def _told_wiener(x: Tensor, levels: Tensor | None) -> Tensor:
+    """``wiener(x, Gaussian of the told blur) - x`` per image, zero where the levels are unknown
+    or the blur 0: a classical estimate for ``unet(conditioned=2)``. The balance grows with the
+    told noise and JPEG loss as ``wiener``'s tuned balances do. ``(B, C, H, W)`` to the same."""
+    if levels is None:
+        return torch.zeros_like(x)
+    n, (H, W) = x.shape[0], x.shape[-2:]
+    levels = levels.to(x.device, torch.float32).expand(n, 3)
+    use = ~levels.isnan().any(1) & (levels[:, 0] > 0)
+    blur, noise, jpeg = levels.nan_to_num().unbind(1)
+    s = _sampled_gaussian_std(blur * use)
+    balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
+    p = min(max(32, math.ceil(12 * float(blur.max()))), H - 1, W - 1)  # the filter's reach
+    xf = x.float()
+    padded = F.pad(xf, (p, p, p, p), mode="reflect") if p else xf
+    size = padded.shape[-2:]
+    fy = torch.fft.fftfreq(size[0], device=x.device)
+    fx = torch.fft.rfftfreq(size[1], device=x.device)
+
+    def response(f: Tensor) -> Tensor:  # the sampled Gaussian's: periodic, 1 at f = 0
+        g = torch.exp(-2 * math.pi**2 * s[:, None, None] ** 2
+                      * (f[None, :, None] + torch.arange(-2, 3, device=x.device)) ** 2).sum(-1)
+        return g / g[:, :1]
+
+    K = response(fy)[:, :, None] * response(fx)[:, None, :]
+    lap = 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)
+    filt = K / (K**2 + balance[:, None, None] * lap**2)
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt[:, None], s=size)
+    return ((out[..., p : p + H, p : p + W] - xf) * use[:, None, None, None]).to(x.dtype)
+
+
 class _ResBlock(nn.Module):
     """conv3x3 - ReLU - conv3x3 plus identity; no normalization, so batch-size independent."""
 
@@ -936,7 +980,8 @@ class UNet(nn.Module):
         self.multiple = shuffle * 2 ** (depth - 1)
         self.receptive_radius = _unet_radius(depth, blocks, shuffle)
         in_channels *= shuffle * shuffle
-        self.head = nn.Conv2d(in_channels + (1 + len(LEVELS)) * conditioned, width, 3, padding=1)
+        told = (1 + len(LEVELS) if conditioned else 0) + (in_channels if conditioned == 2 else 0)
+        self.head = nn.Conv2d(in_channels + told, width, 3, padding=1)
         self.enc = nn.ModuleList(nn.Sequential(*(_ResBlock(c) for _ in range(blocks))) for c in ch)
         self.down = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1) for c in ch[:-1])
         self.up = nn.ModuleList(nn.ConvTranspose2d(2 * c, c, 2, stride=2) for c in ch[:-1])
@@ -951,13 +996,19 @@ class UNet(nn.Module):
         """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels`` and ``return_features``."""
         H, W = x.shape[-2:]
         m, s = self.multiple, self.shuffle  # padded size m * ceil(H / m): torch.export follows it
-        h = F.pad(x, (0, -(-W // m) * m - W, 0, -(-H // m) * m - H), mode="replicate")
-        h = F.pixel_unshuffle(h, s) if s > 1 else h
+        pad = (0, -(-W // m) * m - W, 0, -(-H // m) * m - H)
+        parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
-            h = torch.cat([h, _level_maps(levels, h)], 1)
+            parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
+            if self.conditioned == 2:
+                estimate = _told_wiener(x, levels)
+                parts.append(F.pad(estimate, pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
+        if s > 1:  # the image and the estimate; the level maps are made at 1/s already
+            parts[0::2] = [F.pixel_unshuffle(part, s) for part in parts[0::2]]
+        h = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         h = self.head(h)
         feats = []
         for level, stage in enumerate(self.enc):
@@ -968,6 +1019,8 @@ class UNet(nn.Module):
             feats.append(h := self.dec[level](self.up[level](h) + feats[level]))
         h = self.tail(h)
         out = x + (F.pixel_shuffle(h, s) if s > 1 else h)[..., :H, :W]
+        if self.conditioned == 2:  # the network corrects the estimate
+            out = out + estimate
         if not return_features:
             return out
         levels = [*range(len(self.enc)), *reversed(range(len(self.up)))]
@@ -1024,7 +1077,11 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             return_levels=True)`` gives them (FFDNet's noise map, for three degradations): blur
             the ``kernel_sigma`` in pixels, noise the std, jpeg the quality (100: none). A NaN
             row, or ``levels=None``, means unknown: the model then sharpens blind, as it learns
-            to when trained with some rows unknown. 0: blind only.
+            to when trained with some rows unknown. 2: the same, and also given a classical
+            estimate made from the told levels (as USRNet and deep Wiener deconvolution are):
+            the image Wiener-deconvolved by a Gaussian of the told blur, with a balance that
+            grows with the told noise and JPEG loss (zero where the levels are unknown or the
+            blur is 0). 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -1035,7 +1092,7 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
     kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels,
               "shuffle": shuffle, "conditioned": conditioned}
     limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64),
-              "shuffle": (1, 4), "conditioned": (0, 1)}
+              "shuffle": (1, 4), "conditioned": (0, 2)}
     kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
     if kwargs["shuffle"] == 3:
         raise ValueError("shuffle must be 1, 2 or 4, got 3")

@@ -1050,8 +1050,9 @@ def test_sharpen_clamps_and_keeps_dtype():
     assert y.dtype == torch.float64 and y.min() >= 0 and y.max() <= 1
 
 
-def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_path):
-    model = randomize(sharpen.unet(**TINY, conditioned=1), std=0.1).eval()
+@pytest.mark.parametrize("conditioned", [1, 2])
+def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_path, conditioned):
+    model = randomize(sharpen.unet(**TINY, conditioned=conditioned), std=0.1).eval()
     x = torch.rand(2, 3, 20, 28, generator=gen())
     told = torch.tensor([[1.5, 0.01, 90.0], [0.0, 0.0, 100.0]])
     with torch.no_grad():
@@ -1066,19 +1067,43 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
     assert torch.equal(shared[0], out[0]) and len(feats) == 5
     sharpen.save_model(tmp_path / "c.pt", model)
     loaded = sharpen.load_model(tmp_path / "c.pt")
-    assert loaded.conditioned == 1 and torch.equal(loaded(x, told), out)
+    assert loaded.conditioned == conditioned and torch.equal(loaded(x, told), out)
     with pytest.raises(ValueError, match=r"must be a \(3,\) or \(2, 3\) tensor, got \(2, 2\)"):
         model(x, told[:, :2])
     with pytest.raises(TypeError, match=r"levels must be a \(3,\) or \(2, 3\) tensor, got tuple"):
         model(x, (1.0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"levels given, but this model was built without them"):
         sharpen.unet(**TINY)(x, told)
-    with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 1, got 2"):
-        sharpen.unet(conditioned=2)
+    with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 2, got 3"):
+        sharpen.unet(conditioned=3)
 
 
-def test_sharpen_tells_a_conditioned_model_in_tiles():
-    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.1)
+def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
+    sharp = sharpen.dead_leaves(3, 64, generator=gen(), supersample=2)
+    sigmas = torch.tensor([0.5, 1.5, 2.5])
+    kernels = [sharpen.gaussian_kernel(float(s)) for s in sigmas]
+    x = sharpen.gaussian_blur(sharp, sigmas)
+    told = torch.stack([sharpen.kernel_sigma(k[:, None] * k[None, :]) for k in kernels])
+    assert told[0] < 0.47  # a sampled Gaussian of sigma 0.5 spreads less: it is undone anyway
+    torch.testing.assert_close(sharpen._sampled_gaussian_std(told), sigmas, rtol=0, atol=1e-3)
+    levels = torch.stack([told, torch.tensor([0.0, 0.01, 0.0]), torch.tensor([100, 100, 60.0])], 1)
+    estimate = x + sharpen._told_wiener(x, levels)
+    balances = 1e-3 * told**2 + 1000 * (levels[:, 1] ** 2 + (0.01 * (100 - levels[:, 2]) / 70) ** 2)
+    for i, k in enumerate(kernels):  # wiener() pads less: compare away from the border
+        ref = sharpen.wiener(x[i], k[:, None] * k[None, :], balance=float(balances[i]))
+        torch.testing.assert_close(estimate[i, :, 12:-12, 12:-12], ref[:, 12:-12, 12:-12],
+                                   rtol=0, atol=2e-3)
+    assert metrics.psnr(estimate[:1], sharp[:1]) > metrics.psnr(x[:1], sharp[:1]) + 5
+    unknown = levels.clone()
+    unknown[0], unknown[1, 0] = math.nan, 0.0  # unknown, and told "no blur"
+    estimate = sharpen._told_wiener(x, unknown)
+    assert not estimate[:2].any() and estimate[2].abs().max() > 0.01
+    assert not sharpen._told_wiener(x, None).any()
+
+
+@pytest.mark.parametrize("conditioned", [1, 2])
+def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned):
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned), std=0.1)
     x = torch.rand(2, 3, 100, 130, generator=gen())
     told = torch.tensor([[2.0, 0.0, 100.0], [0.5, 0.02, 40.0]])
     with torch.no_grad():
@@ -2500,13 +2525,19 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     args = [*TINY_RUN, "--blur", "real", "--conditioned", "--out", str(tmp_path / "run")]
     assert train.main([*args, "--init-teacher", str(tmp_path / "t.pt")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["protocol"]["conditioned"] == {"unknown_share": train.UNKNOWN}
+    assert report["protocol"]["conditioned"] == {"inputs": 1, "unknown_share": train.UNKNOWN}
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
     tuned = sharpen.load_model(tmp_path / "run" / "teacher.pt")
     assert tuned.conditioned == sharpen.load_model(tmp_path / "run" / "student.pt").conditioned == 1
     assert "| condition | input |" in (tmp_path / "run" / "report.md").read_text()
+    # that teacher given the Wiener estimate too, and students of the same kind
+    wiener = [*TINY_RUN, "--blur", "real", "--conditioned", "2", "--no-robustness", "--out",
+              str(tmp_path / "run2"), "--init-teacher", str(tmp_path / "run" / "teacher.pt")]
+    assert train.main(wiener) == 0
+    assert {sharpen.load_model(tmp_path / "run2" / f"{name}.pt").conditioned
+            for name in ("teacher", "student", "student_nokd")} == {2}
     # a blind teacher given as it is cannot be told
     assert train.main([*args, "--teacher", str(tmp_path / "t.pt")]) == 2
     assert "needs a conditioned --teacher" in capsys.readouterr().err
@@ -2515,13 +2546,20 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     assert "--conditioned needs --blur gaussian or real" in capsys.readouterr().err
 
 
-def test_a_blind_unet_told_starts_out_as_it_was():
-    blind = randomize(sharpen.unet(width=4, depth=2, blocks=1), std=0.1).eval()
-    told = train._told(blind).eval()
+@pytest.mark.parametrize(("before", "after", "shuffle"), [(0, 1, 1), (0, 2, 2), (1, 2, 1),
+                                                          (1, 2, 2)])
+def test_a_unet_given_more_inputs_starts_out_as_it_was_plus_the_estimate(before, after, shuffle):
+    old = randomize(sharpen.unet(width=4, depth=2, blocks=1, shuffle=shuffle,
+                                 conditioned=before), std=0.1).eval()
+    new = train._told(old, after).eval()
     x = torch.rand(2, 3, 24, 24, generator=gen())
+    levels = torch.tensor([2.0, 0.03, 30.0])
+    estimate = sharpen._told_wiener(x, levels) if after == 2 else 0  # added to the output
     with torch.no_grad():
-        torch.testing.assert_close(told(x, torch.tensor([2.0, 0.03, 30.0])), blind(x))
-    assert told.conditioned == 1 and train._told(told) is told
+        torch.testing.assert_close(new(x, levels),
+                                   old(x, **({"levels": levels} if before else {})) + estimate)
+        torch.testing.assert_close(new(x), old(x))  # blind, it is the model it was
+    assert new.conditioned == after and train._told(new, after) is new
 
 
 def test_main_seeds_the_feature_adapters(tmp_path):

@@ -98,12 +98,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how training and evaluation images are degraded: the paper's Gaussian, "
                    "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
                    "noise, JPEG; sharpen.degrade)")
-    p.add_argument("--conditioned", action="store_true",
+    p.add_argument("--conditioned", type=int, nargs="?", const=1, default=0, choices=(1, 2),
                    help="models told what was done to each image (blur, noise, JPEG: "
                    "sharpen.unet(conditioned=1)), trained with a quarter of the images' levels "
                    "unknown so that they also sharpen blind; the robustness table adds them "
-                   "told. Needs --blur gaussian or real and the U-Net; a blind --init-teacher "
-                   "gets the level inputs added, starting at zero")
+                   "told. 2: also given a Wiener estimate from the told levels "
+                   "(unet(conditioned=2)). Needs --blur gaussian or real and the U-Net; an "
+                   "--init-teacher with fewer inputs gets them added, starting at zero")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -189,12 +190,13 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float,
     return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
 
 
-def _told(model: nn.Module) -> nn.Module:
-    """A blind ``unet`` as a conditioned one that starts out the same: the level inputs are
-    added with zero weights."""
-    if getattr(model, "conditioned", 1):
+def _told(model: nn.Module, conditioned: int) -> nn.Module:
+    """A ``unet`` of fewer inputs (blind, or ``conditioned=1``) as a ``conditioned`` one, the
+    new inputs added with zero weights: it starts out the same, plus the Wiener estimate's
+    correction for ``conditioned=2``."""
+    if model.conditioned >= conditioned:
         return model
-    kwargs = {**model.config["kwargs"], "conditioned": 1}
+    kwargs = {**model.config["kwargs"], "conditioned": conditioned}
     told = sharpen.unet(**kwargs).to(next(model.parameters()).device)
     state = model.state_dict()
     head = told.head.weight.detach().clone().zero_()
@@ -725,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(init_teacher, sharpen.UNet):
                 raise ValueError(f"--conditioned needs a U-Net --init-teacher, {args.init_teacher}"
                                  f" is a {type(init_teacher).__name__}")
-            init_teacher = _told(init_teacher)
+            init_teacher = _told(init_teacher, args.conditioned)
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     make_teacher, make_student = ((sharpen.teacher, sharpen.student) if args.arch == "unet"
                                   else (sharpen.paper_teacher, sharpen.paper_student))
     if args.conditioned:
-        make_teacher, make_student = (functools.partial(make, conditioned=1)
+        make_teacher, make_student = (functools.partial(make, conditioned=args.conditioned)
                                       for make in (make_teacher, make_student))
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
@@ -794,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         "real_blur": args.real_blur,
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
-        "arch": args.arch, "conditioned": {"unknown_share": UNKNOWN} if args.conditioned
+        "arch": args.arch, "conditioned": {"inputs": args.conditioned, "unknown_share": UNKNOWN}
+        if args.conditioned
         else False, "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
         "student_steps": args.student_steps,
