@@ -923,17 +923,17 @@ def _told_wiener(x: Tensor, levels: Tensor | None) -> Tensor:
     if levels is None:
         return torch.zeros_like(x)
     n, (H, W) = x.shape[0], x.shape[-2:]
-    levels = levels.to(x.device, torch.float32).expand(n, 3)
+    xf = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    levels = levels.to(x.device, xf.dtype).expand(n, 3)
     use = ~levels.isnan().any(1) & (levels[:, 0] > 0)
     blur, noise, jpeg = levels.nan_to_num().unbind(1)
     s = _sampled_gaussian_std(blur * use)
     balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
     p = min(max(32, math.ceil(12 * float(blur.max()))), H - 1, W - 1)  # the filter's reach
-    xf = x.float()
     padded = F.pad(xf, (p, p, p, p), mode="reflect") if p else xf
     size = padded.shape[-2:]
-    fy = torch.fft.fftfreq(size[0], device=x.device)
-    fx = torch.fft.rfftfreq(size[1], device=x.device)
+    fy = torch.fft.fftfreq(size[0], device=x.device, dtype=xf.dtype)
+    fx = torch.fft.rfftfreq(size[1], device=x.device, dtype=xf.dtype)
 
     def response(f: Tensor) -> Tensor:  # the sampled Gaussian's: periodic, 1 at f = 0
         g = torch.exp(-2 * math.pi**2 * s[:, None, None] ** 2
@@ -991,21 +991,29 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
-    def forward(self, x: Tensor, levels: Tensor | None = None, return_features: bool = False
-                ) -> Tensor | tuple[Tensor, list]:
-        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels`` and ``return_features``."""
+    def forward(self, x: Tensor, levels: Tensor | None = None, return_features: bool = False,
+                estimate: Tensor | None = None) -> Tensor | tuple[Tensor, list]:
+        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels``, ``return_features`` and
+        ``estimate``."""
         H, W = x.shape[-2:]
         m, s = self.multiple, self.shuffle  # padded size m * ceil(H / m): torch.export follows it
         pad = (0, -(-W // m) * m - W, 0, -(-H // m) * m - H)
         parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
-            if self.conditioned == 2:
+            if self.conditioned == 2 and estimate is None:
                 estimate = _told_wiener(x, levels)
-                parts.append(F.pad(estimate, pad, mode="replicate"))
+            elif self.conditioned == 2 and estimate.shape != x.shape:
+                raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, got "
+                                 f"{tuple(estimate.shape)}")
+            if self.conditioned == 2:
+                parts.append(F.pad(estimate.to(x.dtype), pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
+        if estimate is not None and self.conditioned != 2:
+            raise ValueError(f"estimate given, but this model was built without it "
+                             f"(unet(conditioned={self.conditioned}))")
         if s > 1:  # the image and the estimate; the level maps are made at 1/s already
             parts[0::2] = [F.pixel_unshuffle(part, s) for part in parts[0::2]]
         h = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
@@ -1020,7 +1028,7 @@ class UNet(nn.Module):
         h = self.tail(h)
         out = x + (F.pixel_shuffle(h, s) if s > 1 else h)[..., :H, :W]
         if self.conditioned == 2:  # the network corrects the estimate
-            out = out + estimate
+            out = out + estimate.to(out.dtype)
         if not return_features:
             return out
         levels = [*range(len(self.enc)), *reversed(range(len(self.up)))]
@@ -1078,10 +1086,13 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             the ``kernel_sigma`` in pixels, noise the std, jpeg the quality (100: none). A NaN
             row, or ``levels=None``, means unknown: the model then sharpens blind, as it learns
             to when trained with some rows unknown. 2: the same, and also given a classical
-            estimate made from the told levels (as USRNet and deep Wiener deconvolution are):
-            the image Wiener-deconvolved by a Gaussian of the told blur, with a balance that
-            grows with the told noise and JPEG loss (zero where the levels are unknown or the
-            blur is 0). 0: blind only.
+            estimate made from the told levels, which the network corrects (the idea of USRNet
+            and deep Wiener deconvolution): the image Wiener-deconvolved by a Gaussian of the
+            told blur, with a balance that grows with the told noise and JPEG loss; the output
+            is the estimate plus the network's correction. Where the levels are unknown or the
+            blur is 0, the estimate is the image itself. ``model(x, levels, estimate=e)`` takes
+            the estimate's change ``e`` (estimate minus ``x``) made already, as ``sharpen``
+            makes it once for a whole image. 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -1425,7 +1436,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
             :func:`fast_bf16` says the device computes it natively and the model is float32,
             else fp32. The README measures what bf16 costs in PSNR.
-        levels: For a conditioned model (``unet(conditioned=1)``), what was done to the image:
+        levels: For a conditioned model (``unet(conditioned=1)``, or ``2``, whose estimate is
+            then made once for the whole image), what was done to the image:
             (blur, noise, jpeg) as a tuple, a ``(3,)`` tensor or ``(B, 3)`` for a batch, with
             blur >= 0 (pixels), noise >= 0 and 1 <= jpeg <= 100 (100: not compressed); NaN
             for unknown. None: unknown (the model sharpens blind).
@@ -1468,6 +1480,9 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     weights = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                for name, t in (*model.named_parameters(), *model.named_buffers())}
     out = torch.zeros_like(x)
+    estimate = None  # a conditioned=2 model's, made once for the whole image: tiles then agree
+    if levels is not None and getattr(model, "conditioned", 0) == 2:
+        estimate = _told_wiener(x, levels)
     was_training = model.training
     model.eval()
     try:
@@ -1477,7 +1492,9 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
                     piece = x[..., y0:y1, x0:x1].to(p.device, p.dtype)
                     piece = piece.contiguous(memory_format=torch.channels_last)
                     args = (piece,) if levels is None else (piece, levels)
-                    y = torch.func.functional_call(model, weights, args).to(p.dtype)
+                    told = {} if estimate is None else {
+                        "estimate": estimate[..., y0:y1, x0:x1].to(p.device, p.dtype)}
+                    y = torch.func.functional_call(model, weights, args, told).to(p.dtype)
                     y = y * (wy[:, None] * wx[None, :]).to(y.device, y.dtype)
                     out[..., y0:y1, x0:x1] += y.to(x.device, x.dtype)
     finally:

@@ -1074,6 +1074,18 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
         model(x, (1.0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"levels given, but this model was built without them"):
         sharpen.unet(**TINY)(x, told)
+    if conditioned == 2:  # the estimate's change, made already, gives the same
+        estimate = sharpen._told_wiener(x, told)
+        assert estimate[0].abs().max() > 0 and not estimate[1].any()  # told no blur: none
+        with torch.no_grad():
+            assert torch.equal(model(x, told, estimate=estimate), out)
+        with pytest.raises(ValueError, match=r"estimate must be shaped like x, \(2, 3, 20, 28\), "
+                                             r"got \(2, 3, 20, 20\)"):
+            model(x, told, estimate=estimate[..., :20])
+    else:
+        with pytest.raises(ValueError, match=r"estimate given, but this model was built "
+                                             r"without it \(unet\(conditioned=1\)\)"):
+            model(x, told, estimate=torch.zeros_like(x))
     with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 2, got 3"):
         sharpen.unet(conditioned=3)
 
