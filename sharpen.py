@@ -1003,7 +1003,8 @@ class UNet(nn.Module):
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
             if self.conditioned == 2 and estimate is None:
                 estimate = _told_wiener(x, levels)
-            elif self.conditioned == 2 and estimate.shape != x.shape:
+            elif self.conditioned == 2 and (_check_tensor("estimate", estimate)
+                                            or estimate.shape != x.shape):
                 raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, got "
                                  f"{tuple(estimate.shape)}")
             if self.conditioned == 2:

@@ -1082,6 +1082,9 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
         with pytest.raises(ValueError, match=r"estimate must be shaped like x, \(2, 3, 20, 28\), "
                                              r"got \(2, 3, 20, 20\)"):
             model(x, told, estimate=estimate[..., :20])
+        with pytest.raises(TypeError, match="estimate must be a floating-point torch.Tensor, "
+                                            "got list"):
+            model(x, told, estimate=[0.0])
     else:
         with pytest.raises(ValueError, match=r"estimate given, but this model was built "
                                              r"without it \(unet\(conditioned=1\)\)"):

@@ -796,9 +796,10 @@ def main(argv: list[str] | None = None) -> int:
         "real_blur": args.real_blur,
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
-        "arch": args.arch, "conditioned": {"inputs": args.conditioned, "unknown_share": UNKNOWN}
-        if args.conditioned
-        else False, "teacher_steps": 0 if args.teacher else args.steps,
+        "arch": args.arch,
+        "conditioned": {"inputs": args.conditioned, "unknown_share": UNKNOWN}
+        if args.conditioned else False,
+        "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
         "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
