@@ -929,8 +929,9 @@ def _told_wiener(x: Tensor, levels: Tensor | None) -> Tensor:
     blur, noise, jpeg = levels.nan_to_num().unbind(1)
     s = _sampled_gaussian_std(blur * use)
     balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
-    p = min(max(32, math.ceil(12 * float(blur.max()))), H - 1, W - 1)  # the filter's reach
-    padded = F.pad(xf, (p, p, p, p), mode="reflect") if p else xf
+    reach = max(32, math.ceil(12 * float(blur.max())))  # of the filter; torch.export cannot
+    ph, pw = min(reach, H - 1), min(reach, W - 1)       # follow it, so told, it is not exported
+    padded = F.pad(xf, (pw, pw, ph, ph), mode="reflect") if ph or pw else xf
     size = padded.shape[-2:]
     fy = torch.fft.fftfreq(size[0], device=x.device, dtype=xf.dtype)
     fx = torch.fft.rfftfreq(size[1], device=x.device, dtype=xf.dtype)
@@ -944,7 +945,7 @@ def _told_wiener(x: Tensor, levels: Tensor | None) -> Tensor:
     lap = 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)
     filt = K / (K**2 + balance[:, None, None] * lap**2)
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt[:, None], s=size)
-    return ((out[..., p : p + H, p : p + W] - xf) * use[:, None, None, None]).to(x.dtype)
+    return ((out[..., ph : ph + H, pw : pw + W] - xf) * use[:, None, None, None]).to(x.dtype)
 
 
 class _ResBlock(nn.Module):
@@ -1001,12 +1002,17 @@ class UNet(nn.Module):
         parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
+            if self.conditioned == 2 and levels is not None:
+                check_levels(levels, len(x))  # the estimate is made from their values
             if self.conditioned == 2 and estimate is None:
                 estimate = _told_wiener(x, levels)
             elif self.conditioned == 2 and (_check_tensor("estimate", estimate)
-                                            or estimate.shape != x.shape):
-                raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, got "
-                                 f"{tuple(estimate.shape)}")
+                                            or estimate.shape != x.shape
+                                            or estimate.device != x.device):
+                raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on "
+                                 f"{x.device}, got {tuple(estimate.shape)} on {estimate.device}")
+            elif self.conditioned == 2 and levels is None:
+                raise ValueError("estimate given without levels: it is made from them")
             if self.conditioned == 2:
                 parts.append(F.pad(estimate.to(x.dtype), pad, mode="replicate"))
         elif levels is not None:
@@ -1092,8 +1098,9 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             told blur, with a balance that grows with the told noise and JPEG loss; the output
             is the estimate plus the network's correction. Where the levels are unknown or the
             blur is 0, the estimate is the image itself. ``model(x, levels, estimate=e)`` takes
-            the estimate's change ``e`` (estimate minus ``x``) made already, as ``sharpen``
-            makes it once for a whole image. 0: blind only.
+            the estimate's change, ``e = estimate - x`` ``(B, C, H, W)`` on ``x``'s device, made
+            already, as ``sharpen`` makes it once for a whole image. Told, such a model does not
+            go through ``torch.export`` (its padding follows the told blur). 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -1431,7 +1438,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     Args:
         model: A network mapping ``(B, C, H, W)`` to ``(B, C, H, W)``.
         img: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].
-        tile: Tile side in pixels, >= 1; peak memory grows with ``tile ** 2``.
+        tile: Tile side in pixels, >= 1; peak memory grows with ``tile ** 2`` (and with the
+            image for a ``conditioned=2`` model told levels, whose estimate is made whole).
         overlap: Overlap between tiles in pixels, ``0 <= overlap <= tile // 2``; None: from the
             model's ``receptive_radius`` (128 for a model without one).
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
@@ -1483,7 +1491,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     out = torch.zeros_like(x)
     estimate = None  # a conditioned=2 model's, made once for the whole image: tiles then agree
     if levels is not None and getattr(model, "conditioned", 0) == 2:
-        estimate = _told_wiener(x, levels)
+        with torch.no_grad():
+            estimate = _told_wiener(x, levels)
     was_training = model.training
     model.eval()
     try:

@@ -1079,9 +1079,18 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
         assert estimate[0].abs().max() > 0 and not estimate[1].any()  # told no blur: none
         with torch.no_grad():
             assert torch.equal(model(x, told, estimate=estimate), out)
+            without = model(x, told, estimate=torch.zeros_like(x))
+        torch.testing.assert_close(out[0] - without[0], estimate[0], rtol=0, atol=0.5)
+        assert not torch.equal(without[0], out[0]) and torch.equal(without[1], out[1])
         with pytest.raises(ValueError, match=r"estimate must be shaped like x, \(2, 3, 20, 28\), "
-                                             r"got \(2, 3, 20, 20\)"):
+                                             r"on cpu, got \(2, 3, 20, 20\) on cpu"):
             model(x, told, estimate=estimate[..., :20])
+        with pytest.raises(ValueError, match=r"on cpu, got \(2, 3, 20, 28\) on meta"):
+            model(x, told, estimate=estimate.to("meta"))
+        with pytest.raises(ValueError, match="estimate given without levels"):
+            model(x, estimate=estimate)
+        with pytest.raises(ValueError, match=r"blur >= 0, noise >= 0 .* got \[\[1.5, -0.5"):
+            model(x, torch.tensor([[1.5, -0.5, 90.0], [0.0, 0.0, 100.0]]))
         with pytest.raises(TypeError, match="estimate must be a floating-point torch.Tensor, "
                                             "got list"):
             model(x, told, estimate=[0.0])
@@ -1114,16 +1123,25 @@ def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
     estimate = sharpen._told_wiener(x, unknown)
     assert not estimate[:2].any() and estimate[2].abs().max() > 0.01
     assert not sharpen._told_wiener(x, None).any()
+    for h, w in [(1, 5), (2, 2), (40, 1)]:  # tiny images: padding limited per side, no wrap
+        tiny = sharpen._told_wiener(torch.rand(1, 3, h, w, generator=gen()), levels[2])
+        assert tiny.shape == (1, 3, h, w) and tiny.isfinite().all()
+    double = sharpen._told_wiener(x.double(), levels)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), sharpen._told_wiener(x, levels), rtol=0,
+                               atol=1e-4)
 
 
-@pytest.mark.parametrize("conditioned", [1, 2])
-def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned):
-    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned), std=0.1)
+@pytest.mark.parametrize(("conditioned", "shuffle"), [(1, 1), (2, 1), (2, 2)])
+def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned, shuffle):
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned,
+                                   shuffle=shuffle), std=0.1)
     x = torch.rand(2, 3, 100, 130, generator=gen())
     told = torch.tensor([[2.0, 0.0, 100.0], [0.5, 0.02, 40.0]])
     with torch.no_grad():
         ref = model.eval()(x, told).clamp(0, 1)
-    tiled = sharpen.sharpen(model, x, tile=64, overlap=32, precision="fp32", levels=told)
+    tiled = sharpen.sharpen(model, x, tile=64 * shuffle, overlap=32 * shuffle, precision="fp32",
+                            levels=told)
     torch.testing.assert_close(tiled, ref, rtol=0, atol=1e-4)
     one = sharpen.sharpen(model, x[1], precision="fp32", levels=(0.5, 0.02, 40))
     torch.testing.assert_close(one, ref[1], rtol=0, atol=1e-5)
@@ -2540,7 +2558,8 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     args = [*TINY_RUN, "--blur", "real", "--conditioned", "--out", str(tmp_path / "run")]
     assert train.main([*args, "--init-teacher", str(tmp_path / "t.pt")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["protocol"]["conditioned"] == {"inputs": 1, "unknown_share": train.UNKNOWN}
+    assert report["protocol"]["conditioned"] == {"inputs": 1, "teacher_inputs": 1,
+                                                 "unknown_share": train.UNKNOWN}
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
@@ -2548,11 +2567,31 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     assert tuned.conditioned == sharpen.load_model(tmp_path / "run" / "student.pt").conditioned == 1
     assert "| condition | input |" in (tmp_path / "run" / "report.md").read_text()
     # that teacher given the Wiener estimate too, and students of the same kind
+    # and its students, all started from the run's student
     wiener = [*TINY_RUN, "--blur", "real", "--conditioned", "2", "--no-robustness", "--out",
-              str(tmp_path / "run2"), "--init-teacher", str(tmp_path / "run" / "teacher.pt")]
+              str(tmp_path / "run2"), "--init-teacher", str(tmp_path / "run" / "teacher.pt"),
+              "--init-student", str(tmp_path / "run" / "student.pt")]
     assert train.main(wiener) == 0
-    assert {sharpen.load_model(tmp_path / "run2" / f"{name}.pt").conditioned
-            for name in ("teacher", "student", "student_nokd")} == {2}
+    models = {name: sharpen.load_model(tmp_path / "run2" / f"{name}.pt")
+              for name in ("teacher", "student", "student_nokd", "student_nokd_time")}
+    assert {model.conditioned for model in models.values()} == {2}
+    init = sharpen.load_model(tmp_path / "run" / "student.pt").state_dict()
+    for name in ("student", "student_nokd"):  # fine-tuned from it, not from scratch
+        tuned = models[name].state_dict()
+        assert tuned.keys() == init.keys()
+        assert torch.nn.functional.cosine_similarity(
+            tuned["enc.1.0.conv1.weight"].flatten(), init["enc.1.0.conv1.weight"].flatten(),
+            dim=0) > 0.9
+    protocol = json.loads((tmp_path / "run2" / "report.json").read_text())["protocol"]
+    assert protocol["init_student"] == str(tmp_path / "run" / "student.pt")
+    assert protocol["conditioned"]["teacher_inputs"] == 2
+    assert f"from {tmp_path / 'run' / 'student.pt'}" in protocol["summary"]
+    # only a U-Net can be given the level inputs
+    sharpen.save_model(tmp_path / "paper.pt", sharpen.paper_student())
+    for option in ("--init-teacher", "--init-student"):
+        assert train.main([*args, option, str(tmp_path / "paper.pt")]) == 2
+        assert f"--conditioned needs a U-Net {option}, {tmp_path / 'paper.pt'} is a PaperNet" \
+            in capsys.readouterr().err
     # a blind teacher given as it is cannot be told
     assert train.main([*args, "--teacher", str(tmp_path / "t.pt")]) == 2
     assert "needs a conditioned --teacher" in capsys.readouterr().err

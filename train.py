@@ -13,6 +13,7 @@ as nanoGPT's ``train.py`` uses its ``model.py``.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -82,6 +83,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init-teacher", type=Path, default=None, metavar="MODEL.pt",
                    help="fine-tune: start the teacher from this trained model and train it for "
                    "--steps more, with a fresh optimizer and learning-rate schedule")
+    p.add_argument("--init-student", type=Path, default=None, metavar="MODEL.pt",
+                   help="fine-tune: start every student (distilled and twins) from this trained "
+                   "model, given --conditioned's inputs as --init-teacher is, instead of from "
+                   "scratch")
     p.add_argument("--student-steps", type=int, default=1000,
                    help="steps of the distilled student and of its equal-steps twin")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
@@ -716,9 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.conditioned else degrade
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        given_teacher, init_teacher = (  # before any work
+        given_teacher, init_teacher, init_student = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)
-            for path in (args.teacher, args.init_teacher))
+            for path in (args.teacher, args.init_teacher, args.init_student))
         if args.conditioned and given_teacher is not None and not getattr(
                 given_teacher, "conditioned", 0):
             raise ValueError(f"--conditioned needs a conditioned --teacher; {args.teacher} "
@@ -728,6 +733,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--conditioned needs a U-Net --init-teacher, {args.init_teacher}"
                                  f" is a {type(init_teacher).__name__}")
             init_teacher = _told(init_teacher, args.conditioned)
+        if args.conditioned and init_student is not None:
+            if not isinstance(init_student, sharpen.UNet):
+                raise ValueError(f"--conditioned needs a U-Net --init-student, {args.init_student}"
+                                 f" is a {type(init_student).__name__}")
+            init_student = _told(init_student, args.conditioned)
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -737,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.conditioned:
         make_teacher, make_student = (functools.partial(make, conditioned=args.conditioned)
                                       for make in (make_teacher, make_student))
+    if init_student is not None:
+        make_student = functools.partial(copy.deepcopy, init_student)
     print(f"device {args.device}, torch {torch.__version__}; data: {data_desc}")
 
     if given_teacher is not None:
@@ -797,10 +809,11 @@ def main(argv: list[str] | None = None) -> int:
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch,
-        "conditioned": {"inputs": args.conditioned, "unknown_share": UNKNOWN}
-        if args.conditioned else False,
+        "conditioned": {"inputs": args.conditioned, "teacher_inputs": teacher.conditioned,
+                        "unknown_share": UNKNOWN} if args.conditioned else False,
         "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
+        "init_student": None if args.init_student is None else str(args.init_student),
         "student_steps": args.student_steps,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
@@ -826,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol["summary"] = (
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; {told}teacher "
         f"{args.teacher or f'{args.steps} steps{origin}'}, "
-        f"students {args.student_steps} steps (time-matched twin: "
+        f"students {args.student_steps} steps"
+        f"{f' from {args.init_student}' if args.init_student else ''} (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
         f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
         f"({args.kd_loss} teacher term), "
