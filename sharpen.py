@@ -992,6 +992,21 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
+    @staticmethod
+    def _estimate(x: Tensor, levels: Tensor | None, given: Tensor | None) -> Tensor:
+        """The Wiener estimate's change for ``x``, made from ``levels`` or checked if given."""
+        if levels is not None:
+            check_levels(levels, len(x))  # the estimate is made from their values
+        if given is None:
+            return _told_wiener(x, levels)
+        _check_tensor("estimate", given)
+        if given.shape != x.shape or given.device != x.device:
+            raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on {x.device}, "
+                             f"got {tuple(given.shape)} on {given.device}")
+        if levels is None:
+            raise ValueError("estimate given without levels: it is made from them")
+        return given.to(x.dtype)
+
     def forward(self, x: Tensor, levels: Tensor | None = None, return_features: bool = False,
                 estimate: Tensor | None = None) -> Tensor | tuple[Tensor, list]:
         """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels``, ``return_features`` and
@@ -1002,19 +1017,9 @@ class UNet(nn.Module):
         parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
-            if self.conditioned == 2 and levels is not None:
-                check_levels(levels, len(x))  # the estimate is made from their values
-            if self.conditioned == 2 and estimate is None:
-                estimate = _told_wiener(x, levels)
-            elif self.conditioned == 2 and (_check_tensor("estimate", estimate)
-                                            or estimate.shape != x.shape
-                                            or estimate.device != x.device):
-                raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on "
-                                 f"{x.device}, got {tuple(estimate.shape)} on {estimate.device}")
-            elif self.conditioned == 2 and levels is None:
-                raise ValueError("estimate given without levels: it is made from them")
             if self.conditioned == 2:
-                parts.append(F.pad(estimate.to(x.dtype), pad, mode="replicate"))
+                estimate = self._estimate(x, levels, estimate)
+                parts.append(F.pad(estimate, pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
@@ -1035,7 +1040,7 @@ class UNet(nn.Module):
         h = self.tail(h)
         out = x + (F.pixel_shuffle(h, s) if s > 1 else h)[..., :H, :W]
         if self.conditioned == 2:  # the network corrects the estimate
-            out = out + estimate.to(out.dtype)
+            out = out + estimate
         if not return_features:
             return out
         levels = [*range(len(self.enc)), *reversed(range(len(self.up)))]
