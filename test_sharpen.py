@@ -1386,8 +1386,8 @@ def test_the_shipped_models_load_and_fit_their_budget():
 
 
 def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
-    # Blind. The 37 dB for the sharp photo (measured 37.9 dB, SSIM 0.973); for the soft
-    # one a guard of what was measured (+1.36 dB), not the issue's +3 dB, which the student
+    # Blind. The 37 dB for the sharp photo (measured 37.97 dB, SSIM 0.974); for the soft
+    # one a guard of what was measured (+1.44 dB), not the issue's +3 dB, which the student
     # misses: see "The shipped models" in the README.
     model = sharpen.load_model(SHIPPED / "student.pt")
     sharp = photo_8bit("chelsea")
@@ -1400,10 +1400,10 @@ def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
 
 
 def test_the_shipped_student_told_the_levels_keeps_sharp_sharp_and_sharpens_more():
-    # Told "sharp" (measured 65.1 dB, SSIM 0.99996) and told sigma 1.5 (+2.31 dB, against +1.36
+    # Told "sharp" (measured 64.6 dB, SSIM 0.99995) and told sigma 1.5 (+2.72 dB, against +1.44
     # blind): the 37 dB and SSIM 0.98; for the soft photo a guard of what was measured.
     model = sharpen.load_model(SHIPPED / "student.pt")
-    assert model.conditioned == 1
+    assert model.conditioned == 2  # told, it also gets the Wiener estimate of the told blur
     sharp = photo_8bit("chelsea")
     out = sharpen.sharpen(model, sharp, precision="fp32", levels=(0.0, 0.0, 100.0))
     assert metrics.psnr(out, sharp) >= 50 and metrics.ssim(out, sharp) >= 0.999
@@ -1411,8 +1411,8 @@ def test_the_shipped_student_told_the_levels_keeps_sharp_sharp_and_sharpens_more
     soft = (sharpen.gaussian_blur(original, 1.5) * 255).round() / 255
     blind = sharpen.sharpen(model, soft, precision="fp32")
     told = sharpen.sharpen(model, soft, precision="fp32", levels=(1.5, 0.0, 100.0))
-    assert metrics.psnr(told, original) - metrics.psnr(soft, original) >= 2
-    assert metrics.psnr(told, original) > metrics.psnr(blind, original) + 0.5
+    assert metrics.psnr(told, original) - metrics.psnr(soft, original) >= 2.5
+    assert metrics.psnr(told, original) > metrics.psnr(blind, original) + 1
 
 
 def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
@@ -2659,7 +2659,7 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
         assert a in code
         code = code.replace(a, b)
     (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
-    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=1), std=0.02)
+    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=2), std=0.02)
     sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
     out = run_script(code, tmp_path)
     assert out.returncode == 0, out.stderr
@@ -2675,7 +2675,7 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
 def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path):
     code = readme_script("### Many frames of one size (video)")
     (tmp_path / "weights").mkdir()  # a small stand-in for the shipped student
-    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), std=0.1)
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), std=0.1)
     sharpen.save_model(tmp_path / "weights" / "student.pt", model)
     (tmp_path / "frames").mkdir()
     frames = torch.rand(2, 3, 40, 56, generator=gen())
