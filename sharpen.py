@@ -916,19 +916,21 @@ def _sampled_gaussian_std(told: Tensor) -> Tensor:
     return torch.where(told < 3, (lo + hi) / 2, told)
 
 
-def _told_wiener(x: Tensor, levels: Tensor | None) -> Tensor:
+def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False) -> Tensor:
     """``wiener(x, Gaussian of the told blur) - x`` per image, zero where the levels are unknown
     or the blur 0: a classical estimate for ``unet(conditioned=2)``. The balance grows with the
-    told noise and JPEG loss as ``wiener``'s tuned balances do. ``(B, C, H, W)`` to the same."""
+    told noise and JPEG loss as ``wiener``'s tuned balances do. ``at_zero`` (``conditioned=3``):
+    told blur 0, the same filter with no blur (a smoothing), zero only where the balance is 0.
+    ``(B, C, H, W)`` to the same."""
     if levels is None:
         return torch.zeros_like(x)
     n, (H, W) = x.shape[0], x.shape[-2:]
     xf = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     levels = levels.to(x.device, xf.dtype).expand(n, 3)
-    use = ~levels.isnan().any(1) & (levels[:, 0] > 0)
     blur, noise, jpeg = levels.nan_to_num().unbind(1)
-    s = _sampled_gaussian_std(blur * use)
     balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
+    use = ~levels.isnan().any(1) & ((blur > 0) | (at_zero & (balance > 0)))
+    s = _sampled_gaussian_std(blur * use)
     reach = max(32, math.ceil(12 * float(blur.max())))  # of the filter; torch.export cannot
     ph, pw = min(reach, H - 1), min(reach, W - 1)       # follow it, so told, it is not exported
     padded = F.pad(xf, (pw, pw, ph, ph), mode="reflect") if ph or pw else xf
@@ -981,7 +983,7 @@ class UNet(nn.Module):
         self.multiple = shuffle * 2 ** (depth - 1)
         self.receptive_radius = _unet_radius(depth, blocks, shuffle)
         in_channels *= shuffle * shuffle
-        told = (1 + len(LEVELS) if conditioned else 0) + (in_channels if conditioned == 2 else 0)
+        told = (1 + len(LEVELS) if conditioned else 0) + (in_channels if conditioned >= 2 else 0)
         self.head = nn.Conv2d(in_channels + told, width, 3, padding=1)
         self.enc = nn.ModuleList(nn.Sequential(*(_ResBlock(c) for _ in range(blocks))) for c in ch)
         self.down = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1) for c in ch[:-1])
@@ -992,13 +994,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
-    @staticmethod
-    def _estimate(x: Tensor, levels: Tensor | None, given: Tensor | None) -> Tensor:
+    def _estimate(self, x: Tensor, levels: Tensor | None, given: Tensor | None) -> Tensor:
         """The Wiener estimate's change for ``x``, made from ``levels`` or checked if given."""
         if levels is not None:
             check_levels(levels, len(x))  # the estimate is made from their values
         if given is None:
-            return _told_wiener(x, levels)
+            return _told_wiener(x, levels, at_zero=self.conditioned == 3)
         _check_tensor("estimate", given)
         if given.shape != x.shape or given.device != x.device:
             raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on {x.device}, "
@@ -1017,13 +1018,13 @@ class UNet(nn.Module):
         parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
-            if self.conditioned == 2:
+            if self.conditioned >= 2:
                 estimate = self._estimate(x, levels, estimate)
                 parts.append(F.pad(estimate, pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
-        if estimate is not None and self.conditioned != 2:
+        if estimate is not None and self.conditioned < 2:
             raise ValueError(f"estimate given, but this model was built without it "
                              f"(unet(conditioned={self.conditioned}))")
         if s > 1:  # the image and the estimate; the level maps are made at 1/s already
@@ -1039,7 +1040,7 @@ class UNet(nn.Module):
             feats.append(h := self.dec[level](self.up[level](h) + feats[level]))
         h = self.tail(h)
         out = x + (F.pixel_shuffle(h, s) if s > 1 else h)[..., :H, :W]
-        if self.conditioned == 2:  # the network corrects the estimate
+        if self.conditioned >= 2:  # the network corrects the estimate
             out = out + estimate
         if not return_features:
             return out
@@ -1105,7 +1106,10 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             blur is 0, the estimate is the image itself. ``model(x, levels, estimate=e)`` takes
             the estimate's change, ``e = estimate - x`` ``(B, C, H, W)`` on ``x``'s device, made
             already, as ``sharpen`` makes it once for a whole image. Told, such a model does not
-            go through ``torch.export`` (its padding follows the told blur). 0: blind only.
+            go through ``torch.export`` (its padding follows the told blur). 3: as 2, but told
+            blur 0 and some noise or JPEG loss, the estimate is the same filter without blur, a
+            smoothing (students trained from scratch learn to denoise with it, and did not with
+            2). 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -1116,7 +1120,7 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
     kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels,
               "shuffle": shuffle, "conditioned": conditioned}
     limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64),
-              "shuffle": (1, 4), "conditioned": (0, 2)}
+              "shuffle": (1, 4), "conditioned": (0, 3)}
     kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
     if kwargs["shuffle"] == 3:
         raise ValueError("shuffle must be 1, 2 or 4, got 3")
@@ -1444,7 +1448,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         model: A network mapping ``(B, C, H, W)`` to ``(B, C, H, W)``.
         img: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].
         tile: Tile side in pixels, >= 1; peak memory grows with ``tile ** 2`` (and with the
-            image for a ``conditioned=2`` model told levels, whose estimate is made whole).
+            image for a ``conditioned=2`` or ``3`` model told levels, whose estimate is made
+            whole).
         overlap: Overlap between tiles in pixels, ``0 <= overlap <= tile // 2``; None: from the
             model's ``receptive_radius`` (128 for a model without one).
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
@@ -1494,10 +1499,10 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     weights = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                for name, t in (*model.named_parameters(), *model.named_buffers())}
     out = torch.zeros_like(x)
-    estimate = None  # a conditioned=2 model's, made once for the whole image: tiles then agree
-    if levels is not None and getattr(model, "conditioned", 0) == 2:
+    estimate = None  # a conditioned>=2 model's, made once for the whole image: tiles then agree
+    if levels is not None and getattr(model, "conditioned", 0) >= 2:
         with torch.no_grad():
-            estimate = _told_wiener(x, levels)
+            estimate = _told_wiener(x, levels, at_zero=model.conditioned == 3)
     was_training = model.training
     model.eval()
     try:

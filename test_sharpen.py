@@ -1050,7 +1050,7 @@ def test_sharpen_clamps_and_keeps_dtype():
     assert y.dtype == torch.float64 and y.min() >= 0 and y.max() <= 1
 
 
-@pytest.mark.parametrize("conditioned", [1, 2])
+@pytest.mark.parametrize("conditioned", [1, 2, 3])
 def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_path, conditioned):
     model = randomize(sharpen.unet(**TINY, conditioned=conditioned), std=0.1).eval()
     x = torch.rand(2, 3, 20, 28, generator=gen())
@@ -1074,8 +1074,8 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
         model(x, (1.0, 0.0, 100.0))
     with pytest.raises(ValueError, match=r"levels given, but this model was built without them"):
         sharpen.unet(**TINY)(x, told)
-    if conditioned == 2:  # the estimate's change, made already, gives the same
-        estimate = sharpen._told_wiener(x, told)
+    if conditioned >= 2:  # the estimate's change, made already, gives the same
+        estimate = sharpen._told_wiener(x, told, at_zero=conditioned == 3)
         assert estimate[0].abs().max() > 0 and not estimate[1].any()  # told no blur: none
         with torch.no_grad():
             assert torch.equal(model(x, told, estimate=estimate), out)
@@ -1098,8 +1098,8 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
         with pytest.raises(ValueError, match=r"estimate given, but this model was built "
                                              r"without it \(unet\(conditioned=1\)\)"):
             model(x, told, estimate=torch.zeros_like(x))
-    with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 2, got 3"):
-        sharpen.unet(conditioned=3)
+    with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 3, got 4"):
+        sharpen.unet(conditioned=4)
 
 
 def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
@@ -1123,6 +1123,18 @@ def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
     estimate = sharpen._told_wiener(x, unknown)
     assert not estimate[:2].any() and estimate[2].abs().max() > 0.01
     assert not sharpen._told_wiener(x, None).any()
+    # at_zero: told no blur, the same filter with no blur, a denoiser of the same balance
+    at_zero = sharpen._told_wiener(x, unknown, at_zero=True)
+    assert not at_zero[0].any() and torch.equal(at_zero[2], estimate[2])
+    ref = sharpen.wiener(x[1], torch.ones(1, 1), balance=float(balances[1]))
+    torch.testing.assert_close((x[1] + at_zero[1])[:, 12:-12, 12:-12], ref[:, 12:-12, 12:-12],
+                               rtol=0, atol=1e-3)
+    flat = torch.full((2, 3, 48, 48), 0.5)  # a smoothing: noise on a flat image mostly goes
+    noisy = sharpen.add_noise(flat, 0.03, generator=gen())
+    smooth = noisy + sharpen._told_wiener(noisy, torch.tensor([0.0, 0.03, 100.0]), at_zero=True)
+    assert (metrics.psnr(smooth, flat) > metrics.psnr(noisy, flat) + 10).all()
+    clean = torch.tensor([0.0, 0.0, 100.0])  # nothing to undo: exactly none
+    assert not sharpen._told_wiener(x, clean, at_zero=True).any()
     for h, w in [(1, 5), (2, 2), (40, 1)]:  # tiny images: padding limited per side, no wrap
         tiny = sharpen._told_wiener(torch.rand(1, 3, h, w, generator=gen()), levels[2])
         assert tiny.shape == (1, 3, h, w) and tiny.isfinite().all()
@@ -1132,12 +1144,13 @@ def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
                                atol=1e-4)
 
 
-@pytest.mark.parametrize(("conditioned", "shuffle"), [(1, 1), (2, 1), (2, 2)])
+@pytest.mark.parametrize(("conditioned", "shuffle"), [(1, 1), (2, 1), (2, 2), (3, 1)])
 def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned, shuffle):
     model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned,
                                    shuffle=shuffle), std=0.1)
     x = torch.rand(2, 3, 100, 130, generator=gen())
-    told = torch.tensor([[2.0, 0.0, 100.0], [0.5, 0.02, 40.0]])
+    told = torch.tensor([[2.0, 0.0, 100.0] if conditioned < 3 else [0.0, 0.02, 100.0],
+                         [0.5, 0.02, 40.0]])  # conditioned=3 has an estimate at blur 0 too
     with torch.no_grad():
         ref = model.eval()(x, told).clamp(0, 1)
     tiled = sharpen.sharpen(model, x, tile=64 * shuffle, overlap=32 * shuffle, precision="fp32",
@@ -2586,6 +2599,13 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     assert protocol["init_student"] == str(tmp_path / "run" / "student.pt")
     assert protocol["conditioned"]["teacher_inputs"] == 2
     assert f"from {tmp_path / 'run' / 'student.pt'}" in protocol["summary"]
+    # students with the estimate that smooths at blur 0 too, from those, taught by that teacher
+    smooth = [*TINY_RUN, "--blur", "real", "--conditioned", "3", "--no-robustness", "--out",
+              str(tmp_path / "run3"), "--teacher", str(tmp_path / "run2" / "teacher.pt"),
+              "--init-student", str(tmp_path / "run2" / "student.pt")]
+    assert train.main(smooth) == 0
+    assert sharpen.load_model(tmp_path / "run3" / "student_nokd.pt").conditioned == 3
+    assert sharpen.load_model(tmp_path / "run3" / "teacher.pt").conditioned == 2
     # only a U-Net can be given the level inputs
     sharpen.save_model(tmp_path / "paper.pt", sharpen.paper_student())
     for option in ("--init-teacher", "--init-student"):
@@ -2614,6 +2634,20 @@ def test_a_unet_given_more_inputs_starts_out_as_it_was_plus_the_estimate(before,
                                    old(x, **({"levels": levels} if before else {})) + estimate)
         torch.testing.assert_close(new(x), old(x))  # blind, it is the model it was
     assert new.conditioned == after and train._told(new, after) is new
+
+
+def test_a_unet_with_the_estimate_switches_between_its_two_kinds_with_the_same_weights():
+    old = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), std=0.1).eval()
+    new = train._told(old, 3).eval()
+    assert new.conditioned == 3 and train._told(new, 2).conditioned == 2
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(),
+                                                  new.state_dict().values()))
+    x, levels = torch.rand(2, 3, 24, 24, generator=gen()), torch.tensor([[2.0, 0.03, 30.0],
+                                                                         [0.0, 0.03, 30.0]])
+    with torch.no_grad():  # the same where blur is told, not where it is 0
+        a, b = old(x, levels), new(x, levels)
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    assert train._told(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), 1).conditioned == 2
 
 
 def test_main_seeds_the_feature_adapters(tmp_path):

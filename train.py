@@ -103,13 +103,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how training and evaluation images are degraded: the paper's Gaussian, "
                    "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
                    "noise, JPEG; sharpen.degrade)")
-    p.add_argument("--conditioned", type=int, nargs="?", const=1, default=0, choices=(1, 2),
+    p.add_argument("--conditioned", type=int, nargs="?", const=1, default=0, choices=(1, 2, 3),
                    help="models told what was done to each image (blur, noise, JPEG: "
                    "sharpen.unet(conditioned=1)), trained with a quarter of the images' levels "
                    "unknown so that they also sharpen blind; the robustness table adds them "
                    "told. 2: also given a Wiener estimate from the told levels "
-                   "(unet(conditioned=2)). Needs --blur gaussian or real and the U-Net; an "
-                   "--init-teacher with fewer inputs gets them added, starting at zero")
+                   "(unet(conditioned=2)); 3: the same, with an estimate that also denoises "
+                   "where the told blur is 0. Needs --blur gaussian or real and the U-Net; an "
+                   "--init-teacher or --init-student with fewer inputs gets them added, "
+                   "starting at zero")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -198,8 +200,9 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float,
 def _told(model: nn.Module, conditioned: int) -> nn.Module:
     """A ``unet`` of fewer inputs (blind, or ``conditioned=1``) as a ``conditioned`` one, the
     new inputs added with zero weights: it starts out the same, plus the Wiener estimate's
-    correction for ``conditioned=2``."""
-    if model.conditioned >= conditioned:
+    correction for ``conditioned`` 2 or 3. A model with the estimate (2 or 3) keeps its weights
+    as the other kind; given fewer inputs than it has, a model is returned as it is."""
+    if model.conditioned == conditioned or conditioned < min(model.conditioned, 2):
         return model
     kwargs = {**model.config["kwargs"], "conditioned": conditioned}
     told = sharpen.unet(**kwargs).to(next(model.parameters()).device)
