@@ -108,7 +108,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "sharpen.unet(conditioned=1)), trained with a quarter of the images' levels "
                    "unknown so that they also sharpen blind; the robustness table adds them "
                    "told. 2: also given a Wiener estimate from the told levels "
-                   "(unet(conditioned=2)); 3: the same, with an estimate that also denoises "
+                   "(unet(conditioned=2)); 3: the same, with an estimate that also smooths "
                    "where the told blur is 0. Needs --blur gaussian or real and the U-Net; an "
                    "--init-teacher or --init-student with fewer inputs gets them added, "
                    "starting at zero")
