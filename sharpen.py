@@ -1502,7 +1502,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     estimate = None  # a conditioned>=2 model's, made once for the whole image: tiles then agree
     if levels is not None and getattr(model, "conditioned", 0) >= 2:
         with torch.no_grad():
-            estimate = _told_wiener(x, levels, at_zero=model.conditioned == 3)
+            estimate = model._estimate(x, levels, None)  # the model's own kind of estimate
     was_training = model.training
     model.eval()
     try:
