@@ -1399,9 +1399,9 @@ def test_the_shipped_models_load_and_fit_their_budget():
 
 
 def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
-    # Blind. The 37 dB for the sharp photo (measured 37.97 dB, SSIM 0.974); for the soft
-    # one a guard of what was measured (+1.44 dB), not the issue's +3 dB, which the student
-    # misses: see "The shipped models" in the README.
+    # Blind. The 37 dB for the sharp photo (measured 39.18 dB, SSIM 0.979); for the soft
+    # one a guard of what was measured (+1.59 dB): blind, the student misses the issue's +3 dB,
+    # which it reaches told (next test). See "The shipped models" in the README.
     model = sharpen.load_model(SHIPPED / "student.pt")
     sharp = photo_8bit("chelsea")
     out = sharpen.sharpen(model, sharp, precision="fp32")
@@ -1413,10 +1413,10 @@ def test_the_shipped_student_leaves_a_sharp_photo_and_sharpens_a_soft_one():
 
 
 def test_the_shipped_student_told_the_levels_keeps_sharp_sharp_and_sharpens_more():
-    # Told "sharp" (measured 64.6 dB, SSIM 0.99995) and told sigma 1.5 (+2.72 dB, against +1.44
-    # blind): the 37 dB and SSIM 0.98; for the soft photo a guard of what was measured.
+    # Told "sharp" (measured 65.8 dB, SSIM 0.99996) and told sigma 1.5 (+3.09 dB, against +1.59
+    # blind): the 37 dB, SSIM 0.98 and +3 dB.
     model = sharpen.load_model(SHIPPED / "student.pt")
-    assert model.conditioned == 2  # told, it also gets the Wiener estimate of the told blur
+    assert model.conditioned == 3  # told, it also gets the Wiener estimate of the told levels
     sharp = photo_8bit("chelsea")
     out = sharpen.sharpen(model, sharp, precision="fp32", levels=(0.0, 0.0, 100.0))
     assert metrics.psnr(out, sharp) >= 50 and metrics.ssim(out, sharp) >= 0.999
@@ -1424,7 +1424,7 @@ def test_the_shipped_student_told_the_levels_keeps_sharp_sharp_and_sharpens_more
     soft = (sharpen.gaussian_blur(original, 1.5) * 255).round() / 255
     blind = sharpen.sharpen(model, soft, precision="fp32")
     told = sharpen.sharpen(model, soft, precision="fp32", levels=(1.5, 0.0, 100.0))
-    assert metrics.psnr(told, original) - metrics.psnr(soft, original) >= 2.5
+    assert metrics.psnr(told, original) - metrics.psnr(soft, original) >= 3
     assert metrics.psnr(told, original) > metrics.psnr(blind, original) + 1
 
 
