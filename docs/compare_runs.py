@@ -110,7 +110,7 @@ def check(run: Path, student: str = "student") -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("runs", nargs="+", type=Path, help="output folders of python train.py")
     parser.add_argument("--set", default="photos", help="evaluation set (photos)")
     parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
