@@ -1589,8 +1589,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda requested but CUDA is not available")
         model = load_model(args.weights or shipped, map_location=args.device)
         if levels is not None and not getattr(model, "conditioned", 0):
-            raise ValueError(f"--blur, --noise and --jpeg need a conditioned model "
-                             f"(unet(conditioned=1)); {args.weights or shipped} sharpens blind")
+            raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
+                             f"conditioned=1, 2 or 3)); {args.weights or shipped} sharpens blind")
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
