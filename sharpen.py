@@ -25,8 +25,10 @@ import io
 import math
 import numbers
 import os
+import pickle
 import secrets
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1295,6 +1297,11 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's own message advises loading it unsafely
+        what = ("it holds Python objects other than weights, which are not loaded (loading "
+                "them could run code)" if zipfile.is_zipfile(path) else "corrupt or not a "
+                "PyTorch file")
+        raise ValueError(f"{path}: not a readable model file: {what}") from e
     except Exception as e:
         raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from e
     if not isinstance(data, dict) or not {"factory", "kwargs", "state_dict"} <= data.keys() \

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import fractions
 import functools
 import json
 import math
@@ -1660,8 +1661,14 @@ def test_bad_files_raise_naming_the_file(tmp_path):
         sharpen.load_image(tmp_path / "i.tif")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         sharpen.load_model(tmp_path / "nope.pt")
-    with pytest.raises(ValueError, match="junk.png: not a readable model file"):
+    with pytest.raises(ValueError, match="junk.png: not a readable model file: corrupt or not a "
+                       "PyTorch file"):
         sharpen.load_model(tmp_path / "junk.png")
+    torch.save({"factory": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")  # not weights
+    with pytest.raises(ValueError, match="pickled.pt: not a readable model file: it holds Python "
+                       "objects other than weights") as caught:
+        sharpen.load_model(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(caught.value)  # no advice to load it unsafely
     torch.save({"a": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt: not a sharpen model file"):
         sharpen.load_model(tmp_path / "other.pt")

@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("models", nargs="+", help="model files written by sharpen.save_model")
     args = parser.parse_args(argv)
-    models = {path: sharpen.load_model(path) for path in args.models}
+    try:
+        models = {path: sharpen.load_model(path) for path in args.models}
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
     for m, result in gains(models).items():
         mean = {mode: sum(g.values()) / len(g) for mode, g in result.items() if g}
         print(m + ": " + ", ".join(f"{mode} {v:+.2f} dB" for mode, v in mean.items())
