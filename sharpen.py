@@ -848,7 +848,7 @@ def check_levels(levels: object, n: int) -> Tensor:
 
     Args:
         levels: ``(blur, noise, jpeg)`` numbers, or a float tensor ``(3,)`` (one row for all
-            images) or ``(n, 3)``: blur sigma >= 0, noise std >= 0, JPEG quality 1-100 (100:
+            images) or ``(n, 3)``: blur sigma >= 0, noise std 0-1, JPEG quality 1-100 (100:
             none). A row of NaN means unknown.
         n: the number of images.
 
@@ -878,9 +878,9 @@ def check_levels(levels: object, n: int) -> Tensor:
                          f"{levels.tolist()}")
     known = rows[~rows.isnan().any(1)]
     if not bool(known.isfinite().all()) or bool((known[:, :2] < 0).any()) or \
-            bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
-        raise ValueError(f"levels must be blur >= 0, noise >= 0 and 1 <= jpeg <= 100 (NaN for "
-                         f"unknown), got {levels.tolist()}")
+            bool((known[:, 1] > 1).any()) or bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
+        raise ValueError(f"levels must be blur >= 0, 0 <= noise <= 1 and 1 <= jpeg <= 100 "
+                         f"(noise on a 0-1 scale; NaN for unknown), got {levels.tolist()}")
     return levels.expand(n, len(LEVELS))
 
 
@@ -1465,7 +1465,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         levels: For a conditioned model (``unet(conditioned=1)``, or ``2``, whose estimate is
             then made once for the whole image), what was done to the image:
             (blur, noise, jpeg) as a tuple, a ``(3,)`` tensor or ``(B, 3)`` for a batch, with
-            blur >= 0 (pixels), noise >= 0 and 1 <= jpeg <= 100 (100: not compressed); NaN
+            blur >= 0 (pixels), 0 <= noise <= 1 and 1 <= jpeg <= 100 (100: not compressed); NaN
             for unknown. None: unknown (the model sharpens blind).
 
     Returns:

@@ -1090,7 +1090,7 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
             model(x, told, estimate=estimate.to("meta"))
         with pytest.raises(ValueError, match="estimate given without levels"):
             model(x, estimate=estimate)
-        with pytest.raises(ValueError, match=r"blur >= 0, noise >= 0 .* got \[\[1.5, -0.5"):
+        with pytest.raises(ValueError, match=r"blur >= 0, 0 <= noise <= 1 .* got \[\[1.5, -0.5"):
             model(x, torch.tensor([[1.5, -0.5, 90.0], [0.0, 0.0, 100.0]]))
         with pytest.raises(TypeError, match="estimate must be a floating-point torch.Tensor, "
                                             "got list"):
@@ -1162,9 +1162,9 @@ def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned, shuffle):
     unknown = sharpen.sharpen(model, x, precision="fp32", levels=torch.full((3,), math.nan))
     torch.testing.assert_close(unknown, sharpen.sharpen(model, x, precision="fp32"))
     for levels, error, match in [
-        ((-1.0, 0.0, 100), ValueError, r"blur >= 0, noise >= 0 and 1 <= jpeg <= 100"),
+        ((-1.0, 0.0, 100), ValueError, r"blur >= 0, 0 <= noise <= 1 and 1 <= jpeg <= 100"),
         ((1.0, 0.0, 0), ValueError, r"1 <= jpeg <= 100 .* got \[1.0, 0.0, 0.0\]"),
-        ((1.0, math.inf, 90), ValueError, r"blur >= 0, noise >= 0"),
+        ((1.0, math.inf, 90), ValueError, r"blur >= 0, 0 <= noise <= 1"),
         (torch.ones(3, 3), ValueError, r"must be \(3,\) or \(B, 3\) = \(2, 3\), got \(3, 3\)"),
         (("1", 0, 100), TypeError, r"levels must be numbers \(blur, noise, jpeg\)"),
         (torch.ones(3, dtype=torch.int64), TypeError, "levels must be a floating-point"),
@@ -1820,8 +1820,9 @@ def test_steps_tell_conditioned_models_their_levels():
     with pytest.raises(TypeError, match="levels must be a floating-point torch.Tensor, got list"):
         kd.distill_step(student, teacher, opt, blurred, sharp, levels=[[1.0, 0, 100]] * 2)
     before = [p.clone() for p in student.parameters()]
-    for bad in (math.inf, -1.0):
-        with pytest.raises(ValueError, match=r"levels must be blur >= 0, noise >= 0 and 1 <= jpeg"):
+    for bad in (math.inf, -1.0, 5.0):  # 5: noise on a 0-255 scale, not 0-1
+        with pytest.raises(ValueError, match=r"levels must be blur >= 0, 0 <= noise <= 1 and 1 <= "
+                           r"jpeg"):
             kd.distill_step(student, teacher, opt, blurred, sharp,
                             levels=torch.tensor([[1.0, bad, 90.0], [0.5, 0.0, 100.0]]))
     with pytest.raises(ValueError, match="a row of levels is either all NaN"):
