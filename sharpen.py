@@ -1462,8 +1462,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
             :func:`fast_bf16` says the device computes it natively and the model is float32,
             else fp32. The README measures what bf16 costs in PSNR.
-        levels: For a conditioned model (``unet(conditioned=1)``, or ``2``, whose estimate is
-            then made once for the whole image), what was done to the image:
+        levels: For a conditioned model (``unet(conditioned=1)``, or ``2`` or ``3``, whose
+            estimate is then made once for the whole image), what was done to the image:
             (blur, noise, jpeg) as a tuple, a ``(3,)`` tensor or ``(B, 3)`` for a batch, with
             blur >= 0 (pixels), 0 <= noise <= 1 and 1 <= jpeg <= 100 (100: not compressed); NaN
             for unknown. None: unknown (the model sharpens blind).

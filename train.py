@@ -601,6 +601,13 @@ def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor,
     return (sharpen.jpeg(x, quality) if quality else _8bit(x)), kernels
 
 
+def _condition_levels(name: str, kernels: torch.Tensor) -> torch.Tensor:
+    """What a conditioned model is told about a condition's images: ``(N, 3)`` levels."""
+    _, noise, quality = CONDITIONS[name]
+    return torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(kernels),), noise),
+                        torch.full((len(kernels),), float(quality or 100))], 1)
+
+
 def _baselines(x: torch.Tensor, kernels: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
     """The classical alternatives' outputs, clamped to [0, 1] like the networks'."""
     wiener = sharpen.wiener(x, kernels, balance=settings["wiener_balance"])
@@ -645,9 +652,7 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
             x, kernels = _condition(sharp, name, ROBUSTNESS_SEED + 100 * s + c)
             outputs = {"input": x, **_baselines(x, kernels, settings[name]),
                        **{m: _run(model, x) for m, model in models.items()}}
-            _, noise, quality = CONDITIONS[name]
-            levels = torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(x),), noise),
-                                  torch.full((len(x),), float(quality or 100))], 1)
+            levels = _condition_levels(name, kernels)
             outputs |= {f"{m}_told": sharpen.sharpen(model, x, precision="fp32", levels=levels)
                         for m, model in models.items() if getattr(model, "conditioned", 0)}
             base = metrics.psnr(x, sharp)

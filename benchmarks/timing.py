@@ -4,18 +4,6 @@ import time
 from collections.abc import Callable
 
 
-def wall_times(fn, *, repeats: int, warmup: int = 1) -> list[float]:
-    """Wall time in seconds of each of ``repeats`` calls of ``fn()``, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1
                 ) -> dict[str, list[float]]:
     """Seconds of each call in each of ``rounds`` rounds, every call once per round, so that a

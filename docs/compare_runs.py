@@ -116,12 +116,10 @@ def main() -> None:
                         help="evaluation set (photos)")
     parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
     parser.add_argument("--student", default="student",
+                        choices=("student", "student_nokd", "student_nokd_time"),
                         help="which of the run's students to show as the student: student (the "
                         "distilled one), student_nokd or student_nokd_time")
     args = parser.parse_args()
-    choices = ("student", "student_nokd", "student_nokd_time")
-    if args.student not in choices:
-        parser.error(f"--student must be one of {', '.join(choices)}, got {args.student!r}")
     for run in [*args.runs, *([args.check] if args.check else [])]:
         if not (run / "report.json").is_file():
             parser.error(f"{run} holds no report.json (an output folder of python train.py)")

@@ -34,9 +34,7 @@ def gains(models: dict[str, torch.nn.Module]) -> dict[str, dict[str, dict[str, f
         if name == "sharp":
             continue
         x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
-        _, noise, quality = train.CONDITIONS[name]
-        levels = torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(x),), noise),
-                              torch.full((len(x),), float(quality or 100))], 1)
+        levels = train._condition_levels(name, kernels)
         base = metrics.psnr(x, sharp)
         for m, model in models.items():
             told = (("told", levels),) if getattr(model, "conditioned", 0) else ()
