@@ -41,9 +41,9 @@ import sharpen
 
 __all__ = [
     "IMAGE_SUFFIXES", "l1_ssim_loss", "charbonnier_loss", "train_loss", "distill_loss",
-    "train_step", "distill_step", "feature_adapters", "AdaptedStudent", "image_files",
-    "folder_pairs", "gopro_pairs", "batches", "PairDataset", "evaluate", "save_checkpoint",
-    "load_checkpoint",
+    "train_step", "distill_step", "level_loss", "level_step", "feature_adapters",
+    "AdaptedStudent", "image_files", "folder_pairs", "gopro_pairs", "batches", "PairDataset",
+    "evaluate", "save_checkpoint", "load_checkpoint",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -387,6 +387,70 @@ def _finish_step(loss: torch.Tensor, terms: dict[str, float], optimizer: torch.o
                                  f"step (loss={float(loss):.6g})")
     optimizer.step()
     return {**terms, "grad_norm": grad_norm}
+
+
+def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tensor, *,
+               quantile: float = 0.5) -> torch.Tensor:
+    """The pinball (quantile) loss of a level estimator's output against the true levels, both
+    scaled as the estimator gives them (``sharpen.scaled_levels``), averaged over images and
+    levels: at ``quantile`` 0.5, half the L1; below 0.5 the estimator learns to err low, where
+    telling a model too little costs less than telling it too much.
+
+    Args:
+        estimator: A ``sharpen.level_estimator`` (plain or DistributedDataParallel).
+        degraded: ``(B, C, H, W)`` float images, as ``sharpen.degrade`` makes them.
+        levels: ``(B, 3)`` what was done to them (``degrade(..., return_levels=True)``), all
+            known (no NaN rows).
+        quantile: Of the estimate, in (0, 1).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If the levels are misshaped, out of range or unknown (NaN).
+    """
+    _check_module("estimator", estimator)
+    if not isinstance(_unwrapped(estimator), sharpen.LevelNet):
+        raise TypeError(f"estimator must be a sharpen.LevelNet (sharpen.level_estimator), got "
+                        f"{type(_unwrapped(estimator)).__name__}")
+    _check_float_tensor("degraded", degraded)
+    if degraded.dim() != 4:
+        raise ValueError(f"degraded must be (B, C, H, W), got {tuple(degraded.shape)}")
+    _check_levels(levels, degraded)
+    quantile = _check_number("quantile", quantile, high=1)
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if bool(levels.isnan().any()):
+        raise ValueError("levels must all be known to train on them, got NaN rows")
+    error = sharpen.scaled_levels(levels.to(degraded.device, torch.float32)) \
+        - estimator(degraded).float()
+    return torch.maximum(quantile * error, (quantile - 1) * error).mean()
+
+
+def level_step(estimator: nn.Module, optimizer: torch.optim.Optimizer, degraded: torch.Tensor,
+               levels: torch.Tensor, *, quantile: float = 0.5,
+               clip_grad_norm: float | None = None) -> dict[str, float]:
+    """One step of a level estimator: :func:`level_loss` in train mode, backward,
+    ``optimizer.step()``; the arguments as there and as :func:`train_step`'s.
+
+    Returns:
+        ``{"loss": float, "grad_norm": float}`` (the norm before clipping).
+
+    Raises:
+        TypeError, ValueError: as :func:`level_loss`, and as :func:`train_step` for the
+            optimizer and the clip.
+        FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
+
+    Example:
+        >>> estimator = sharpen.level_estimator()
+        >>> opt = torch.optim.Adam(estimator.parameters(), lr=2e-3)
+        >>> x, levels = sharpen.degrade(torch.rand(2, 3, 32, 32), kind="real", return_levels=True)
+        >>> sorted(level_step(estimator, opt, x, levels))
+        ['grad_norm', 'loss']
+    """
+    _check_step_options(optimizer, clip_grad_norm, estimator)
+    estimator.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = level_loss(estimator, degraded, levels, quantile=quantile)
+    return _finish_step(loss, {"loss": float(loss.detach())}, optimizer, clip_grad_norm)
 
 
 def train_step(

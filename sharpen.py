@@ -43,7 +43,8 @@ __all__ = [
     "disk_kernel", "anisotropic_gaussian_kernel", "blur", "add_noise", "jpeg", "unsharp_mask",
     "wiener", "kernel_sigma", "degrade", "dead_leaves", "LEVELS", "check_levels", "UNet",
     "PaperNet", "unet", "teacher", "student", "paper_teacher", "paper_student", "fast_bf16",
-    "count_params", "count_macs",
+    "count_params", "count_macs", "LevelNet", "level_estimator", "scaled_levels",
+    "estimate_levels",
     "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
 ]
 
@@ -899,9 +900,7 @@ def _level_maps(levels: Tensor | None, h: Tensor) -> Tensor:
                              f"{tuple(levels.shape)}")
         levels = levels.to(h.device, h.dtype).expand(n, 3)
         known = ~levels.isnan().any(1, keepdim=True)
-        scaled = torch.stack([levels[:, 0] / _LEVEL_SCALE[0], levels[:, 1] / _LEVEL_SCALE[1],
-                              (100 - levels[:, 2]) / 70], 1)
-        v = torch.cat([known.to(h.dtype), scaled.nan_to_num() * known], 1)
+        v = torch.cat([known.to(h.dtype), scaled_levels(levels).nan_to_num() * known], 1)
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
 
 
@@ -1173,7 +1172,123 @@ def paper_student(*, blocks: int = 2) -> PaperNet:
     return _paper("paper_student", blocks)
 
 
-_FACTORIES = {f.__name__: f for f in (unet, teacher, student, paper_teacher, paper_student)}
+class LevelNet(nn.Module):
+    """Estimates what was done to an image, as a conditioned model is told it; build it with
+    ``level_estimator`` and run it with ``estimate_levels``.
+
+    The image and its high-pass (the image minus its 3x3 mean, times 20) go through conv3x3-ReLU
+    layers that halve the size ``depth - 1`` times; a last 1x1 conv gives, at each place, a guess
+    of each scaled level (blur / 3, noise / 0.04, (100 - jpeg) / 70, as ``_level_maps``) and a
+    weight, and the output is the guesses' softmax-weighted mean over the image, so that each
+    level is read where it shows (noise in flat areas, blur at edges). ``forward``: ``(B, C, H,
+    W)`` to ``(B, 3)`` scaled levels; ``parts``: the guesses and weights ``(B, 6, h, w)``.
+    """
+
+    def __init__(self, width: int, depth: int, in_channels: int) -> None:
+        super().__init__()
+        self.in_channels, self.multiple = in_channels, 2 ** (depth - 1)
+        ch = [width * 2 ** (level // 2) for level in range(depth)]  # doubling every other level
+        layers: list[nn.Module] = [nn.Conv2d(2 * in_channels, ch[0], 3, padding=1), nn.ReLU()]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers += [nn.Conv2d(a, a, 3, padding=1), nn.ReLU(),
+                       nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(ch[-1], ch[-1], 3, padding=1), nn.ReLU(),
+                   nn.Conv2d(ch[-1], 2 * len(LEVELS), 1)]
+        self.body = nn.Sequential(*layers)
+
+    def parts(self, x: Tensor) -> Tensor:
+        """Per place, the guesses of the scaled levels and their weights' logits."""
+        high = x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        return self.body(torch.cat([x - 0.5, 20 * high], 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        guess, logit = self.parts(x).flatten(2).split(len(LEVELS), 1)
+        return (guess * logit.softmax(-1)).sum(-1)
+
+
+def level_estimator(*, width: int = 24, depth: int = 4, in_channels: int = 3) -> LevelNet:
+    """A level estimator (``LevelNet``) for ``estimate_levels``, untrained; ``kd.level_step``
+    trains it on ``degrade(..., return_levels=True)``'s images and levels.
+
+    Args:
+        width: Channels of the first level, 1 to 1024 (doubling every other level).
+        depth: Number of resolution levels, 1 to 8.
+        in_channels: Image channels, 1 to 64.
+
+    Returns:
+        The model, with ``model.config = {"factory": "level_estimator", "kwargs": {...}}``.
+
+    Raises:
+        ValueError: If an argument is out of range.
+    """
+    kwargs = {"width": _check_int("width", width, low=1, high=1024),
+              "depth": _check_int("depth", depth, low=1, high=8),
+              "in_channels": _check_int("in_channels", in_channels, low=1, high=64)}
+    model = LevelNet(**kwargs)
+    model.config = {"factory": "level_estimator", "kwargs": kwargs}
+    return model
+
+
+def scaled_levels(levels: Tensor) -> Tensor:
+    """Levels ``(B, 3)`` (blur, noise, jpeg) as a ``LevelNet`` outputs them: blur / 3,
+    noise / 0.04, (100 - jpeg) / 70; NaN rows stay NaN."""
+    return torch.stack([levels[:, 0] / _LEVEL_SCALE[0], levels[:, 1] / _LEVEL_SCALE[1],
+                        (100 - levels[:, 2]) / 70], 1)
+
+
+def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> Tensor:
+    """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
+    img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
+
+    Images larger than ``tile`` x ``tile`` are read in tiles (memory stays bounded), whose
+    guesses are weighted over the whole image as if in one piece.
+
+    Args:
+        estimator: A ``level_estimator`` (``LevelNet``), trained.
+        img: ``(B, C, H, W)`` or ``(C, H, W)`` in [0, 1], each side at least 8.
+        tile: Tile side in pixels, >= 64.
+
+    Returns:
+        ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
+        0-1, JPEG quality 1-100, as ``check_levels`` takes them.
+
+    Raises:
+        TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
+        ValueError: If ``img`` has the wrong shape, channels or size, or ``tile`` is too small.
+    """
+    if not isinstance(estimator, LevelNet):
+        raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
+                        f"{type(estimator).__name__}")
+    x, single = _as_batch("img", img)
+    tile = _check_int("tile", tile, low=64)
+    if x.shape[1] != estimator.in_channels:
+        raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
+                         f"{estimator.in_channels}")
+    if min(x.shape[-2:]) < 8:
+        raise ValueError(f"img must be at least 8x8, got {tuple(x.shape[-2:])}")
+    first = next(estimator.parameters())
+    top = torch.full((len(x), len(LEVELS)), -math.inf, device=x.device)  # running max logit
+    weight, total = torch.zeros_like(top), torch.zeros_like(top)
+    with torch.no_grad():
+        for y0 in range(0, x.shape[-2], tile):
+            for x0 in range(0, x.shape[-1], tile):
+                part = x[..., y0 : y0 + tile, x0 : x0 + tile]
+                out = estimator.eval().parts(part.to(first.device, first.dtype))
+                guess, logit = out.float().to(x.device).flatten(2).split(len(LEVELS), 1)
+                new_top = torch.maximum(top, logit.amax(-1))
+                shrink, w = (top - new_top).exp(), (logit - new_top[..., None]).exp()
+                weight = weight * shrink + w.sum(-1)
+                total = total * shrink + (w * guess).sum(-1)
+                top = new_top
+    scaled = total / weight
+    levels = torch.stack([_LEVEL_SCALE[0] * scaled[:, 0].clamp_min(0),
+                          (_LEVEL_SCALE[1] * scaled[:, 1]).clamp(0, 1),
+                          (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1).float()
+    return levels[0] if single else levels
+
+
+_FACTORIES = {f.__name__: f for f in (unet, teacher, student, paper_teacher, paper_student,
+                                         level_estimator)}
 
 
 def fast_bf16(device: Device = None) -> bool:
@@ -1536,10 +1651,13 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
 def main(argv: list[str] | None = None) -> int:
     """``python sharpen.py INPUT... [--weights MODEL.pt]``: write ``<stem>_sharp.png`` per input.
 
-    Without ``--weights``, the student shipped beside this file (``weights/student.pt``).
+    Without ``--weights``, the student shipped beside this file (``weights/student.pt``). A
+    conditioned model told nothing (no ``--blur``, ``--noise``, ``--jpeg`` or ``--blind``) is told
+    the levels the shipped estimator (``weights/levels.pt``, or ``--levels``) reads from each image.
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
     shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
+    shipped_levels = shipped.with_name("levels.pt")
     parser = argparse.ArgumentParser(
         prog="sharpen.py", epilog=f"Without --weights: the shipped student, {shipped}.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
@@ -1566,6 +1684,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jpeg", type=int, metavar="QUALITY",
                         help="tell the model the JPEG quality (1-100; 100: not compressed); "
                         "needs a conditioned model")
+    parser.add_argument("--blind", action="store_true",
+                        help="sharpen blind: tell a conditioned model nothing, not even estimates")
+    parser.add_argument("--levels", metavar="ESTIMATOR.pt",
+                        help="level estimator (train_levels.py) whose estimates a conditioned "
+                        "model is told when --blur, --noise, --jpeg and --blind are not given "
+                        f"(default: {shipped_levels.name} beside the shipped student)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (inputs are never replaced)")
@@ -1584,6 +1708,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
     told = [args.blur, args.noise, args.jpeg]
+    if args.blind and told != [None] * 3:
+        parser.error("--blind excludes --blur, --noise and --jpeg")
+    if args.blind and args.levels is not None:
+        parser.error("--blind excludes --levels")
     levels = None if told == [None] * 3 else (args.blur or 0.0, args.noise or 0.0,
                                                100 if args.jpeg is None else args.jpeg)
     try:
@@ -1595,9 +1723,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
         model = load_model(args.weights or shipped, map_location=args.device)
-        if levels is not None and not getattr(model, "conditioned", 0):
+        conditioned = getattr(model, "conditioned", 0)
+        if levels is not None and not conditioned:
             raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
                              f"conditioned=1, 2 or 3)); {args.weights or shipped} sharpens blind")
+        if args.levels is not None and not conditioned:
+            raise ValueError(f"--levels needs a conditioned model (unet(conditioned=1, 2 or "
+                             f"3)); {args.weights or shipped} sharpens blind")
+        estimator = None
+        if conditioned and levels is None and not args.blind and (
+                args.levels is not None or shipped_levels.is_file()):
+            estimator = load_model(args.levels or shipped_levels, map_location=args.device)
+            if not isinstance(estimator, LevelNet):
+                raise ValueError(f"{args.levels or shipped_levels} is a "
+                                 f"{type(estimator).__name__}, not a level estimator")
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
@@ -1612,12 +1751,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} would overwrite an input or another output")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
-            out = sharpen(model, load_image(src), tile=args.tile, overlap=args.overlap,
-                          precision=args.precision, levels=levels)
+            img, told = load_image(src), levels
+            if estimator is not None:
+                told = tuple(estimate_levels(estimator, img.to(args.device)).tolist())
+            out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
+                          precision=args.precision, levels=told)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
             taken.add(os.path.realpath(dst))
-            print(f"{src} -> {dst}")
+            print(f"{src} -> {dst}" + ("" if estimator is None else
+                  f" (estimated blur {told[0]:.2f} px, noise {told[1]:.3f}, JPEG quality "
+                  f"{told[2]:.0f})"))
         except (OSError, ValueError) as e:
             print(f"sharpen.py: {src}: {e}", file=sys.stderr)
             failed += 1

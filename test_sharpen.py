@@ -1188,7 +1188,7 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
     img = sharpen.load_image(tmp_path / "a.png")
     expected = sharpen.sharpen(told, img, levels=(1.2, 0.0, 80))
     assert (out - expected).abs().max() <= 1 / 255
-    assert sharpen.main([*args, "--overwrite"]) == 0  # not told: blind
+    assert sharpen.main([*args, "--overwrite", "--blind"]) == 0
     blind = sharpen.load_image(tmp_path / "a_sharp.png")
     assert (blind - sharpen.sharpen(told, img)).abs().max() <= 1 / 255
     assert (blind - out).abs().max() > 2 / 255  # the levels changed the output
@@ -1203,6 +1203,38 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, *bad])
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_path, capsys):
+    img = torch.rand(3, 40, 36, generator=gen())
+    sharpen.save_image(img, tmp_path / "a.png")
+    img = sharpen.load_image(tmp_path / "a.png")
+    told = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=3), std=0.05)
+    est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.2)
+    sharpen.save_model(tmp_path / "told.pt", told)
+    sharpen.save_model(tmp_path / "est.pt", est)
+    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "told.pt")]
+    assert sharpen.main([*args, "--levels", str(tmp_path / "est.pt")]) == 0
+    levels = sharpen.estimate_levels(est, img)
+    assert f"estimated blur {levels[0]:.2f} px, noise {levels[1]:.3f}" in capsys.readouterr().out
+    expected = sharpen.sharpen(told, img, levels=tuple(levels.tolist()))
+    assert (sharpen.load_image(tmp_path / "a_sharp.png") - expected).abs().max() <= 1 / 255
+    assert sharpen.main([*args, "--blind", "--overwrite"]) == 0
+    blind = sharpen.sharpen(told, img)
+    assert (sharpen.load_image(tmp_path / "a_sharp.png") - blind).abs().max() <= 1 / 255
+    assert (blind - expected).abs().max() > 2 / 255  # the estimates changed the output
+    for bad, match in [(["--blind", "--blur", "1"], "--blind excludes --blur, --noise and --jpeg"),
+                       (["--blind", "--levels", "e.pt"], "--blind excludes --levels")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main([*args, *bad])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    sharpen.save_model(tmp_path / "blind.pt", sharpen.unet(width=4, depth=2, blocks=1))
+    for weights, levels, match in [("blind.pt", "est.pt", "--levels needs a conditioned model"),
+                                   ("told.pt", "told.pt", "told.pt is a UNet, not a level "
+                                                          "estimator")]:
+        assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tmp_path / weights),
+                             "--levels", str(tmp_path / levels), "--overwrite"]) == 2
+        assert match in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- image files
@@ -1433,6 +1465,85 @@ def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
     sharpen.save_image(photo_8bit("rocket", 64), tmp_path / "r.png")
     assert sharpen.main([str(tmp_path / "r.png")]) == 0
     assert sharpen.load_image(tmp_path / "r_sharp.png").shape == (3, 64, 64)
+
+
+# ---------------------------------------------------------------------------- level estimator
+
+
+def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path):
+    est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.1)
+    assert est.config == {"factory": "level_estimator",
+                          "kwargs": {"width": 4, "depth": 2, "in_channels": 3}}
+    sharpen.save_model(tmp_path / "e.pt", est)
+    loaded = sharpen.load_model(tmp_path / "e.pt")
+    assert isinstance(loaded, sharpen.LevelNet) and not loaded.training
+    x = torch.rand(2, 3, 20, 27, generator=gen())
+    levels = sharpen.estimate_levels(loaded, x)
+    assert levels.shape == (2, 3) and levels.dtype == torch.float32
+    assert torch.equal(sharpen.check_levels(levels, 2), levels)  # in range, all known
+    assert torch.equal(sharpen.estimate_levels(loaded, x[0]), levels[0])
+    with torch.no_grad():
+        scaled = est.eval()(x)
+    expected = torch.stack([3 * scaled[:, 0].clamp_min(0), (0.04 * scaled[:, 1]).clamp(0, 1),
+                            (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1)
+    torch.testing.assert_close(levels, expected)
+
+
+def test_estimate_levels_in_tiles_weighs_them_as_one_image():
+    est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.3)
+    x = torch.rand(1, 3, 100, 150, generator=gen())
+    with torch.no_grad():  # each 64x64 tile on its own, then one softmax over all of them
+        parts = [est.parts(x[..., i : i + 64, j : j + 64]).flatten(2)
+                 for i in (0, 64) for j in (0, 64, 128)]
+    guess, logit = torch.cat(parts, -1).split(3, 1)
+    scaled = (guess * logit.softmax(-1)).sum(-1)
+    expected = torch.stack([3 * scaled[:, 0].clamp_min(0), (0.04 * scaled[:, 1]).clamp(0, 1),
+                            (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1)
+    torch.testing.assert_close(sharpen.estimate_levels(est, x, tile=64), expected)
+    whole = sharpen.estimate_levels(est, x)  # one tile: the tiles' borders differ a little
+    assert not torch.equal(whole, expected)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda e, x: sharpen.estimate_levels(sharpen.student(), x), TypeError,
+     "estimator must be a LevelNet.*got UNet"),
+    (lambda e, x: sharpen.estimate_levels(e, x[:, :1]), ValueError,
+     "img has 1 channels, the estimator takes 3"),
+    (lambda e, x: sharpen.estimate_levels(e, x[..., :7, :]), ValueError,
+     r"at least 8x8, got \(7, 16\)"),
+    (lambda e, x: sharpen.estimate_levels(e, x, tile=32), ValueError, "tile must be >= 64"),
+    (lambda e, x: sharpen.estimate_levels(e, x.long()), TypeError, "img"),
+    (lambda e, x: sharpen.level_estimator(width=0), ValueError, "width"),
+    (lambda e, x: sharpen.level_estimator(depth=9), ValueError, "depth"),
+    (lambda e, x: kd.level_loss(sharpen.student(), x, torch.zeros(2, 3)), TypeError,
+     "estimator must be a sharpen.LevelNet.*got UNet"),
+    (lambda e, x: kd.level_loss(e, x, torch.full((2, 3), math.nan)), ValueError,
+     "levels must all be known"),
+    (lambda e, x: kd.level_loss(e, x, torch.zeros(3, 3)), ValueError, r"\(B, 3\) = \(2, 3\)"),
+    (lambda e, x: kd.level_loss(e, x, torch.tensor([[1.0, 2.0, 100.0]] * 2)), ValueError,
+     "noise <= 1"),
+    (lambda e, x: kd.level_loss(e, x[0], torch.zeros(2, 3)), ValueError, r"\(B, C, H, W\)"),
+])
+def test_level_estimator_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call(sharpen.level_estimator(width=4, depth=2), torch.rand(2, 3, 16, 16))
+
+
+def test_level_loss_is_the_l1_of_scaled_levels_and_level_step_learns():
+    est = sharpen.level_estimator(width=4, depth=2)
+    x, levels = sharpen.degrade(torch.rand(4, 3, 24, 24, generator=gen()), kind="real",
+                                generator=gen(), return_levels=True)
+    target = torch.stack([levels[:, 0] / 3, levels[:, 1] / 0.04, (100 - levels[:, 2]) / 70], 1)
+    with torch.no_grad():
+        assert torch.allclose(kd.level_loss(est, x, levels), 0.5 * (est(x) - target).abs().mean())
+        low = kd.level_loss(est, x, levels, quantile=0.2)  # over-estimates cost 0.8, under 0.2
+        error = target - est(x)
+        assert torch.allclose(low, torch.where(error > 0, 0.2 * error, -0.8 * error).mean())
+    opt = torch.optim.Adam(est.parameters(), lr=1e-2)
+    first = kd.level_step(est, opt, x, levels)["loss"]
+    for _ in range(30):
+        last = kd.level_step(est, opt, x, levels)["loss"]
+    assert last < 0.5 * first
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -8,7 +8,12 @@ the robustness table, drawn as ``train.py`` draws them to tune the baselines; bl
 conditioned model, told the condition's levels. Prints the mean over the 16 conditions, told
 and blind, and their mean (the rule that chose the shipped students: the highest), then the
 gain per condition. ``--estimate`` also scores, for a model with a Wiener estimate
-(``conditioned`` 2 or 3), that estimate alone, told the same levels.
+(``conditioned`` 2 or 3), that estimate alone, told the same levels. ``--levels
+ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
+(``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing).
+``--scored`` runs on the three scored photo sets instead (for reporting only: choices are made
+on the validation photos), and also prints the worst image's gain. For the sharp condition it
+prints the PSNR (and, with ``--scored``, the SSIM), not a gain.
 """
 
 from __future__ import annotations
@@ -26,28 +31,37 @@ import sharpen  # noqa: E402
 import train  # noqa: E402
 
 
-def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False
-          ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {"blind" | "told" | "estimate": {condition: mean gain in dB}}}`` on the
-    validation photos."""
-    sharp = train._8bit(torch.stack([train._resized(train._photo(p), 256)
-                                     for p in train.VALIDATION_PHOTOS]))
-    out = {m: {"blind": {}, "told": {}, "estimate": {}} for m in models}
+def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
+          estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None
+          ) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """``{model: {"blind" | "told" | "estimate" | "auto": {condition: (mean gain, worst image's
+    gain in dB, mean SSIM)}}}`` on ``sharp`` (default: the validation photos); for ``"sharp"``,
+    the PSNR (mean, worst image's) instead of the gain."""
+    if sharp is None:
+        sharp = train._8bit(torch.stack([train._resized(train._photo(p), 256)
+                                         for p in train.VALIDATION_PHOTOS]))
+    out = {m: {"blind": {}, "told": {}, "estimate": {}, "auto": {}} for m in models}
     for i, name in enumerate(train.CONDITIONS):
-        if name == "sharp":
-            continue
         x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
         levels = train._condition_levels(name, kernels)
+        auto = None if estimator is None else sharpen.estimate_levels(estimator, x)
         base = metrics.psnr(x, sharp)
+
+        def gain(y: torch.Tensor) -> tuple[float, float, float]:
+            g = metrics.psnr(y, sharp) - (0 if name == "sharp" else base)  # noqa: B023
+            return g.mean().item(), g.min().item(), metrics.ssim(y, sharp).mean().item()
+
         for m, model in models.items():
-            told = (("told", levels),) if getattr(model, "conditioned", 0) else ()
-            for mode, lv in (("blind", None), *told):
-                y = sharpen.sharpen(model, x, precision="fp32", levels=lv)
-                out[m][mode][name] = (metrics.psnr(y, sharp) - base).mean().item()
-            if estimate and getattr(model, "conditioned", 0) >= 2:
+            conditioned = getattr(model, "conditioned", 0)
+            modes = [("blind", None)] + [("told", levels), ("auto", auto)] * bool(conditioned)
+            for mode, lv in modes:
+                if mode != "auto" or auto is not None:
+                    out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32",
+                                                              levels=lv))
+            if estimate and conditioned >= 2:
                 with torch.no_grad():
-                    y = (x + model._estimate(x, levels, None)).clamp(0, 1)
-                out[m]["estimate"][name] = (metrics.psnr(y, sharp) - base).mean().item()
+                    out[m]["estimate"][name] = gain((x + model._estimate(x, levels, None))
+                                                    .clamp(0, 1))
     return out
 
 
@@ -56,19 +70,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models", nargs="+", help="model files written by sharpen.save_model")
     parser.add_argument("--estimate", action="store_true",
                         help="also score each model's Wiener estimate alone, told the levels")
+    parser.add_argument("--levels", metavar="ESTIMATOR.pt",
+                        help="also score conditioned models told this estimator's levels")
+    parser.add_argument("--scored", action="store_true",
+                        help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
     try:
         models = {path: sharpen.load_model(path) for path in args.models}
+        estimator = None if args.levels is None else sharpen.load_model(args.levels)
     except (OSError, ValueError) as e:
         parser.error(str(e))
-    for m, result in gains(models, estimate=args.estimate).items():
-        mean = {mode: sum(g.values()) / len(g) for mode, g in result.items() if g}
-        print(m + ": " + ", ".join(f"{mode} {v:+.2f} dB" for mode, v in mean.items())
-              + (f"; mean of told and blind {(mean['told'] + mean['blind']) / 2:.2f}"
-                 if "told" in mean else ""))
-        for mode, g in result.items():
-            if g:
-                print(f"  {mode}: " + ", ".join(f"{c} {v:+.2f}" for c, v in g.items()))
+    if estimator is not None and not isinstance(estimator, sharpen.LevelNet):
+        parser.error(f"--levels {args.levels} is not a level estimator (train_levels.py's)")
+    sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {"validation": None}
+    for set_name, sharp in sets.items():
+        print(f"== {set_name}")
+        result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp)
+        for m, modes in result.items():
+            mean = {mode: sum(v[0] for c, v in g.items() if c != "sharp") / (len(g) - 1)
+                    for mode, g in modes.items() if g}
+            print(m + ": " + ", ".join(f"{mode} {v:+.2f} dB" for mode, v in mean.items())
+                  + (f"; mean of told and blind {(mean['told'] + mean['blind']) / 2:.2f}"
+                     if "told" in mean else ""))
+            for mode, g in modes.items():
+                if g:
+                    print(f"  {mode}: " + ", ".join(
+                        f"{c} {v[0]:+.2f}" + (f" ({v[1]:+.2f}" + (f", SSIM {v[2]:.4f}" if c
+                                                                     == "sharp" else "") + ")"
+                                              if args.scored else "")
+                        for c, v in g.items()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""Train a level estimator (``sharpen.level_estimator``): what ``python sharpen.py photo.jpg``
+tells a conditioned model when the user tells it nothing (``sharpen.estimate_levels``).
+
+    pip install -e ".[eval]" && python train_levels.py --out runs/levels
+
+It learns from ``train.py --blur real --train-photos``'s training images, degraded by
+``sharpen.degrade(kind="real")`` with 8-bit rounding, the levels it returns being the targets.
+It writes ``OUT/estimator.pt`` and prints its errors on the validation photos under each
+condition of the robustness table. ``python docs/validate.py --levels OUT/estimator.pt
+weights/student.pt`` then scores the student told its estimates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import kd
+import sharpen
+import train
+
+
+def _degrade(sharp: torch.Tensor, *, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    blurred, levels = sharpen.degrade(sharp, kind="real", generator=generator,
+                                      return_levels=True)
+    return train._8bit(blurred), levels
+
+
+def _errors(estimator: sharpen.LevelNet) -> None:
+    """Mean estimate against the truth per condition, on the validation photos."""
+    sharp = train._8bit(torch.stack([train._resized(train._photo(p), 256)
+                                     for p in train.VALIDATION_PHOTOS]))
+    print(f"on the {len(sharp)} validation photos, mean (blur, noise, jpeg): true -> estimated")
+    for i, name in enumerate(train.CONDITIONS):
+        x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
+        true = train._condition_levels(name, kernels).mean(0)
+        est = sharpen.estimate_levels(estimator, x)
+        spread = est[:, 0].min().item(), est[:, 0].max().item()
+        print(f"  {name:26} ({true[0]:.2f}, {true[1]:.3f}, {true[2]:3.0f}) -> "
+              f"({est[:, 0].mean():.2f}, {est[:, 1].mean():.3f}, {est[:, 2].mean():3.0f}); "
+              f"blur {spread[0]:.2f}-{spread[1]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python train_levels.py",
+                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("--steps", type=int, default=3000, help="training steps (3000)")
+    p.add_argument("--batch-size", type=int, default=64, help="(64)")
+    p.add_argument("--size", type=int, default=64, help="training crop size in pixels (64)")
+    p.add_argument("--width", type=int, default=24, help="the estimator's width (24)")
+    p.add_argument("--train-images", type=int, default=192,
+                   help="dead-leaves training images (192), beside the photo tiles")
+    p.add_argument("--quantile", type=float, default=0.5,
+                   help="of the estimates (kd.level_loss): below 0.5 they err low (0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "train_images"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 32 <= args.size <= 128:
+        p.error(f"--size must be from 32 to 128 (the training images' size), got {args.size}")
+    if not 0 < args.quantile < 1:
+        p.error(f"--quantile must be in (0, 1), got {args.quantile}")
+    if not train._has_skimage():
+        p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
+    torch.manual_seed(args.seed)
+    estimator = sharpen.level_estimator(width=args.width)  # checks --width
+    generator = torch.Generator().manual_seed(args.seed)
+    images = train._8bit(torch.cat([
+        sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
+        train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
+    data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
+                      degrade=functools.partial(_degrade))
+    opt = torch.optim.Adam(estimator.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start, mean = time.perf_counter(), None
+    for step in range(1, args.steps + 1):
+        degraded, _, levels = next(data)
+        loss = kd.level_step(estimator, opt, degraded, levels, quantile=args.quantile)["loss"]
+        schedule.step()
+        mean = loss if mean is None else 0.98 * mean + 0.02 * loss
+        if step % 200 == 0 or step == args.steps:
+            print(f"step {step}/{args.steps}: loss {mean:.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    sharpen.save_model(args.out / "estimator.pt", estimator)
+    print(f"wrote {args.out / 'estimator.pt'} ({sharpen.count_params(estimator):,} parameters, "
+          f"{time.perf_counter() - start:.0f} s)")
+    _errors(estimator.eval())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
