@@ -1266,14 +1266,14 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
                          f"{estimator.in_channels}")
     if min(x.shape[-2:]) < 8:
         raise ValueError(f"img must be at least 8x8, got {tuple(x.shape[-2:])}")
-    first = next(estimator.parameters())
+    first = next(estimator.eval().parameters())
     top = torch.full((len(x), len(LEVELS)), -math.inf, device=x.device)  # running max logit
     weight, total = torch.zeros_like(top), torch.zeros_like(top)
     with torch.no_grad():
         for y0 in range(0, x.shape[-2], tile):
             for x0 in range(0, x.shape[-1], tile):
                 part = x[..., y0 : y0 + tile, x0 : x0 + tile]
-                out = estimator.eval().parts(part.to(first.device, first.dtype))
+                out = estimator.parts(part.to(first.device, first.dtype))
                 guess, logit = out.float().to(x.device).flatten(2).split(len(LEVELS), 1)
                 new_top = torch.maximum(top, logit.amax(-1))
                 shrink, w = (top - new_top).exp(), (logit - new_top[..., None]).exp()
@@ -1283,7 +1283,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     scaled = total / weight
     levels = torch.stack([_LEVEL_SCALE[0] * scaled[:, 0].clamp_min(0),
                           (_LEVEL_SCALE[1] * scaled[:, 1]).clamp(0, 1),
-                          (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1).float()
+                          (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1)
     return levels[0] if single else levels
 
 
@@ -1751,17 +1751,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} would overwrite an input or another output")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
-            img, told = load_image(src), levels
+            img, given = load_image(src), levels
             if estimator is not None:
-                told = tuple(estimate_levels(estimator, img.to(args.device)).tolist())
+                given = tuple(estimate_levels(estimator, img.to(args.device)).tolist())
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
-                          precision=args.precision, levels=told)
+                          precision=args.precision, levels=given)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
-                  f" (estimated blur {told[0]:.2f} px, noise {told[1]:.3f}, JPEG quality "
-                  f"{told[2]:.0f})"))
+                  f" (estimated blur {given[0]:.2f} px, noise {given[1]:.3f}, JPEG quality "
+                  f"{given[2]:.0f})"))
         except (OSError, ValueError) as e:
             print(f"sharpen.py: {src}: {e}", file=sys.stderr)
             failed += 1

@@ -238,6 +238,12 @@ def _photo(name: str) -> torch.Tensor:
     return img.expand(3, -1, -1) if img.ndim == 2 else img.permute(2, 0, 1)[:3]
 
 
+def _validation_photos(size: int) -> torch.Tensor:
+    """The validation photos ``(N, 3, size, size)``, area-resized and 8-bit: settings are chosen
+    on them, and they never score."""
+    return _8bit(torch.stack([_resized(_photo(p), size) for p in VALIDATION_PHOTOS]))
+
+
 def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
     """The photos three ways, ``(N, 3, size, size)`` each: area-resized (the paper's protocol),
     bicubically resized, and native-resolution central crops (camera detail, no resizing)."""
@@ -800,8 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"choosing the baselines' settings on {len(VALIDATION_PHOTOS)} validation photos",
               flush=True)
         clock = time.perf_counter()
-        validation = _8bit(torch.stack([_resized(_photo(p), args.eval_size)
-                                        for p in VALIDATION_PHOTOS]))
+        validation = _validation_photos(args.eval_size)
         settings = _tune_baselines(validation)
         seconds["baseline_tuning"] = time.perf_counter() - clock
         robustness = _robustness(models, robust_sets, settings)

@@ -13,7 +13,6 @@ weights/student.pt`` then scores the student told its estimates.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ def _degrade(sharp: torch.Tensor, *, generator: torch.Generator) -> tuple[torch.
 
 def _errors(estimator: sharpen.LevelNet) -> None:
     """Mean estimate against the truth per condition, on the validation photos."""
-    sharp = train._8bit(torch.stack([train._resized(train._photo(p), 256)
-                                     for p in train.VALIDATION_PHOTOS]))
+    sharp = train._validation_photos(256)
     print(f"on the {len(sharp)} validation photos, mean (blur, noise, jpeg): true -> estimated")
     for i, name in enumerate(train.CONDITIONS):
         x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
         train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
-                      degrade=functools.partial(_degrade))
+                      degrade=_degrade)
     opt = torch.optim.Adam(estimator.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)

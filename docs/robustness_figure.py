@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +25,7 @@ import train  # noqa: E402
 def main() -> None:
     models = {name: sharpen.load_model(ROOT / "weights" / f"{name}.pt")
               for name in ("teacher", "student")}
-    validation = train._8bit(torch.stack([train._resized(train._photo(p), 256)
-                                          for p in train.VALIDATION_PHOTOS]))
+    validation = train._validation_photos(256)
     settings = train._tune_baselines(validation)
     photos = train._photo_sets(train.PHOTOS, 256)["photos"]
     pairs = [(train._8bit(sharpen.gaussian_blur(photo, 1.5)), photo) for photo in photos[:3]]

@@ -38,8 +38,7 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     gain in dB, mean SSIM)}}}`` on ``sharp`` (default: the validation photos); for ``"sharp"``,
     the PSNR (mean, worst image's) instead of the gain."""
     if sharp is None:
-        sharp = train._8bit(torch.stack([train._resized(train._photo(p), 256)
-                                         for p in train.VALIDATION_PHOTOS]))
+        sharp = train._validation_photos(256)
     out = {m: {"blind": {}, "told": {}, "estimate": {}, "auto": {}} for m in models}
     for i, name in enumerate(train.CONDITIONS):
         x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
@@ -53,8 +52,8 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
 
         for m, model in models.items():
             conditioned = getattr(model, "conditioned", 0)
-            modes = [("blind", None)] + [("told", levels), ("auto", auto)] * bool(conditioned)
-            for mode, lv in modes:
+            modes = {"blind": None} | ({"told": levels, "auto": auto} if conditioned else {})
+            for mode, lv in modes.items():
                 if mode != "auto" or auto is not None:
                     out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32",
                                                               levels=lv))
