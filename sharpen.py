@@ -841,7 +841,7 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
 
 
 LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
-_LEVEL_SCALE = (3.0, 0.04)  # blur sigma, white-noise std: degrade(kind="real")'s largest draws
+_LEVEL_SCALE = (3.0, 0.04, 70.0)  # blur, noise, 100 - jpeg: degrade(kind="real")'s largest
 
 
 def check_levels(levels: object, n: int) -> Tensor:
@@ -1178,7 +1178,7 @@ class LevelNet(nn.Module):
 
     The image and its high-pass (the image minus its 3x3 mean, times 20) go through conv3x3-ReLU
     layers that halve the size ``depth - 1`` times; a last 1x1 conv gives, at each place, a guess
-    of each scaled level (blur / 3, noise / 0.04, (100 - jpeg) / 70, as ``_level_maps``) and a
+    of each scaled level (blur / 3, noise / 0.04, (100 - jpeg) / 70, as ``scaled_levels``) and a
     weight, and the output is the guesses' softmax-weighted mean over the image, so that each
     level is read where it shows (noise in flat areas, blur at edges). ``forward``: ``(B, C, H,
     W)`` to ``(B, 3)`` scaled levels; ``parts``: the guesses and weights ``(B, 6, h, w)``.
@@ -1186,7 +1186,7 @@ class LevelNet(nn.Module):
 
     def __init__(self, width: int, depth: int, in_channels: int) -> None:
         super().__init__()
-        self.in_channels, self.multiple = in_channels, 2 ** (depth - 1)
+        self.in_channels = in_channels
         ch = [width * 2 ** (level // 2) for level in range(depth)]  # doubling every other level
         layers: list[nn.Module] = [nn.Conv2d(2 * in_channels, ch[0], 3, padding=1), nn.ReLU()]
         for a, b in zip(ch[:-1], ch[1:]):
@@ -1232,8 +1232,9 @@ def level_estimator(*, width: int = 24, depth: int = 4, in_channels: int = 3) ->
 def scaled_levels(levels: Tensor) -> Tensor:
     """Levels ``(B, 3)`` (blur, noise, jpeg) as a ``LevelNet`` outputs them: blur / 3,
     noise / 0.04, (100 - jpeg) / 70; NaN rows stay NaN."""
-    return torch.stack([levels[:, 0] / _LEVEL_SCALE[0], levels[:, 1] / _LEVEL_SCALE[1],
-                        (100 - levels[:, 2]) / 70], 1)
+    blur, noise, jpeg = levels.unbind(1)
+    return torch.stack([blur / _LEVEL_SCALE[0], noise / _LEVEL_SCALE[1],
+                        (100 - jpeg) / _LEVEL_SCALE[2]], 1)
 
 
 def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> Tensor:
@@ -1281,9 +1282,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
                 total = total * shrink + (w * guess).sum(-1)
                 top = new_top
     scaled = total / weight
-    levels = torch.stack([_LEVEL_SCALE[0] * scaled[:, 0].clamp_min(0),
-                          (_LEVEL_SCALE[1] * scaled[:, 1]).clamp(0, 1),
-                          (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1)
+    blur, noise, lost = (scaled[:, i] * _LEVEL_SCALE[i] for i in range(len(LEVELS)))
+    levels = torch.stack([blur.clamp_min(0), noise.clamp(0, 1), (100 - lost).clamp(1, 100)], 1)
     return levels[0] if single else levels
 
 
@@ -1753,7 +1753,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             img, given = load_image(src), levels
             if estimator is not None:
-                given = tuple(estimate_levels(estimator, img.to(args.device)).tolist())
+                given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given)
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,10 @@ import train  # noqa: E402
 
 def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
           estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None
-          ) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+          ) -> dict[str, dict[str, dict[str, tuple[float, float, float | None]]]]:
     """``{model: {"blind" | "told" | "estimate" | "auto": {condition: (mean gain, worst image's
-    gain in dB, mean SSIM)}}}`` on ``sharp`` (default: the validation photos); for ``"sharp"``,
-    the PSNR (mean, worst image's) instead of the gain."""
+    gain in dB, None)}}}`` on ``sharp`` (default: the validation photos); for ``"sharp"``, the
+    PSNR (mean, worst image's) and the mean SSIM instead."""
     if sharp is None:
         sharp = train._validation_photos(256)
     out = {m: {"blind": {}, "told": {}, "estimate": {}, "auto": {}} for m in models}
@@ -46,9 +46,12 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         auto = None if estimator is None else sharpen.estimate_levels(estimator, x)
         base = metrics.psnr(x, sharp)
 
-        def gain(y: torch.Tensor) -> tuple[float, float, float]:
-            g = metrics.psnr(y, sharp) - (0 if name == "sharp" else base)  # noqa: B023
-            return g.mean().item(), g.min().item(), metrics.ssim(y, sharp).mean().item()
+        def gain(y: torch.Tensor) -> tuple[float, float, float | None]:
+            if name == "sharp":  # noqa: B023
+                p = metrics.psnr(y, sharp)
+                return p.mean().item(), p.min().item(), metrics.ssim(y, sharp).mean().item()
+            g = metrics.psnr(y, sharp) - base  # noqa: B023
+            return g.mean().item(), g.min().item(), None
 
         for m, model in models.items():
             conditioned = getattr(model, "conditioned", 0)
@@ -62,6 +65,16 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
                     out[m]["estimate"][name] = gain((x + model._estimate(x, levels, None))
                                                     .clamp(0, 1))
     return out
+
+
+def _cell(condition: str, mean: float, worst: float, ssim: float | None, *, detail: bool) -> str:
+    """One condition's result: the mean, and with ``detail`` the worst image (and the SSIM); a
+    PSNR in dB for the sharp condition, a gain for the others."""
+    f = ".2f" if condition == "sharp" else "+.2f"
+    if not detail:
+        return f"{condition} {mean:{f}}"
+    extra = "" if ssim is None else f", SSIM {ssim:.4f}"
+    return f"{condition} {mean:{f}} ({worst:{f}}{extra})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,11 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                      if "told" in mean else ""))
             for mode, g in modes.items():
                 if g:
-                    print(f"  {mode}: " + ", ".join(
-                        f"{c} {v[0]:+.2f}" + (f" ({v[1]:+.2f}" + (f", SSIM {v[2]:.4f}" if c
-                                                                     == "sharp" else "") + ")"
-                                              if args.scored else "")
-                        for c, v in g.items()))
+                    print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=args.scored)
+                                                    for c, v in g.items()))
 
 
 if __name__ == "__main__":
