@@ -1172,38 +1172,6 @@ def paper_student(*, blocks: int = 2) -> PaperNet:
     return _paper("paper_student", blocks)
 
 
-def _box(x: Tensor, k: int) -> Tensor:
-    """The mean over k x k pixels (k odd), with a replicate border: any size >= 1 works."""
-    x = F.pad(x, (k // 2,) * 4, mode="replicate")
-    return F.avg_pool2d(F.avg_pool2d(x, (1, k), 1), (k, 1), 1)
-
-
-def _gradient(y: Tensor) -> Tensor:
-    """The central-difference gradient magnitude of ``(B, 1, H, W)``, same shape."""
-    y = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    gx, gy = y[..., 1:-1, 2:] - y[..., 1:-1, :-2], y[..., 2:, 1:-1] - y[..., :-2, 1:-1]
-    return (gx * gx + gy * gy + 1e-12).sqrt()
-
-
-def _edge_widths(x: Tensor, boxes: tuple[int, ...]) -> Tensor:
-    """``LevelNet``'s edge inputs for ``(B, C, H, W)``: ``(B, 1 + len(boxes), H, W)``."""
-    y = x.mean(1, keepdim=True)
-    grad = _gradient(y)
-    ratios = [torch.log((grad + 2e-3) / (_gradient(_box(y, k)) + 2e-3)) for k in boxes]
-    return torch.cat([torch.log(grad + 1e-3) / 4 + 1, *ratios], 1)
-
-
-def _level_body(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
-    """conv3x3-ReLU layers that halve the size ``depth - 1`` times, then a 1x1 conv."""
-    ch = [width * 2 ** (level // 2) for level in range(depth)]  # doubling every other level
-    layers: list[nn.Module] = [nn.Conv2d(inputs, ch[0], 3, padding=1), nn.ReLU()]
-    for a, b in zip(ch[:-1], ch[1:]):
-        layers += [nn.Conv2d(a, a, 3, padding=1), nn.ReLU(),
-                   nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU()]
-    layers += [nn.Conv2d(ch[-1], ch[-1], 3, padding=1), nn.ReLU(), nn.Conv2d(ch[-1], outputs, 1)]
-    return nn.Sequential(*layers)
-
-
 class LevelNet(nn.Module):
     """Estimates what was done to an image, as a conditioned model is told it; build it with
     ``level_estimator`` and run it with ``estimate_levels``.
@@ -1214,40 +1182,31 @@ class LevelNet(nn.Module):
     weight, and the output is the guesses' softmax-weighted mean over the image, so that each
     level is read where it shows (noise in flat areas, blur at edges). ``forward``: ``(B, C, H,
     W)`` to ``(B, 3)`` scaled levels; ``parts``: the guesses and weights ``(B, 6, h, w)``.
-
-    With ``edges``, the blur is read by a second body of the same shape (``edge_body``) whose
-    input also holds edge widths: the log of the luminance's gradient magnitude, and the
-    log-ratios of that gradient to the gradients of the luminance box-blurred over 3, 5, 9 and 17
-    pixels. Reblurring an edge blurred by sigma by s shrinks its gradient by sqrt(sigma^2 + s^2)
-    / sigma, whatever its contrast. ``body`` then reads only noise and JPEG.
     """
 
-    BOXES = (3, 5, 9, 17)
-
-    def __init__(self, width: int, depth: int, in_channels: int, edges: bool) -> None:
+    def __init__(self, width: int, depth: int, in_channels: int) -> None:
         super().__init__()
-        self.in_channels, self.edges = in_channels, edges
-        n = len(LEVELS)
-        self.body = _level_body(2 * in_channels, width, depth, 2 * (n - 1 if edges else n))
-        if edges:
-            self.edge_body = _level_body(2 * in_channels + 1 + len(self.BOXES), width, depth, 2)
+        self.in_channels = in_channels
+        ch = [width * 2 ** (level // 2) for level in range(depth)]  # doubling every other level
+        layers: list[nn.Module] = [nn.Conv2d(2 * in_channels, ch[0], 3, padding=1), nn.ReLU()]
+        for a, b in zip(ch[:-1], ch[1:]):
+            layers += [nn.Conv2d(a, a, 3, padding=1), nn.ReLU(),
+                       nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU()]
+        layers += [nn.Conv2d(ch[-1], ch[-1], 3, padding=1), nn.ReLU(),
+                   nn.Conv2d(ch[-1], 2 * len(LEVELS), 1)]
+        self.body = nn.Sequential(*layers)
 
     def parts(self, x: Tensor) -> Tensor:
         """Per place, the guesses of the scaled levels and their weights' logits."""
-        plain = torch.cat([x - 0.5, 20 * (x - _box(x, 3))], 1)
-        if not self.edges:
-            return self.body(plain)
-        blur = self.edge_body(torch.cat([plain, _edge_widths(x, self.BOXES)], 1))
-        rest = self.body(plain)
-        return torch.cat([blur[:, :1], rest[:, :2], blur[:, 1:], rest[:, 2:]], 1)
+        high = x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        return self.body(torch.cat([x - 0.5, 20 * high], 1))
 
     def forward(self, x: Tensor) -> Tensor:
         guess, logit = self.parts(x).flatten(2).split(len(LEVELS), 1)
         return (guess * logit.softmax(-1)).sum(-1)
 
 
-def level_estimator(*, width: int = 24, depth: int = 4, in_channels: int = 3,
-                    edges: bool = False) -> LevelNet:
+def level_estimator(*, width: int = 24, depth: int = 4, in_channels: int = 3) -> LevelNet:
     """A level estimator (``LevelNet``) for ``estimate_levels``, untrained; ``kd.level_step``
     trains it on ``degrade(..., return_levels=True)``'s images and levels.
 
@@ -1255,21 +1214,16 @@ def level_estimator(*, width: int = 24, depth: int = 4, in_channels: int = 3,
         width: Channels of the first level, 1 to 1024 (doubling every other level).
         depth: Number of resolution levels, 1 to 8.
         in_channels: Image channels, 1 to 64.
-        edges: Read the blur with a second body that also sees edge widths (see ``LevelNet``).
 
     Returns:
         The model, with ``model.config = {"factory": "level_estimator", "kwargs": {...}}``.
 
     Raises:
-        TypeError: If ``edges`` is not a bool.
         ValueError: If an argument is out of range.
     """
-    if not isinstance(edges, bool):
-        raise TypeError(f"edges must be a bool, got {type(edges).__name__}")
     kwargs = {"width": _check_int("width", width, low=1, high=1024),
               "depth": _check_int("depth", depth, low=1, high=8),
-              "in_channels": _check_int("in_channels", in_channels, low=1, high=64),
-              "edges": edges}
+              "in_channels": _check_int("in_channels", in_channels, low=1, high=64)}
     model = LevelNet(**kwargs)
     model.config = {"factory": "level_estimator", "kwargs": kwargs}
     return model

@@ -1491,59 +1491,14 @@ def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
 # ---------------------------------------------------------------------------- level estimator
 
 
-def test_level_estimator_box_and_gradient_match_scipy():
-    x = torch.rand(2, 1, 13, 21, generator=gen(), dtype=torch.float64)
-    for k in (3, 5, 9, 17):  # 17 > 13: the replicate border reaches past the image
-        ref = ndimage.uniform_filter(x.numpy(), (1, 1, k, k), mode="nearest")
-        np.testing.assert_allclose(sharpen._box(x, k).numpy(), ref, atol=1e-12)
-    gy, gx = (ndimage.correlate1d(x.numpy(), [-1, 0, 1], axis=a, mode="nearest") for a in (2, 3))
-    np.testing.assert_allclose(sharpen._gradient(x).numpy(), np.hypot(gx, gy), atol=1e-6)
-    assert sharpen._box(x[..., :1, :1], 17).equal(x[..., :1, :1])  # one pixel still works
-
-
-def test_edge_widths_read_blur_whatever_the_contrast():
-    """The log-ratio inputs at a blurred edge depend on its blur, hardly on its contrast (their
-    small offsets keep flat areas finite)."""
-    step = (torch.arange(64.0) >= 32).float().expand(1, 3, 64, 64)
-    ratios = {(sigma, contrast): sharpen._edge_widths(
-        0.1 + contrast * sharpen.gaussian_blur(step, sigma), sharpen.LevelNet.BOXES)[0, 1:, 32, 31]
-        for sigma in (1.0, 2.0) for contrast in (0.2, 0.8)}
-    assert ratios[1.0, 0.2].shape == (4,)
-    torch.testing.assert_close(ratios[1.0, 0.2], ratios[1.0, 0.8], atol=0.06, rtol=0)
-    torch.testing.assert_close(ratios[2.0, 0.2], ratios[2.0, 0.8], atol=0.06, rtol=0)
-    assert (ratios[1.0, 0.8] > ratios[2.0, 0.8] + 0.1).all()  # wider edges shrink less
-
-
-def test_level_estimator_with_edges_reads_blur_with_its_edge_body_only(tmp_path):
-    est = randomize(sharpen.level_estimator(width=4, depth=2, edges=True), std=0.3)
-    assert est.config["kwargs"]["edges"] and est.edge_body[0].in_channels == 6 + 5
-    x = torch.rand(2, 3, 30, 41, generator=gen())
-    sharpen.save_model(tmp_path / "e.pt", est)
-    loaded = sharpen.load_model(tmp_path / "e.pt")
-    assert loaded.edges
-    levels = sharpen.estimate_levels(loaded, x)
-    torch.testing.assert_close(levels, sharpen.estimate_levels(est, x))
-    with torch.no_grad():
-        before = loaded(x)
-        for p in loaded.edge_body.parameters():
-            p.mul_(2)
-        after = loaded(x)  # the blur moves, the noise and JPEG do not
-    assert not torch.allclose(after[:, 0], before[:, 0])
-    assert torch.equal(after[:, 1:], before[:, 1:])
-    est.zero_grad()
-    est(x)[:, 1:].sum().backward()  # noise and JPEG read by body alone
-    assert all(p.grad is None or not p.grad.any() for p in est.edge_body.parameters())
-    with pytest.raises(TypeError, match="edges must be a bool, got int"):
-        sharpen.level_estimator(edges=1)
-
-
 def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, capsys):
     import train_levels
 
     tiny = ["--steps", "1", "--batch-size", "2", "--size", "32", "--train-images", "2",
             "--width", "2"]
-    assert train_levels.main([*tiny, "--edges", "--out", str(tmp_path / "run")]) == 0
-    assert sharpen.load_model(tmp_path / "run" / "estimator.pt").edges
+    assert train_levels.main([*tiny, "--out", str(tmp_path / "run")]) == 0
+    est = sharpen.load_model(tmp_path / "run" / "estimator.pt")
+    assert isinstance(est, sharpen.LevelNet) and est.config["kwargs"]["width"] == 2
     out = capsys.readouterr().out
     assert "on the 4 validation photos" in out and "gaussian 1.5 + jpeg 50" in out
     for bad, match in [(["--steps", "0"], "--steps must be >= 1, got 0"),
@@ -1558,7 +1513,7 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
 def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path):
     est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.1)
     assert est.config == {"factory": "level_estimator",
-                          "kwargs": {"width": 4, "depth": 2, "in_channels": 3, "edges": False}}
+                          "kwargs": {"width": 4, "depth": 2, "in_channels": 3}}
     sharpen.save_model(tmp_path / "e.pt", est)
     loaded = sharpen.load_model(tmp_path / "e.pt")
     assert isinstance(loaded, sharpen.LevelNet) and not loaded.training

@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=24, help="the estimator's width (24)")
     p.add_argument("--train-images", type=int, default=192,
                    help="dead-leaves training images (192), beside the photo tiles")
-    p.add_argument("--edges", action="store_true",
-                   help="read the blur from edge widths too (sharpen.level_estimator(edges=True))")
     p.add_argument("--quantile", type=float, default=0.5,
                    help="of the estimates (kd.level_loss): below 0.5 they err low (0.5)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
-    estimator = sharpen.level_estimator(width=args.width, edges=args.edges)  # checks --width
+    estimator = sharpen.level_estimator(width=args.width)  # checks --width
     generator = torch.Generator().manual_seed(args.seed)
     images = train._8bit(torch.cat([
         sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
