@@ -8,6 +8,7 @@ import ast
 import copy
 import fractions
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -1489,6 +1490,19 @@ def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- level estimator
+
+
+def test_colour_validation_photos_are_8bit_colour_and_validate_keeps_them_off_scored(capsys):
+    photos = train._colour_validation_photos(64)
+    assert photos.shape == (3, 3, 64, 64) and photos.dtype == torch.float32
+    assert torch.equal((photos * 255).round() / 255, photos)  # 8-bit, as the grey ones
+    assert all((p[0] - p[1]).abs().mean() > 0.02 for p in photos)  # in colour
+    spec = importlib.util.spec_from_file_location("validate", ROOT / "docs" / "validate.py")
+    validate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validate)
+    with pytest.raises(SystemExit):
+        validate.main(["--colour", "--scored", str(SHIPPED / "student.pt")])
+    assert "--colour adds validation photos" in capsys.readouterr().err
 
 
 def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, capsys):

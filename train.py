@@ -41,6 +41,8 @@ LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on
 # (as RGB) choose settings (texture, alpha, the baselines' strengths) and never score.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 VALIDATION_PHOTOS = ("camera", "coins", "moon", "clock")
+# docs/validate.py --colour: colour photos from matplotlib's and scikit-learn's wheels
+COLOUR_VALIDATION_PHOTOS = ("grace_hopper", "china", "flower")
 # --train-photos: scikit-image's photographs that are neither scored nor validation photos
 TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "cell", "page", "text",
                 "grass", "gravel", "brick")
@@ -242,6 +244,20 @@ def _validation_photos(size: int) -> torch.Tensor:
     """The validation photos ``(N, 3, size, size)``, area-resized and 8-bit: settings are chosen
     on them, and they never score."""
     return _8bit(torch.stack([_resized(_photo(p), size) for p in VALIDATION_PHOTOS]))
+
+
+def _colour_validation_photos(size: int) -> torch.Tensor:
+    """``COLOUR_VALIDATION_PHOTOS`` as ``(3, 3, size, size)``, area-resized and 8-bit like the
+    validation photos; needs matplotlib and scikit-learn."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    hopper = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    photos = [hopper, load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
+    return _8bit(torch.stack([_resized(torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255,
+                                       size) for p in photos]))
 
 
 def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:

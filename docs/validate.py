@@ -11,9 +11,13 @@ gain per condition. ``--estimate`` also scores, for a model with a Wiener estima
 (``conditioned`` 2 or 3), that estimate alone, told the same levels. ``--levels
 ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
 (``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing).
-``--scored`` runs on the three scored photo sets instead (for reporting only: choices are made
-on the validation photos), and also prints the worst image's gain. For the sharp condition it
-prints the PSNR (and, with ``--scored``, the SSIM), not a gain.
+``--colour`` also runs on three colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
+matplotlib's and scikit-learn's wheels: ``pip install matplotlib scikit-learn``), as the four
+validation photos are grey (and ``clock`` motion-blurred as photographed). ``--scored`` runs on
+the three scored photo sets instead (for reporting only: choices are made on the validation
+photos). On every set but the grey validation photos it also prints the worst image's gain.
+For the sharp condition it prints the PSNR (and the SSIM where it prints the worst image), not
+a gain.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score each model's Wiener estimate alone, told the levels")
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
                         help="also score conditioned models told this estimator's levels")
+    parser.add_argument("--colour", action="store_true",
+                        help="also the colour validation photos (needs matplotlib, scikit-learn)")
     parser.add_argument("--scored", action="store_true",
                         help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     if estimator is not None and not isinstance(estimator, sharpen.LevelNet):
         parser.error(f"--levels {args.levels} is not a level estimator (train_levels.py's)")
     sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {"validation": None}
+    if args.colour and args.scored:
+        parser.error("--colour adds validation photos; the scored sets (--scored) are apart")
+    if args.colour:
+        try:
+            sets["colour validation"] = train._colour_validation_photos(256)
+        except ImportError as e:
+            parser.error(f"--colour needs matplotlib and scikit-learn ({e})")
     for set_name, sharp in sets.items():
         print(f"== {set_name}")
         result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp)
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                      if "told" in mean else ""))
             for mode, g in modes.items():
                 if g:
-                    print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=args.scored)
+                    detail = set_name != "validation"
+                    print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=detail)
                                                     for c, v in g.items()))
 
 
