@@ -248,16 +248,20 @@ def _validation_photos(size: int) -> torch.Tensor:
 
 def _colour_validation_photos(size: int) -> torch.Tensor:
     """``COLOUR_VALIDATION_PHOTOS`` as ``(3, 3, size, size)``, area-resized and 8-bit like the
-    validation photos; needs matplotlib and scikit-learn."""
+    validation photos; needs matplotlib and scikit-learn (the eval extra)."""
     import numpy as np
     from matplotlib import cbook
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    hopper = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
-    photos = [hopper, load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
-    return _8bit(torch.stack([_resized(torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255,
-                                       size) for p in photos]))
+    def photo(name: str) -> torch.Tensor:
+        if name == "grace_hopper":
+            img = np.asarray(Image.open(cbook.get_sample_data(f"{name}.jpg", asfileobj=False)))
+        else:
+            img = load_sample_image(f"{name}.jpg")
+        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255
+
+    return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
 
 
 def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:

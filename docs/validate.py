@@ -12,12 +12,11 @@ gain per condition. ``--estimate`` also scores, for a model with a Wiener estima
 ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
 (``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing).
 ``--colour`` also runs on three colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
-matplotlib's and scikit-learn's wheels: ``pip install matplotlib scikit-learn``), as the four
-validation photos are grey (and ``clock`` motion-blurred as photographed). ``--scored`` runs on
-the three scored photo sets instead (for reporting only: choices are made on the validation
-photos). On every set but the grey validation photos it also prints the worst image's gain.
-For the sharp condition it prints the PSNR (and the SSIM where it prints the worst image), not
-a gain.
+matplotlib's and scikit-learn's wheels, in the eval extra), as the four validation photos are
+grey (and ``clock`` motion-blurred as photographed). ``--scored`` runs on the three scored photo
+sets instead (for reporting only: choices are made on the validation photos). On every set but
+the grey validation photos it also prints the worst image's gain. For the sharp condition it
+prints the PSNR (and the SSIM where it prints the worst image), not a gain.
 """
 
 from __future__ import annotations
@@ -93,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scored", action="store_true",
                         help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
+    if args.colour and args.scored:
+        parser.error("--colour adds validation photos; the scored sets (--scored) are apart")
     try:
         models = {path: sharpen.load_model(path) for path in args.models}
         estimator = None if args.levels is None else sharpen.load_model(args.levels)
@@ -101,8 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     if estimator is not None and not isinstance(estimator, sharpen.LevelNet):
         parser.error(f"--levels {args.levels} is not a level estimator (train_levels.py's)")
     sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {"validation": None}
-    if args.colour and args.scored:
-        parser.error("--colour adds validation photos; the scored sets (--scored) are apart")
     if args.colour:
         try:
             sets["colour validation"] = train._colour_validation_photos(256)
