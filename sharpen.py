@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 __all__ = [
@@ -1455,18 +1455,22 @@ def load_image(path: str | os.PathLike) -> Tensor:
     ``PIL.Image.MAX_IMAGE_PIXELS``) as decompression bombs.
 
     Raises:
-        FileNotFoundError: If ``path`` is not a file (missing, a folder, a broken link or a loop).
+        IsADirectoryError: If ``path`` is a folder.
+        FileNotFoundError: If ``path`` is not a file (missing, a broken link or a loop).
         ValueError: If the file is unreadable or of an unsupported mode; the message names it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
-        why = " (a folder)" if path.is_dir() else " (a broken link or a link loop)" \
-            if path.is_symlink() else ""
+        why = " (a broken link or a link loop)" if path.is_symlink() else ""
         raise FileNotFoundError(f"image file not found: {path}{why}")
     try:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path}: not a readable image (not a format Pillow knows)") from e
     except Exception as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     if im.mode.startswith("I;16") or im.mode == "I":
@@ -1676,7 +1680,8 @@ def main(argv: list[str] | None = None) -> int:
                         "natively (default)")
     parser.add_argument("--blur", type=float, metavar="SIGMA",
                         help="tell the model the blur, in pixels (the std of a Gaussian of "
-                        "like size; 0: sharp); needs a conditioned model. Of --blur, --noise and "
+                        "like size; 0: sharp; at most 3 with the shipped student); needs a "
+                        "conditioned model. Of --blur, --noise and "
                         "--jpeg, those not given count as none (0, 0, 100) when any is given")
     parser.add_argument("--noise", type=float, metavar="STD",
                         help="tell the model the noise std, on a 0-1 scale (0.01 is 2.55 of "
@@ -1705,6 +1710,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be finite and >= 0, got {v}")
     if args.noise is not None and args.noise > 1:
         parser.error(f"--noise must be <= 1 (a 0-1 scale: 0.01 is 2.55 of 255), got {args.noise}")
+    if args.weights is None and args.blur is not None and args.blur > _LEVEL_SCALE[0]:
+        parser.error(f"--blur must be <= {_LEVEL_SCALE[0]:g} with the shipped student (the "
+                     f"largest blur it was trained on), got {args.blur}; beyond it, it rings")
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
     told = [args.blur, args.noise, args.jpeg]
@@ -1763,7 +1771,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" (estimated blur {given[0]:.2f} px, noise {given[1]:.3f}, JPEG quality "
                   f"{given[2]:.0f})"))
         except (OSError, ValueError) as e:
-            print(f"sharpen.py: {src}: {e}", file=sys.stderr)
+            where = "" if str(src) in str(e) else f"{src}: "  # name the input once
+            print(f"sharpen.py: {where}{e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

@@ -1205,6 +1205,13 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, *bad])
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    # The shipped student learnt blurs up to 3 px and rings beyond them; a model of one's own
+    # is told whatever one asks.
+    with pytest.raises(SystemExit) as exit_info:
+        sharpen.main([str(tmp_path / "a.png"), "--blur", "3.5"])
+    assert exit_info.value.code == 2 and "--blur must be <= 3 with the shipped student (the " \
+        "largest blur it was trained on), got 3.5" in capsys.readouterr().err
+    assert sharpen.main([*args, "--blur", "5", "--overwrite"]) == 0
 
 
 def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_path, capsys):
@@ -1372,6 +1379,10 @@ def test_cli_reports_symlink_loops_and_goes_on(tmp_path, tiny_model_file, capsys
     err = capsys.readouterr().err
     assert rc == 1 and "loop.png" in err and "d_sharp.png already exists" in err
     assert "Traceback" not in err and (tmp_path / "c_sharp.png").is_file()
+    (tmp_path / "junk.png").write_bytes(b"not an image")  # its name once, not twice
+    assert sharpen.main([str(tmp_path / "junk.png"), "--weights", str(tiny_model_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("junk.png") == 1 and "not a readable image" in err
 
 
 @pytest.mark.parametrize(
@@ -1816,6 +1827,9 @@ def test_load_image_peak_memory_is_about_16_bytes_per_pixel(tmp_path):
 def test_bad_files_raise_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         sharpen.load_image(tmp_path / "nope.png")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(IsADirectoryError, match="photos is a folder, not an image file"):
+        sharpen.load_image(tmp_path / "photos")
     (tmp_path / "junk.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="junk.png: not a readable image"):
         sharpen.load_image(tmp_path / "junk.png")
