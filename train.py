@@ -249,17 +249,13 @@ def _validation_photos(size: int) -> torch.Tensor:
 def _colour_validation_photos(size: int) -> torch.Tensor:
     """``COLOUR_VALIDATION_PHOTOS`` as ``(3, 3, size, size)``, area-resized and 8-bit like the
     validation photos; needs matplotlib and scikit-learn (the eval extra)."""
-    import numpy as np
     from matplotlib import cbook
-    from PIL import Image
     from sklearn.datasets import load_sample_image
 
     def photo(name: str) -> torch.Tensor:
         if name == "grace_hopper":
-            img = np.asarray(Image.open(cbook.get_sample_data(f"{name}.jpg", asfileobj=False)))
-        else:
-            img = load_sample_image(f"{name}.jpg")
-        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255
+            return sharpen.load_image(cbook.get_sample_data(f"{name}.jpg", asfileobj=False))
+        return torch.from_numpy(load_sample_image(f"{name}.jpg").copy()).permute(2, 0, 1) / 255
 
     return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
 

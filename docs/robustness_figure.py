@@ -28,8 +28,9 @@ CONDITIONS = {"sharp": "sharp", "sigma 1.0": "gaussian 1.0", "sigma 1.5": "gauss
               "sigma 1.5, noise, JPEG 50": None}
 
 
-def _condition(photo: torch.Tensor, name: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The photo ``(1, 3, H, W)`` degraded, its blur kernels, and the baselines' settings."""
+def _condition(photo: torch.Tensor, name: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The photo ``(1, 3, H, W)`` degraded, its blur kernels, and the condition whose tuned
+    baselines it takes."""
     if name is not None:
         x, kernels = train._condition(photo, name, train.ROBUSTNESS_SEED)
         return x, kernels, name

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     for set_name, sharp in sets.items():
         print(f"== {set_name}")
         result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp)
+        detail = set_name != "validation"  # the worst image, and the sharp photos' SSIM
         for m, modes in result.items():
             mean = {mode: sum(v[0] for c, v in g.items() if c != "sharp") / (len(g) - 1)
                     for mode, g in modes.items() if g}
@@ -118,7 +119,6 @@ def main(argv: list[str] | None = None) -> None:
                      if "told" in mean else ""))
             for mode, g in modes.items():
                 if g:
-                    detail = set_name != "validation"
                     print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=detail)
                                                     for c, v in g.items()))
 
