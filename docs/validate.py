@@ -10,7 +10,8 @@ and blind, and their mean (the rule that chose the shipped students: the highest
 gain per condition. ``--estimate`` also scores, for a model with a Wiener estimate
 (``conditioned`` 2 or 3), that estimate alone, told the same levels. ``--levels
 ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
-(``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing).
+(``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing), and
+told its blur with the true noise and JPEG ("auto blur") and the reverse ("true blur").
 ``--colour`` also runs on three colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
 matplotlib's and scikit-learn's wheels, in the eval extra), as the four validation photos are
 grey (and ``clock`` motion-blurred as photographed). ``--scored`` runs on the three scored photo
@@ -37,16 +38,23 @@ import train  # noqa: E402
 def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
           estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None
           ) -> dict[str, dict[str, dict[str, tuple[float, float, float | None]]]]:
-    """``{model: {"blind" | "told" | "estimate" | "auto": {condition: (mean gain, worst image's
-    gain in dB, None)}}}`` on ``sharp`` (default: the validation photos); for ``"sharp"``, the
-    PSNR (mean, worst image's) and the mean SSIM instead."""
+    """``{model: {mode: {condition: (mean gain, worst image's gain in dB, None)}}}`` on ``sharp``
+    (default: the validation photos); for ``"sharp"``, the PSNR (mean, worst image's) and the
+    mean SSIM instead. Modes: "blind", "told", "estimate", and with an estimator "auto" (its
+    levels), "true blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true
+    noise and JPEG)."""
     if sharp is None:
         sharp = train._validation_photos(256)
-    out = {m: {"blind": {}, "told": {}, "estimate": {}, "auto": {}} for m in models}
+    out = {m: {mode: {} for mode in ("blind", "told", "estimate", "auto", "true blur",
+                                     "auto blur")} for m in models}
     for i, name in enumerate(train.CONDITIONS):
         x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
         levels = train._condition_levels(name, kernels)
-        auto = None if estimator is None else sharpen.estimate_levels(estimator, x)
+        read = {}
+        if estimator is not None:
+            auto = sharpen.estimate_levels(estimator, x)
+            read = {"auto": auto, "true blur": torch.cat([levels[:, :1], auto[:, 1:]], 1),
+                    "auto blur": torch.cat([auto[:, :1], levels[:, 1:]], 1)}
         base = metrics.psnr(x, sharp)
 
         def gain(y: torch.Tensor) -> tuple[float, float, float | None]:
@@ -58,11 +66,9 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
 
         for m, model in models.items():
             conditioned = getattr(model, "conditioned", 0)
-            modes = {"blind": None} | ({"told": levels, "auto": auto} if conditioned else {})
+            modes = {"blind": None} | ({"told": levels} | read if conditioned else {})
             for mode, lv in modes.items():
-                if mode != "auto" or auto is not None:
-                    out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32",
-                                                              levels=lv))
+                out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32", levels=lv))
             if estimate and conditioned >= 2:
                 with torch.no_grad():
                     out[m]["estimate"][name] = gain((x + model._estimate(x, levels, None))
