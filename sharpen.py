@@ -1761,6 +1761,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             img, given = load_image(src), levels
             if estimator is not None:
+                if min(img.shape[-2:]) < 8:
+                    raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
+                                     f"{img.shape[-2]} high: levels are estimated from 8 x 8 or "
+                                     "more; tell them (--blur, --noise, --jpeg) or pass --blind")
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given)

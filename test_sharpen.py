@@ -1246,6 +1246,21 @@ def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_pat
         assert match in capsys.readouterr().err
 
 
+def test_cli_names_an_image_too_small_to_estimate_in_pixels(tmp_path, capsys):
+    sharpen.save_image(torch.rand(3, 40, 5, generator=gen()), tmp_path / "thin.png")
+    told = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=3), std=0.05)
+    sharpen.save_model(tmp_path / "told.pt", told)
+    sharpen.save_model(tmp_path / "est.pt", sharpen.level_estimator(width=4, depth=2))
+    args = [str(tmp_path / "thin.png"), "--weights", str(tmp_path / "told.pt")]
+    assert sharpen.main([*args, "--levels", str(tmp_path / "est.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("thin.png") == 1 and "img" not in err
+    assert ("is 5 pixels wide and 40 high: levels are estimated from 8 x 8 or more; tell them "
+            "(--blur, --noise, --jpeg) or pass --blind") in err
+    assert not (tmp_path / "thin_sharp.png").exists()
+    assert sharpen.main([*args, "--blind"]) == 0  # small images sharpen when not estimated
+
+
 # ---------------------------------------------------------------------------------- image files
 
 
