@@ -1520,7 +1520,7 @@ def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
 
 def test_colour_validation_photos_are_8bit_colour_and_validate_keeps_them_off_scored(capsys):
     photos = train._colour_validation_photos(64)
-    assert photos.shape == (3, 3, 64, 64) and photos.dtype == torch.float32
+    assert photos.shape == (4, 3, 64, 64) and photos.dtype == torch.float32
     assert torch.equal((photos * 255).round() / 255, photos)  # 8-bit, as the grey ones
     assert all((p[0] - p[1]).abs().mean() > 0.02 for p in photos)  # in colour
     spec = importlib.util.spec_from_file_location("validate", ROOT / "docs" / "validate.py")

@@ -41,8 +41,9 @@ LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on
 # (as RGB) choose settings (texture, alpha, the baselines' strengths) and never score.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 VALIDATION_PHOTOS = ("camera", "coins", "moon", "clock")
-# docs/validate.py --colour: colour photos from matplotlib's and scikit-learn's wheels
-COLOUR_VALIDATION_PHOTOS = ("grace_hopper", "china", "flower")
+# docs/validate.py --colour: colour photos from matplotlib's and scikit-learn's wheels, and
+# data/raccoon.png (sharp fur: data/README.md)
+COLOUR_VALIDATION_PHOTOS = ("grace_hopper", "china", "flower", "raccoon")
 # --train-photos: scikit-image's photographs that are neither scored nor validation photos
 TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "cell", "page", "text",
                 "grass", "gravel", "brick")
@@ -247,7 +248,7 @@ def _validation_photos(size: int) -> torch.Tensor:
 
 
 def _colour_validation_photos(size: int) -> torch.Tensor:
-    """``COLOUR_VALIDATION_PHOTOS`` as ``(3, 3, size, size)``, area-resized and 8-bit like the
+    """``COLOUR_VALIDATION_PHOTOS`` as ``(4, 3, size, size)``, area-resized and 8-bit like the
     validation photos; needs matplotlib and scikit-learn (the eval extra)."""
     from matplotlib import cbook
     from sklearn.datasets import load_sample_image
@@ -255,6 +256,8 @@ def _colour_validation_photos(size: int) -> torch.Tensor:
     def photo(name: str) -> torch.Tensor:
         if name == "grace_hopper":
             return sharpen.load_image(cbook.get_sample_data(f"{name}.jpg", asfileobj=False))
+        if name == "raccoon":
+            return sharpen.load_image(Path(__file__).resolve().parent / "data" / f"{name}.png")
         return torch.from_numpy(load_sample_image(f"{name}.jpg").copy()).permute(2, 0, 1) / 255
 
     return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
