@@ -1531,6 +1531,23 @@ def test_colour_validation_photos_are_8bit_colour_and_validate_keeps_them_off_sc
     assert "--colour adds validation photos" in capsys.readouterr().err
 
 
+def test_kernel_shape_check_refuses_bad_steps_and_blurs_only_by_gaussians(capsys):
+    spec = importlib.util.spec_from_file_location("shape", ROOT / "docs" / "kernel_shape_check.py")
+    shape = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shape)
+    with pytest.raises(SystemExit):
+        shape.main(["--steps", "0"])
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+    sharp = torch.rand(3, 3, 32, 32, generator=gen())
+    blurred, levels = shape.gaussian_only(sharp, torch.Generator().manual_seed(0))
+    assert torch.equal((blurred * 255).round() / 255, blurred)
+    for x, y, (blur, noise, quality) in zip(sharp, blurred, levels.tolist()):
+        s = sharpen._sampled_gaussian_std(torch.tensor([blur]))  # the sigma that spreads so
+        assert 0.3 - 1e-4 <= float(s) <= 3.0 and noise == 0 and quality == 100
+        expected = sharpen.gaussian_blur(x[None], float(s))[0]
+        assert (y - (expected * 255).round() / 255).abs().max() <= 1 / 255
+
+
 def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, capsys):
     import train_levels
 

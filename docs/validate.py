@@ -14,10 +14,11 @@ ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
 told its blur with the true noise and JPEG ("auto blur") and the reverse ("true blur").
 ``--colour`` also runs on four colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
 matplotlib's and scikit-learn's wheels, in the eval extra, and ``data/raccoon.png``, sharp
-fur), as the four validation photos are grey (and ``clock`` motion-blurred as photographed). ``--scored`` runs on the three scored photo
-sets instead (for reporting only: choices are made on the validation photos). On every set but
-the grey validation photos it also prints the worst image's gain. For the sharp condition it
-prints the PSNR (and the SSIM where it prints the worst image), not a gain.
+fur), as the four validation photos are grey (and ``clock`` motion-blurred as photographed).
+``--scored`` runs on the three scored photo sets instead (for reporting only: choices are made
+on the validation photos). On every set but the grey validation photos it also prints the
+worst image's gain. For the sharp condition it prints the PSNR (and the SSIM where it prints
+the worst image), not a gain.
 """
 
 from __future__ import annotations
