@@ -1558,6 +1558,27 @@ def _overlap(radius: int) -> int:
     return overlap
 
 
+def _tiling(model: nn.Module, tile: object, overlap: object) -> tuple[int, int, int]:
+    """``sharpen``'s tile, overlap (None: from the model's receptive field) and alignment,
+    checked against the model."""
+    tile = _check_int("tile", tile, low=1)
+    if overlap is None:
+        radius = getattr(model, "receptive_radius", None)
+        overlap = 128 if radius is None else _overlap(int(radius))
+        if overlap > tile // 2:
+            raise ValueError(f"tile {tile} is too small for this model: tiles of {2 * overlap} px "
+                             f"or more give the same result as one piece (its receptive field "
+                             f"needs an overlap of {overlap} px); give a larger tile, or an "
+                             f"overlap to accept seams")
+    overlap = _check_int("overlap", overlap, low=0)
+    if overlap > tile // 2:
+        raise ValueError(f"overlap must be <= tile // 2, got tile={tile}, overlap={overlap}")
+    align = int(getattr(model, "multiple", 1))
+    if (tile - overlap) // align < 1:
+        raise ValueError(f"tile - overlap = {tile - overlap} must be >= model.multiple = {align}")
+    return tile, overlap, align
+
+
 def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | None = None,
             precision: str = "auto", levels: Tensor | tuple[float, float, float] | None = None
             ) -> Tensor:
@@ -1577,7 +1598,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             image for a ``conditioned=2`` or ``3`` model told levels, whose estimate is made
             whole).
         overlap: Overlap between tiles in pixels, ``0 <= overlap <= tile // 2``; None: from the
-            model's ``receptive_radius`` (128 for a model without one).
+            model's ``receptive_radius`` (128 for a model without one), which then needs a
+            ``tile`` of at least twice that.
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
             :func:`fast_bf16` says the device computes it natively and the model is float32,
             else fp32. The README measures what bf16 costs in PSNR.
@@ -1592,7 +1614,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
 
     Raises:
         TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
-        ValueError: If ``img`` does not fit the model, ``tile`` or ``overlap`` is out of range,
+        ValueError: If ``img`` does not fit the model, ``tile`` or ``overlap`` is out of range
+            (``tile`` too small for the receptive field when ``overlap`` is None),
             ``precision`` is unknown, or ``levels`` are out of range or given to a model built
             without them.
     """
@@ -1603,22 +1626,13 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             raise ValueError("levels given, but the model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
         levels = check_levels(levels, len(x))
-    tile = _check_int("tile", tile, low=1)
-    if overlap is None:
-        radius = getattr(model, "receptive_radius", None)
-        overlap = 128 if radius is None else min(_overlap(int(radius)), tile // 2)
-    overlap = _check_int("overlap", overlap, low=0)
-    if overlap > tile // 2:
-        raise ValueError(f"overlap must be <= tile // 2, got tile={tile}, overlap={overlap}")
+    tile, overlap, align = _tiling(model, tile, overlap)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if convs and _image_channels(model) != x.shape[1]:
         raise ValueError(f"img has {x.shape[1]} channels but the model takes "
                          f"{_image_channels(model)}, got shape {tuple(img.shape)}")
-    align = int(getattr(model, "multiple", 1))
-    if (tile - overlap) // align < 1:
-        raise ValueError(f"tile - overlap = {tile - overlap} must be >= model.multiple = {align}")
     p = next(model.parameters(), x)
     amp = precision == "bf16" or (precision == "auto" and p.dtype == torch.float32
                                   and fast_bf16(p.device))
@@ -1672,7 +1686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", metavar="MODEL.pt",
                         help="model file written by save_model (default: the shipped student)")
     parser.add_argument("-o", "--out-dir", help="output folder (default: each input's folder)")
-    parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (512)")
+    parser.add_argument("--tile", type=int, default=512,
+                        help="tile side in pixels (512; at least twice the overlap)")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's receptive field)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -1685,10 +1700,10 @@ def main(argv: list[str] | None = None) -> int:
                         "--jpeg, those not given count as none (0, 0, 100) when any is given")
     parser.add_argument("--noise", type=float, metavar="STD",
                         help="tell the model the noise std, on a 0-1 scale (0.01 is 2.55 of "
-                        "255); needs a conditioned model")
+                        "255; at most 0.04 with the shipped student); needs a conditioned model")
     parser.add_argument("--jpeg", type=int, metavar="QUALITY",
-                        help="tell the model the JPEG quality (1-100; 100: not compressed); "
-                        "needs a conditioned model")
+                        help="tell the model the JPEG quality (1-100, at least 30 with the "
+                        "shipped student; 100: not compressed); needs a conditioned model")
     parser.add_argument("--blind", action="store_true",
                         help="sharpen blind: tell a conditioned model nothing, not even estimates")
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
@@ -1713,8 +1728,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights is None and args.blur is not None and args.blur > _LEVEL_SCALE[0]:
         parser.error(f"--blur must be <= {_LEVEL_SCALE[0]:g} with the shipped student (the "
                      f"largest blur it was trained on), got {args.blur}; beyond it, it rings")
+    if args.weights is None and args.noise is not None and args.noise > _LEVEL_SCALE[1]:
+        parser.error(f"--noise must be <= {_LEVEL_SCALE[1]:g} with the shipped student (the "
+                     f"largest noise it was trained on), got {args.noise}")
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
+    if args.weights is None and args.jpeg is not None and args.jpeg < 100 - _LEVEL_SCALE[2]:
+        parser.error(f"--jpeg must be >= {100 - _LEVEL_SCALE[2]:g} with the shipped student (the "
+                     f"lowest quality it was trained on), got {args.jpeg}")
+    if args.out_dir is not None and os.path.isfile(args.out_dir):
+        parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     told = [args.blur, args.noise, args.jpeg]
     if args.blind and told != [None] * 3:
         parser.error("--blind excludes --blur, --noise and --jpeg")
@@ -1731,6 +1754,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
         model = load_model(args.weights or shipped, map_location=args.device)
+        _tiling(model, args.tile, args.overlap)
         conditioned = getattr(model, "conditioned", 0)
         if levels is not None and not conditioned:
             raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
@@ -1768,6 +1792,8 @@ def main(argv: list[str] | None = None) -> int:
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given)
+            if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
+                out = out.mean(0, keepdim=True).expand_as(out)
             dst.parent.mkdir(parents=True, exist_ok=True)
             save_image(out, dst)
             taken.add(os.path.realpath(dst))

@@ -1207,11 +1207,17 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
     # The shipped student learnt blurs up to 3 px and rings beyond them; a model of one's own
     # is told whatever one asks.
-    with pytest.raises(SystemExit) as exit_info:
-        sharpen.main([str(tmp_path / "a.png"), "--blur", "3.5"])
-    assert exit_info.value.code == 2 and "--blur must be <= 3 with the shipped student (the " \
-        "largest blur it was trained on), got 3.5" in capsys.readouterr().err
+    for bad, match in [(["--blur", "3.5"], "--blur must be <= 3 with the shipped student (the "
+                                           "largest blur it was trained on), got 3.5"),
+                       (["--noise", "0.05"], "--noise must be <= 0.04 with the shipped student "
+                                             "(the largest noise it was trained on), got 0.05"),
+                       (["--jpeg", "20"], "--jpeg must be >= 30 with the shipped student (the "
+                                          "lowest quality it was trained on), got 20")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main([str(tmp_path / "a.png"), *bad])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
     assert sharpen.main([*args, "--blur", "5", "--overwrite"]) == 0
+    assert sharpen.main([*args, "--noise", "0.2", "--jpeg", "10", "--overwrite"]) == 0
 
 
 def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_path, capsys):
@@ -1413,6 +1419,53 @@ def test_cli_bad_tiles_are_a_usage_error_before_any_work(tmp_path, tiny_model_fi
         sharpen.main([str(tmp_path / "e.png"), "--weights", str(tiny_model_file), *extra])
     assert exit_info.value.code == 2 and match in capsys.readouterr().err
     assert not (tmp_path / "e_sharp.png").exists()
+
+
+def test_sharpen_refuses_tiles_too_small_for_the_receptive_field_unless_overlap_is_given():
+    model = sharpen.student()
+    x = torch.rand(1, 3, 40, 44, generator=gen())
+    need = sharpen._overlap(model.receptive_radius)
+    with pytest.raises(ValueError, match=f"tile 64 is too small for this model: tiles of "
+                       f"{2 * need} px or more give the same result as one piece"):
+        sharpen.sharpen(model, x, tile=64)
+    assert sharpen.sharpen(model, x, tile=64, overlap=16).shape == x.shape  # seams accepted
+    assert sharpen.sharpen(model, x, tile=2 * need).shape == x.shape
+
+
+@pytest.mark.parametrize("tile", ["10", "1"])
+def test_cli_tiles_too_small_for_the_model_are_a_usage_error_before_any_work(tmp_path, capsys,
+                                                                            tile):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "e.png")
+    assert sharpen.main([str(tmp_path / "e.png"), "--tile", tile]) == 2
+    need = sharpen._overlap(sharpen.load_model(SHIPPED / "student.pt").receptive_radius)
+    assert f"tile {tile} is too small for this model: tiles of {2 * need} px or more" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "e_sharp.png").exists()
+
+
+def test_cli_refuses_a_file_as_the_output_folder(tmp_path, tiny_model_file, capsys):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "e.png")
+    with pytest.raises(SystemExit) as exit_info:
+        sharpen.main([str(tmp_path / "e.png"), "--weights", str(tiny_model_file),
+                      "-o", str(tmp_path / "e.png")])
+    assert exit_info.value.code == 2
+    assert "--out-dir " + str(tmp_path / "e.png") + " is a file, not a folder" in \
+        capsys.readouterr().err
+
+
+def test_cli_keeps_a_grey_photo_grey(tmp_path, capsys):
+    grey = (photo_8bit("rocket", 48).mean(0, keepdim=True) * 255).round() / 255
+    sharpen.save_image(grey, tmp_path / "g.png")
+    sharpen.save_image(photo_8bit("rocket", 48), tmp_path / "c.png")
+    assert sharpen.main([str(tmp_path / "g.png"), str(tmp_path / "c.png")]) == 0
+    out = sharpen.load_image(tmp_path / "g_sharp.png")
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    told = sharpen.sharpen(sharpen.load_model(SHIPPED / "student.pt"), grey.expand(3, -1, -1),
+                           levels=sharpen.estimate_levels(
+                               sharpen.load_model(SHIPPED / "levels.pt"), grey.expand(3, -1, -1)))
+    assert (out[0] - told.mean(0)).abs().max() <= 1 / 255  # the mean of the channels
+    colour = sharpen.load_image(tmp_path / "c_sharp.png")
+    assert not torch.equal(colour[0], colour[1])  # colour stays colour
 
 
 def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
