@@ -2,10 +2,12 @@
 
     pip install -e ".[eval]" && python docs/cli_examples.py [--weights MODEL.pt]
 
-Writes three photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
+Writes five photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
 one as it is, one softened by a Gaussian blur of sigma 1.2, one blurred, noisy and saved as a
-JPEG of quality 60), runs ``python sharpen.py`` on them exactly as a user would, and puts each
-input beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
+JPEG of quality 60; and a crop of ``data/raccoon.png``, which is soft at the pixel level, as it
+is and noisy and saved as a JPEG of quality 60), runs ``python sharpen.py`` on them exactly as
+a user would, and puts each input beside its output, with the PSNR against the untouched crop,
+in docs/cli_examples.png.
 For a conditioned model, a third column: ``python sharpen.py`` told what was done to each photo
 (``--blur``, ``--noise``, ``--jpeg``).
 """
@@ -41,18 +43,26 @@ def main() -> None:
     originals = {"sharp": crop(data.coffee(), 40, 140),
                  "soft": crop(data.astronaut(), 20, 100),
                  "noisy_jpeg": crop(data.chelsea(), 0, 60)}
+    raccoon = sharpen.load_image(ROOT / "data" / "raccoon.png").permute(1, 2, 0).numpy() * 255
+    originals |= {"full_size": crop(raccoon, 280, 440),
+                  "full_size_noisy_jpeg": crop(raccoon, 280, 440)}
     inputs = {"sharp": originals["sharp"],
               "soft": sharpen.gaussian_blur(originals["soft"], 1.2),
               "noisy_jpeg": sharpen.add_noise(sharpen.gaussian_blur(originals["noisy_jpeg"], 1.0),
-                                              0.02, generator=g)}
+                                              0.02, generator=g),
+              "full_size": originals["full_size"],
+              "full_size_noisy_jpeg": sharpen.add_noise(originals["full_size"], 0.02, generator=g)}
     for name, img in inputs.items():
         img = img.clamp(0, 1)
-        path = out / (f"{name}.jpg" if name == "noisy_jpeg" else f"{name}.png")
+        path = out / (f"{name}.jpg" if name.endswith("noisy_jpeg") else f"{name}.png")
         arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(path, **({"quality": 60} if path.suffix == ".jpg" else {}))
-    files = [str(out / f) for f in ("sharp.png", "soft.png", "noisy_jpeg.jpg")]
+    files = [str(out / f) for f in ("sharp.png", "soft.png", "noisy_jpeg.jpg", "full_size.png",
+                                    "full_size_noisy_jpeg.jpg")]
     told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2"],
-            "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"]}
+            "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"],
+            "full_size": ["--blur", "0"],
+            "full_size_noisy_jpeg": ["--blur", "0", "--noise", "0.02", "--jpeg", "60"]}
     weights = ["--weights", args.weights] if args.weights else []
     cmds = [[*files, "--overwrite", *weights]]
     model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
@@ -66,7 +76,7 @@ def main() -> None:
 
     label_h, size = 16, 320
     columns = 3 if conditioned else 2
-    canvas = Image.new("RGB", (columns * size, 3 * (size + label_h)), "white")
+    canvas = Image.new("RGB", (columns * size, len(files) * (size + label_h)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, path) in enumerate(zip(originals, files)):
         stem = Path(path).stem + "_sharp.png"
