@@ -1736,6 +1736,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights is None and args.jpeg is not None and args.jpeg < 100 - _LEVEL_SCALE[2]:
         parser.error(f"--jpeg must be >= {100 - _LEVEL_SCALE[2]:g} with the shipped student (the "
                      f"lowest quality it was trained on), got {args.jpeg}")
+    if "" in args.inputs:
+        parser.error("an INPUT is an empty string, not a file name")
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     told = [args.blur, args.noise, args.jpeg]

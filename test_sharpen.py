@@ -1443,6 +1443,13 @@ def test_cli_tiles_too_small_for_the_model_are_a_usage_error_before_any_work(tmp
     assert not (tmp_path / "e_sharp.png").exists()
 
 
+def test_cli_refuses_an_empty_input_name(tmp_path, tiny_model_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sharpen.main(["", "--weights", str(tiny_model_file)])
+    assert exit_info.value.code == 2
+    assert "an INPUT is an empty string, not a file name" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_file_as_the_output_folder(tmp_path, tiny_model_file, capsys):
     sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "e.png")
     with pytest.raises(SystemExit) as exit_info:
