@@ -1677,7 +1677,8 @@ def main(argv: list[str] | None = None) -> int:
     shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
     shipped_levels = shipped.with_name("levels.pt")
     parser = argparse.ArgumentParser(
-        prog="sharpen.py", epilog=f"Without --weights: the shipped student, {shipped}.",
+        prog="sharpen.py",
+        epilog="Without --weights: the shipped student, weights/student.pt beside sharpen.py.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
         "OUT_DIR/<stem>_sharp.png; inputs are never overwritten, existing outputs only with "
         "--overwrite. Any size runs in overlapping "

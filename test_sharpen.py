@@ -1499,7 +1499,10 @@ def test_cli_without_weights_and_help(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(SystemExit) as e:
         sharpen.main(["--help"])
-    assert e.value.code == 0 and "--weights" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--weights" in out
+    assert "Without --weights: the shipped student, weights/student.pt beside sharpen.py" in \
+        " ".join(out.split())  # not broken inside a path
     assert sharpen.main(["x.png", "--weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
 
