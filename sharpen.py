@@ -841,6 +841,7 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
 
 
 LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
+_LEVEL_SIDE = 8  # estimate_levels reads images of at least this side
 _LEVEL_SCALE = (3.0, 0.04, 70.0)  # blur, noise, 100 - jpeg: degrade(kind="real")'s largest
 
 
@@ -1265,8 +1266,9 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     if x.shape[1] != estimator.in_channels:
         raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
                          f"{estimator.in_channels}")
-    if min(x.shape[-2:]) < 8:
-        raise ValueError(f"img must be at least 8x8, got {tuple(x.shape[-2:])}")
+    if min(x.shape[-2:]) < _LEVEL_SIDE:
+        raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
+                         f"{tuple(x.shape[-2:])}")
     first = next(estimator.eval().parameters())
     top = torch.full((len(x), len(LEVELS)), -math.inf, device=x.device)  # running max logit
     weight, total = torch.zeros_like(top), torch.zeros_like(top)
@@ -1726,17 +1728,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be finite and >= 0, got {v}")
     if args.noise is not None and args.noise > 1:
         parser.error(f"--noise must be <= 1 (a 0-1 scale: 0.01 is 2.55 of 255), got {args.noise}")
-    if args.weights is None and args.blur is not None and args.blur > _LEVEL_SCALE[0]:
-        parser.error(f"--blur must be <= {_LEVEL_SCALE[0]:g} with the shipped student (the "
-                     f"largest blur it was trained on), got {args.blur}; beyond it, it rings")
-    if args.weights is None and args.noise is not None and args.noise > _LEVEL_SCALE[1]:
-        parser.error(f"--noise must be <= {_LEVEL_SCALE[1]:g} with the shipped student (the "
-                     f"largest noise it was trained on), got {args.noise}")
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         parser.error(f"--jpeg must be from 1 to 100, got {args.jpeg}")
-    if args.weights is None and args.jpeg is not None and args.jpeg < 100 - _LEVEL_SCALE[2]:
-        parser.error(f"--jpeg must be >= {100 - _LEVEL_SCALE[2]:g} with the shipped student (the "
-                     f"lowest quality it was trained on), got {args.jpeg}")
+    trained = [("--blur", args.blur, _LEVEL_SCALE[0], "<=", "largest blur"),
+               ("--noise", args.noise, _LEVEL_SCALE[1], "<=", "largest noise"),
+               ("--jpeg", args.jpeg, 100 - _LEVEL_SCALE[2], ">=", "lowest quality")]
+    for flag, value, limit, op, what in trained:  # the shipped student's training ranges
+        outside = value is not None and (value > limit if op == "<=" else value < limit)
+        if args.weights is None and outside:
+            parser.error(f"{flag} must be {op} {limit:g} with the shipped student (the {what} "
+                         f"it was trained on), got {value}")
     if "" in args.inputs:
         parser.error("an INPUT is an empty string, not a file name")
     if args.out_dir is not None and os.path.isfile(args.out_dir):
@@ -1788,10 +1789,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             img, given = load_image(src), levels
             if estimator is not None:
-                if min(img.shape[-2:]) < 8:
+                if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
-                                     f"{img.shape[-2]} high: levels are estimated from 8 x 8 or "
-                                     "more; tell them (--blur, --noise, --jpeg) or pass --blind")
+                                     f"{img.shape[-2]} high: levels are estimated from "
+                                     f"{_LEVEL_SIDE} x {_LEVEL_SIDE} or more; tell them (--blur, "
+                                     "--noise, --jpeg) or pass --blind")
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given)

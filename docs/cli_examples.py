@@ -44,21 +44,21 @@ def main() -> None:
                  "soft": crop(data.astronaut(), 20, 100),
                  "noisy_jpeg": crop(data.chelsea(), 0, 60)}
     raccoon = sharpen.load_image(ROOT / "data" / "raccoon.png").permute(1, 2, 0).numpy() * 255
-    originals |= {"full_size": crop(raccoon, 280, 440),
-                  "full_size_noisy_jpeg": crop(raccoon, 280, 440)}
+    full_size = crop(raccoon, 280, 440)
+    originals |= {"full_size": full_size, "full_size_noisy_jpeg": full_size}
     inputs = {"sharp": originals["sharp"],
               "soft": sharpen.gaussian_blur(originals["soft"], 1.2),
               "noisy_jpeg": sharpen.add_noise(sharpen.gaussian_blur(originals["noisy_jpeg"], 1.0),
                                               0.02, generator=g),
-              "full_size": originals["full_size"],
-              "full_size_noisy_jpeg": sharpen.add_noise(originals["full_size"], 0.02, generator=g)}
+              "full_size": full_size,
+              "full_size_noisy_jpeg": sharpen.add_noise(full_size, 0.02, generator=g)}
+    files = []
     for name, img in inputs.items():
         img = img.clamp(0, 1)
         path = out / (f"{name}.jpg" if name.endswith("noisy_jpeg") else f"{name}.png")
         arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(path, **({"quality": 60} if path.suffix == ".jpg" else {}))
-    files = [str(out / f) for f in ("sharp.png", "soft.png", "noisy_jpeg.jpg", "full_size.png",
-                                    "full_size_noisy_jpeg.jpg")]
+        files.append(str(path))
     told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2"],
             "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"],
             "full_size": ["--blur", "0"],
