@@ -587,7 +587,8 @@ def _log_uniform(low: float, high: float, u: float | Tensor) -> float | Tensor:
     return low * (high / low) ** u
 
 
-def _realistic(x: Tensor, sigma: float, generator: Generator) -> tuple[Tensor, Tensor]:
+def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float
+               ) -> tuple[Tensor, Tensor]:
     """``degrade(kind="real")``, and its levels ``(N, 3)`` (see ``degrade``): the distribution
     and its sources are in ``degrade``'s docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
@@ -630,6 +631,10 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> tuple[Tensor, T
     shot = torch.where((draws[:, 6] < 0.33) & ~clean, _log_uniform(1e-4, 2e-3, draws[:, 7]), 0.0)
     white, shot = white.to(x), shot.to(x)
     normal = torch.randn((2, *x.shape), generator=generator, device=dev, dtype=x.dtype).to(x)
+    if grey_noise > 0:  # drawn only then: grey_noise=0 draws exactly as before it existed
+        draw = torch.rand(n, generator=generator, device=dev, dtype=torch.float64).cpu()
+        grey = draw < grey_noise
+        normal[:, grey] = normal[:, grey, :1].expand(-1, -1, x.shape[1], -1, -1)
     noise_std = (white**2 + shot * out.clamp(0, 1).mean((1, 2, 3))).sqrt()  # shot: at the mean
     out = out + white[:, None, None, None] * normal[0] + \
         (out.clamp(0, 1) * shot[:, None, None, None]).sqrt() * normal[1]
@@ -643,7 +648,7 @@ def _realistic(x: Tensor, sigma: float, generator: Generator) -> tuple[Tensor, T
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,
-            generator: Generator = None, return_levels: bool = False
+            grey_noise: float = 0.0, generator: Generator = None, return_levels: bool = False
             ) -> Tensor | tuple[Tensor, Tensor]:
     """Make blurred training inputs from sharp images, then add noise if ``noise > 0``.
 
@@ -664,7 +669,10 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       L(0.002, 0.04) on half the images and shot noise (variance L(1e-4, 2e-3) x the signal) on a
       third, clipping to [0, 1] and 8 bits, and JPEG of quality U(30, 95) on half; but two thirds
       of the images left sharp (20% of all) get no noise and no JPEG, and so come back exactly as
-      they were if they were 8-bit. ``noise`` adds more.
+      they were if they were 8-bit. ``noise`` adds more. With ``grey_noise``, that share of the
+      images get noise that is the same in every channel (Real-ESRGAN's gray noise, drawn for
+      40% of its images), as in photos whose colour was interpolated (demosaicing) or
+      subsampled (JPEG): a grain of brightness, where per-channel noise is a grain of colour.
 
     With ``return_levels``, also what was done to each image, as a conditioned model
     (``unet(conditioned=1)``) is told it: ``(blur, noise, jpeg)`` with blur the
@@ -677,6 +685,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         kind: ``"gaussian"``, ``"motion"``, ``"mixed"`` or ``"real"``.
         sigma: Blur strength in pixels, > 0.
         noise: Standard deviation of ``add_noise`` (unclamped), >= 0.
+        grey_noise: For ``"real"``: the share of images whose noise is the same in every
+            channel, in [0, 1].
         generator: Source of randomness.
         return_levels: Also return the levels (``kind`` ``"gaussian"`` or ``"real"``).
 
@@ -685,8 +695,10 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         levels ``(B, 3)`` or ``(3,)`` float32 on the images' device.
 
     Raises:
-        ValueError: If ``kind``, ``sigma`` or ``noise`` is out of range, the blur too large, or
-            levels are asked of ``"motion"`` or ``"mixed"``.
+        TypeError: If a number is not a number.
+        ValueError: If ``kind``, ``sigma``, ``noise`` or ``grey_noise`` is out of range, the blur
+            too large, levels asked of ``"motion"`` or ``"mixed"``, or grey noise of a kind other
+            than ``"real"``.
     """
     x, single = _as_batch("sharp", sharp)
     if kind not in (kinds := ("gaussian", "motion", "mixed", "real")):
@@ -694,6 +706,11 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     if return_levels and kind not in ("gaussian", "real"):
         raise ValueError(f"return_levels needs kind 'gaussian' or 'real', got {kind!r}")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
+    grey_noise = _check_number("grey_noise", grey_noise, strict=False)
+    if grey_noise > 1:
+        raise ValueError(f"grey_noise must be in [0, 1], got {grey_noise:g}")
+    if grey_noise > 0 and kind != "real":
+        raise ValueError(f"grey_noise is for kind 'real', got kind {kind!r}")
     dev = _check_generator(generator)
     s_max = {"mixed": 1.5, "real": 2.0}.get(kind, 1.0) * sigma  # the largest kernel, up front
     radius = max(math.floor(4 * s_max + 0.5) if kind != "motion" else 0, math.ceil(3 * s_max))
@@ -705,7 +722,7 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
     elif kind == "real":
-        out, levels = _realistic(x, sigma, generator)
+        out, levels = _realistic(x, sigma, generator, grey_noise)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         if not return_levels:

@@ -746,6 +746,31 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
         sharpen.degrade(sharp, kind="real", sigma=6.0)
 
 
+def test_degrade_real_grey_noise_is_the_same_in_every_channel():
+    flat = torch.full((48, 3, 32, 32), 0.5)  # a grey image: blur and resampling keep it so
+    per_channel, levels = sharpen.degrade(flat, kind="real", generator=gen(3), return_levels=True)
+    assert torch.equal(per_channel, sharpen.degrade(flat, kind="real", generator=gen(3),
+                                                    grey_noise=0.0))
+    grey, grey_levels = sharpen.degrade(flat, kind="real", generator=gen(3), grey_noise=1.0,
+                                        return_levels=True)
+    torch.testing.assert_close(grey_levels, levels)  # the same draws, the same levels
+    noisy, raw = levels[:, 1] > 0, levels[:, 2] == 100
+    assert (noisy & raw).sum() >= 10
+    spread = (per_channel - per_channel.mean(1, keepdim=True)).abs().flatten(1).amax(1)
+    assert (spread[noisy & raw] > 0).all()  # noise drawn per channel: a colour grain
+    spread = (grey - grey.mean(1, keepdim=True)).abs().flatten(1).amax(1)
+    assert (spread[raw] == 0).all() and (grey - 0.5)[noisy & raw].abs().amax() > 0.01
+    some = sharpen.degrade(flat, kind="real", generator=gen(3), grey_noise=0.5)
+    spread = (some - some.mean(1, keepdim=True)).abs().flatten(1).amax(1)[noisy & raw]
+    assert 0 < int((spread == 0).sum()) < int((noisy & raw).sum())
+    with pytest.raises(ValueError, match=r"grey_noise must be in \[0, 1\], got 1.5"):
+        sharpen.degrade(flat, kind="real", grey_noise=1.5)
+    with pytest.raises(TypeError, match="grey_noise must be a number, got str"):
+        sharpen.degrade(flat, kind="real", grey_noise="0.4")
+    with pytest.raises(ValueError, match="grey_noise is for kind 'real', got kind 'gaussian'"):
+        sharpen.degrade(flat, grey_noise=0.4)
+
+
 def test_kernel_sigma_of_hand_computed_kernels():
     g = sharpen.gaussian_kernel(1.5, dtype=torch.float64)
     assert sharpen.kernel_sigma(g[:, None] * g[None, :]).item() == pytest.approx(1.5, abs=1e-3)
@@ -1616,13 +1641,15 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
 
     tiny = ["--steps", "1", "--batch-size", "2", "--size", "32", "--train-images", "2",
             "--width", "2"]
-    assert train_levels.main([*tiny, "--out", str(tmp_path / "run")]) == 0
+    assert train_levels.main([*tiny, "--grey-noise", "0.4", "--out", str(tmp_path / "run")]) == 0
     est = sharpen.load_model(tmp_path / "run" / "estimator.pt")
     assert isinstance(est, sharpen.LevelNet) and est.config["kwargs"]["width"] == 2
     out = capsys.readouterr().out
     assert "on the 4 validation photos" in out and "gaussian 1.5 + jpeg 50" in out
+    assert "gaussian 1.5 + noise 0.03 + jpeg 75" in out and "grey noise 0.01 " in out
     for bad, match in [(["--steps", "0"], "--steps must be >= 1, got 0"),
                        (["--size", "16"], "--size must be from 32 to 128"),
+                       (["--grey-noise", "2"], r"--grey-noise must be in \[0, 1\], got 2.0"),
                        (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0")]:
         with pytest.raises(SystemExit):
             train_levels.main([*tiny, *bad, "--out", str(tmp_path / "bad")])

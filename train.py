@@ -66,6 +66,19 @@ CONDITIONS = {
                                                                    ("gaussian", 1.5)))
        for q in (50, 90)},
 }
+# Validation only (docs/validate.py --grain, train_levels.py): photo grain the table does not
+# hold, each (blur, noise std, JPEG quality, grey): grey noise is the same in every channel, as
+# in a camera's photos; per-channel noise under JPEG loses its colour to chroma subsampling.
+GRAIN_CONDITIONS = {
+    "grey noise 0.01": (None, 0.01, None, True),
+    "grey noise 0.03": (None, 0.03, None, True),
+    "grey noise 0.01 + jpeg 75": (None, 0.01, 75, True),
+    "grey noise 0.03 + jpeg 75": (None, 0.03, 75, True),
+    "noise 0.01 + jpeg 75": (None, 0.01, 75, False),
+    "noise 0.03 + jpeg 75": (None, 0.03, 75, False),
+    "gaussian 1.5 + grey noise 0.03": (("gaussian", 1.5), 0.03, None, True),
+    "gaussian 1.5 + noise 0.03 + jpeg 75": (("gaussian", 1.5), 0.03, 75, False),
+}
 BALANCES = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)  # Wiener, chosen per condition
 UNSHARP = [(s, a) for s in (0.5, 1.0, 1.5, 2.0, 3.0)
            for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)]
@@ -615,20 +628,22 @@ def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Te
 
 
 def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """8-bit sharp images ``(N, 3, H, W)`` under a named condition, as 8-bit images, and their
-    blur kernels."""
-    blur, noise, quality = CONDITIONS[name]
+    """8-bit sharp images ``(N, 3, H, W)`` under a named condition (of ``CONDITIONS`` or
+    ``GRAIN_CONDITIONS``), as 8-bit images, and their blur kernels."""
+    blur, noise, quality, *grey = {**CONDITIONS, **GRAIN_CONDITIONS}[name]
     generator = torch.Generator().manual_seed(seed)
     kernels = _kernels(blur, len(sharp), generator)
     x = sharpen.blur(sharp, kernels) if blur else sharp
-    if noise:
+    if noise and grey == [True]:
+        x = x + noise * torch.randn((len(x), 1, *x.shape[-2:]), generator=generator)
+    elif noise:
         x = sharpen.add_noise(x, noise, generator=generator)
     return (sharpen.jpeg(x, quality) if quality else _8bit(x)), kernels
 
 
 def _condition_levels(name: str, kernels: torch.Tensor) -> torch.Tensor:
     """What a conditioned model is told about a condition's images: ``(N, 3)`` levels."""
-    _, noise, quality = CONDITIONS[name]
+    _, noise, quality, *_ = {**CONDITIONS, **GRAIN_CONDITIONS}[name]
     return torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(kernels),), noise),
                         torch.full((len(kernels),), float(quality or 100))], 1)
 

@@ -6,13 +6,14 @@ tells a conditioned model when the user tells it nothing (``sharpen.estimate_lev
 It learns from ``train.py --blur real --train-photos``'s training images, degraded by
 ``sharpen.degrade(kind="real")`` with 8-bit rounding, the levels it returns being the targets.
 It writes ``OUT/estimator.pt`` and prints its errors on the validation photos under each
-condition of the robustness table. ``python docs/validate.py --levels OUT/estimator.pt
-weights/student.pt`` then scores the student told its estimates.
+condition of the robustness table and of ``train.GRAIN_CONDITIONS``. ``python docs/validate.py
+--levels OUT/estimator.pt weights/student.pt`` then scores the student told its estimates.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,10 @@ import sharpen
 import train
 
 
-def _degrade(sharp: torch.Tensor, *, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _degrade(sharp: torch.Tensor, *, generator: torch.Generator, grey_noise: float
+             ) -> tuple[torch.Tensor, ...]:
     blurred, levels = sharpen.degrade(sharp, kind="real", generator=generator,
-                                      return_levels=True)
+                                      grey_noise=grey_noise, return_levels=True)
     return train._8bit(blurred), levels
 
 
@@ -34,12 +36,15 @@ def _errors(estimator: sharpen.LevelNet) -> None:
     """Mean estimate against the truth per condition, on the validation photos."""
     sharp = train._validation_photos(256)
     print(f"on the {len(sharp)} validation photos, mean (blur, noise, jpeg): true -> estimated")
-    for i, name in enumerate(train.CONDITIONS):
-        x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
+    seeds = {name: train.ROBUSTNESS_SEED - 1 - i for i, name in enumerate(train.CONDITIONS)}
+    seeds |= {name: train.ROBUSTNESS_SEED - 1001 - i
+              for i, name in enumerate(train.GRAIN_CONDITIONS)}
+    for name, seed in seeds.items():
+        x, kernels = train._condition(sharp, name, seed)
         true = train._condition_levels(name, kernels).mean(0)
         est = sharpen.estimate_levels(estimator, x)
         spread = est[:, 0].min().item(), est[:, 0].max().item()
-        print(f"  {name:26} ({true[0]:.2f}, {true[1]:.3f}, {true[2]:3.0f}) -> "
+        print(f"  {name:35} ({true[0]:.2f}, {true[1]:.3f}, {true[2]:3.0f}) -> "
               f"({est[:, 0].mean():.2f}, {est[:, 1].mean():.3f}, {est[:, 2].mean():3.0f}); "
               f"blur {spread[0]:.2f}-{spread[1]:.2f}")
 
@@ -55,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="dead-leaves training images (192), beside the photo tiles")
     p.add_argument("--quantile", type=float, default=0.5,
                    help="of the estimates (kd.level_loss): below 0.5 they err low (0.5)")
+    p.add_argument("--grey-noise", type=float, default=0.0,
+                   help="the share of noisy images whose noise is the same in every channel, "
+                        "a grain of brightness (sharpen.degrade's grey_noise) (0.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     args = p.parse_args(argv)
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--size must be from 32 to 128 (the training images' size), got {args.size}")
     if not 0 < args.quantile < 1:
         p.error(f"--quantile must be in (0, 1), got {args.quantile}")
+    if not 0 <= args.grey_noise <= 1:
+        p.error(f"--grey-noise must be in [0, 1], got {args.grey_noise}")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
         train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
-                      degrade=_degrade)
+                      degrade=functools.partial(_degrade, grey_noise=args.grey_noise))
     opt = torch.optim.Adam(estimator.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
