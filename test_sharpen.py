@@ -2762,6 +2762,17 @@ def test_robustness_conditions_are_what_their_names_say():
     b, kb = train._condition(sharp, "camera shake", 3)
     assert torch.equal(a, b) and torch.equal(ka, kb)  # a fixed seed
     assert not torch.equal(ka[0], ka[1])  # a path per image
+    flat = torch.full((2, 3, 48, 48), 0.5)
+    x, _ = train._condition(flat, "grey noise 0.03", 0)
+    assert torch.equal(x[:, :1].expand_as(x), x) and 0.025 < (x - 0.5).std() < 0.035
+    x, _ = train._condition(flat, "noise 0.03 + jpeg 75", 0)
+    colour = sharpen.add_noise(flat, 0.03, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, sharpen.jpeg(colour, 75))  # noise per channel, then JPEG
+    x, kernels = train._condition(sharp, "gaussian 1.5 + grey noise 0.03", 0)
+    residual = x - sharpen.gaussian_blur(sharp, 1.5)
+    assert 0.025 < residual.std() < 0.035 and (residual[:, 0] - residual[:, 1]).abs().max() < 0.01
+    levels = train._condition_levels("gaussian 1.5 + grey noise 0.03", kernels)
+    torch.testing.assert_close(levels, torch.tensor([[1.5, 0.03, 100.0]] * 2), atol=0.01, rtol=0)
 
 
 def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys):

@@ -15,6 +15,8 @@ told its blur with the true noise and JPEG ("auto blur") and the reverse ("true 
 ``--colour`` also runs on four colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
 matplotlib's and scikit-learn's wheels, in the eval extra, and ``data/raccoon.png``, sharp
 fur), as the four validation photos are grey (and ``clock`` motion-blurred as photographed).
+``--grain`` also scores the grain conditions (``train.GRAIN_CONDITIONS``: noise the same in
+every channel, and noise under JPEG), which the robustness table does not hold.
 ``--scored`` runs on the three scored photo sets instead (for reporting only: choices are made
 on the validation photos). On every set but the grey validation photos it also prints the
 worst image's gain. For the sharp condition it prints the PSNR (and the SSIM where it prints
@@ -37,10 +39,12 @@ import train  # noqa: E402
 
 
 def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
-          estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None
+          estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None,
+          grain: bool = False
           ) -> dict[str, dict[str, dict[str, tuple[float, float, float | None]]]]:
     """``{model: {mode: {condition: (mean gain, worst image's gain in dB, None)}}}`` on ``sharp``
-    (default: the validation photos); for ``"sharp"``, the PSNR (mean, worst image's) and the
+    (default: the validation photos), under the robustness table's conditions (with ``grain``,
+    ``train.GRAIN_CONDITIONS``'s); for ``"sharp"``, the PSNR (mean, worst image's) and the
     mean SSIM instead. Modes: "blind", "told", "estimate", and with an estimator "auto" (its
     levels), "true blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true
     noise and JPEG)."""
@@ -48,8 +52,10 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         sharp = train._validation_photos(256)
     out = {m: {mode: {} for mode in ("blind", "told", "estimate", "auto", "true blur",
                                      "auto blur")} for m in models}
-    for i, name in enumerate(train.CONDITIONS):
-        x, kernels = train._condition(sharp, name, train.ROBUSTNESS_SEED - 1 - i)
+    conditions, first_seed = ((train.GRAIN_CONDITIONS, train.ROBUSTNESS_SEED - 1001) if grain
+                              else (train.CONDITIONS, train.ROBUSTNESS_SEED - 1))
+    for i, name in enumerate(conditions):
+        x, kernels = train._condition(sharp, name, first_seed - i)
         levels = train._condition_levels(name, kernels)
         read = {}
         if estimator is not None:
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score conditioned models told this estimator's levels")
     parser.add_argument("--colour", action="store_true",
                         help="also the colour validation photos (needs matplotlib, scikit-learn)")
+    parser.add_argument("--grain", action="store_true",
+                        help="also the grain conditions (train.GRAIN_CONDITIONS): grey noise, "
+                             "noise under JPEG")
     parser.add_argument("--scored", action="store_true",
                         help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
@@ -114,13 +123,16 @@ def main(argv: list[str] | None = None) -> None:
             sets["colour validation"] = train._colour_validation_photos(256)
         except ImportError as e:
             parser.error(f"--colour needs matplotlib and scikit-learn ({e})")
-    for set_name, sharp in sets.items():
-        print(f"== {set_name}")
-        result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp)
+    runs = [(name, sharp, grain) for name, sharp in sets.items()
+            for grain in ((False, True) if args.grain else (False,))]
+    for set_name, sharp, grain in runs:
+        print(f"== {set_name}" + (", grain conditions" if grain else ""))
+        result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp,
+                       grain=grain)
         detail = set_name != "validation"  # the worst image, and the sharp photos' SSIM
         for m, modes in result.items():
-            mean = {mode: sum(v[0] for c, v in g.items() if c != "sharp") / (len(g) - 1)
-                    for mode, g in modes.items() if g}
+            mean = {mode: sum(v[0] for c, v in g.items() if c != "sharp")
+                    / sum(c != "sharp" for c in g) for mode, g in modes.items() if g}
             print(m + ": " + ", ".join(f"{mode} {v:+.2f} dB" for mode, v in mean.items())
                   + (f"; mean of told and blind {(mean['told'] + mean['blind']) / 2:.2f}"
                      if "told" in mean else ""))
@@ -128,7 +140,6 @@ def main(argv: list[str] | None = None) -> None:
                 if g:
                     print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=detail)
                                                     for c, v in g.items()))
-
 
 if __name__ == "__main__":
     main()
