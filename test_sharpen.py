@@ -1647,12 +1647,22 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
     out = capsys.readouterr().out
     assert "on the 4 validation photos" in out and "gaussian 1.5 + jpeg 50" in out
     assert "gaussian 1.5 + noise 0.03 + jpeg 75" in out and "grey noise 0.01 " in out
+    first = sharpen.load_model(tmp_path / "run" / "estimator.pt")
+    assert train_levels.main([*tiny[:-2], "--init", str(tmp_path / "run" / "estimator.pt"), "--lr",
+                              "0", "--out", str(tmp_path / "again")]) == 0  # from it, unchanged
+    again = sharpen.load_model(tmp_path / "again" / "estimator.pt")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                 again.state_dict().values()))
     for bad, match in [(["--steps", "0"], "--steps must be >= 1, got 0"),
                        (["--size", "16"], "--size must be from 32 to 128"),
                        (["--grey-noise", "2"], r"--grey-noise must be in \[0, 1\], got 2.0"),
+                       (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+                       (["--init", str(SHIPPED / "student.pt")], "student.pt is not a level est"),
+                       (["--init", str(tmp_path / "none.pt")], "none.pt"),
+                       (["--init", str(SHIPPED / "levels.pt"), "--width", "2"], "drop --width"),
                        (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0")]:
         with pytest.raises(SystemExit):
-            train_levels.main([*tiny, *bad, "--out", str(tmp_path / "bad")])
+            train_levels.main([*tiny[:-2], *bad, "--out", str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
 

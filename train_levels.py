@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="training steps (3000)")
     p.add_argument("--batch-size", type=int, default=64, help="(64)")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels (64)")
-    p.add_argument("--width", type=int, default=24, help="the estimator's width (24)")
+    p.add_argument("--width", type=int, help="the estimator's width (24)")
+    p.add_argument("--init", type=Path, metavar="ESTIMATOR.pt",
+                   help="start from this estimator (train_levels.py's) instead of a new one")
+    p.add_argument("--lr", type=float, default=2e-3,
+                   help="Adam's learning rate, cosine-annealed to 0 (0.002)")
     p.add_argument("--train-images", type=int, default=192,
                    help="dead-leaves training images (192), beside the photo tiles")
     p.add_argument("--quantile", type=float, default=0.5,
@@ -73,19 +77,31 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--size must be from 32 to 128 (the training images' size), got {args.size}")
     if not 0 < args.quantile < 1:
         p.error(f"--quantile must be in (0, 1), got {args.quantile}")
+    if not args.lr >= 0:
+        p.error(f"--lr must be >= 0, got {args.lr}")
+    if args.init is not None and args.width is not None:
+        p.error("--init starts from an estimator of its own width: drop --width")
     if not 0 <= args.grey_noise <= 1:
         p.error(f"--grey-noise must be in [0, 1], got {args.grey_noise}")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
-    estimator = sharpen.level_estimator(width=args.width)  # checks --width
+    if args.init is None:
+        estimator = sharpen.level_estimator(width=args.width or 24)  # checks --width
+    else:
+        try:
+            estimator = sharpen.load_model(args.init)
+        except (OSError, ValueError) as e:
+            p.error(f"--init: {e}")
+        if not isinstance(estimator, sharpen.LevelNet):
+            p.error(f"--init {args.init} is not a level estimator (train_levels.py's)")
     generator = torch.Generator().manual_seed(args.seed)
     images = train._8bit(torch.cat([
         sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
         train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
                       degrade=functools.partial(_degrade, grey_noise=args.grey_noise))
-    opt = torch.optim.Adam(estimator.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(estimator.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     start, mean = time.perf_counter(), None
