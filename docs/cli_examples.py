@@ -2,12 +2,12 @@
 
     pip install -e ".[eval]" && python docs/cli_examples.py [--weights MODEL.pt]
 
-Writes five photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
+Writes six photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
 one as it is, one softened by a Gaussian blur of sigma 1.2, one blurred, noisy and saved as a
-JPEG of quality 60; and a crop of ``data/raccoon.png``, which is soft at the pixel level, as it
-is and noisy and saved as a JPEG of quality 60), runs ``python sharpen.py`` on them exactly as
-a user would, and puts each input beside its output, with the PSNR against the untouched crop,
-in docs/cli_examples.png.
+JPEG of quality 60, one with a camera's grain (noise the same in every channel); and a crop of
+``data/raccoon.png``, which is soft at the pixel level, as it is and noisy and saved as a JPEG
+of quality 60), runs ``python sharpen.py`` on them exactly as a user would, and puts each input
+beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
 For a conditioned model, a third column: ``python sharpen.py`` told what was done to each photo
 (``--blur``, ``--noise``, ``--jpeg``).
 """
@@ -42,7 +42,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     originals = {"sharp": crop(data.coffee(), 40, 140),
                  "soft": crop(data.astronaut(), 20, 100),
-                 "noisy_jpeg": crop(data.chelsea(), 0, 60)}
+                 "noisy_jpeg": crop(data.chelsea(), 0, 60),
+                 "grainy": crop(data.rocket(), 60, 200)}
     raccoon = sharpen.load_image(ROOT / "data" / "raccoon.png").permute(1, 2, 0).numpy() * 255
     full_size = crop(raccoon, 280, 440)
     originals |= {"full_size": full_size, "full_size_noisy_jpeg": full_size}
@@ -50,6 +51,8 @@ def main() -> None:
               "soft": sharpen.gaussian_blur(originals["soft"], 1.2),
               "noisy_jpeg": sharpen.add_noise(sharpen.gaussian_blur(originals["noisy_jpeg"], 1.0),
                                               0.02, generator=g),
+              "grainy": originals["grainy"] + 0.02 * torch.randn(
+                  (1, 320, 320), generator=torch.Generator().manual_seed(1)),
               "full_size": full_size,
               "full_size_noisy_jpeg": sharpen.add_noise(full_size, 0.02, generator=g)}
     files = []
@@ -61,6 +64,7 @@ def main() -> None:
         files.append(str(path))
     told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2"],
             "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"],
+            "grainy": ["--blur", "0", "--noise", "0.02"],
             "full_size": ["--blur", "0"],
             "full_size_noisy_jpeg": ["--blur", "0", "--noise", "0.02", "--jpeg", "60"]}
     weights = ["--weights", args.weights] if args.weights else []
