@@ -695,7 +695,7 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         levels ``(B, 3)`` or ``(3,)`` float32 on the images' device.
 
     Raises:
-        TypeError: If a number is not a number.
+        TypeError: If ``sigma``, ``noise`` or ``grey_noise`` is not a number.
         ValueError: If ``kind``, ``sigma``, ``noise`` or ``grey_noise`` is out of range, the blur
             too large, levels asked of ``"motion"`` or ``"mixed"``, or grey noise of a kind other
             than ``"real"``.

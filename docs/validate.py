@@ -141,5 +141,6 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {mode}: " + ", ".join(_cell(c, *v, detail=detail)
                                                     for c, v in g.items()))
 
+
 if __name__ == "__main__":
     main()
