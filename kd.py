@@ -390,7 +390,7 @@ def _finish_step(loss: torch.Tensor, terms: dict[str, float], optimizer: torch.o
 
 
 def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tensor, *,
-               quantile: float = 0.5) -> torch.Tensor:
+               quantile: float | tuple[float, float, float] = 0.5) -> torch.Tensor:
     """The pinball (quantile) loss of a level estimator's output against the true levels, both
     scaled as the estimator gives them (``sharpen.scaled_levels``), averaged over images and
     levels: at ``quantile`` 0.5, half the L1; below 0.5 the estimator learns to err low, where
@@ -401,7 +401,8 @@ def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tenso
         degraded: ``(B, C, H, W)`` float images, as ``sharpen.degrade`` makes them.
         levels: ``(B, 3)`` what was done to them (``degrade(..., return_levels=True)``), all
             known (no NaN rows).
-        quantile: Of the estimate, in (0, 1).
+        quantile: Of the estimate, in (0, 1): one for all levels, or one per level (blur,
+            noise, jpeg).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -415,18 +416,23 @@ def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tenso
     if degraded.dim() != 4:
         raise ValueError(f"degraded must be (B, C, H, W), got {tuple(degraded.shape)}")
     _check_levels(levels, degraded)
-    quantile = _check_number("quantile", quantile, high=1)
-    if not 0 < quantile < 1:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    quantiles = quantile if isinstance(quantile, (tuple, list)) else (quantile,) * 3
+    if len(quantiles) != 3:
+        raise ValueError(f"quantile must be one number or three (blur, noise, jpeg), got "
+                         f"{quantile!r}")
+    for q in quantiles:
+        if not 0 < _check_number("quantile", q, high=1) < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {q}")
     if bool(levels.isnan().any()):
         raise ValueError("levels must all be known to train on them, got NaN rows")
     error = sharpen.scaled_levels(levels.to(degraded.device, torch.float32)) \
         - estimator(degraded).float()
-    return torch.maximum(quantile * error, (quantile - 1) * error).mean()
+    q = torch.tensor(quantiles, device=error.device, dtype=error.dtype)
+    return torch.maximum(q * error, (q - 1) * error).mean()
 
 
 def level_step(estimator: nn.Module, optimizer: torch.optim.Optimizer, degraded: torch.Tensor,
-               levels: torch.Tensor, *, quantile: float = 0.5,
+               levels: torch.Tensor, *, quantile: float | tuple[float, float, float] = 0.5,
                clip_grad_norm: float | None = None) -> dict[str, float]:
     """One step of a level estimator: :func:`level_loss` in train mode, backward,
     ``optimizer.step()``; the arguments as there and as :func:`train_step`'s.

@@ -1654,7 +1654,8 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
 
     tiny = ["--steps", "1", "--batch-size", "2", "--size", "32", "--train-images", "2",
             "--width", "2"]
-    assert train_levels.main([*tiny, "--grey-noise", "0.4", "--out", str(tmp_path / "run")]) == 0
+    assert train_levels.main([*tiny, "--grey-noise", "0.4", "--quantile", "0.3", "0.5", "0.5",
+                              "--out", str(tmp_path / "run")]) == 0
     est = sharpen.load_model(tmp_path / "run" / "estimator.pt")
     assert isinstance(est, sharpen.LevelNet) and est.config["kwargs"]["width"] == 2
     out = capsys.readouterr().out
@@ -1673,7 +1674,8 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
                        (["--init", str(SHIPPED / "student.pt")], "student.pt is not a level est"),
                        (["--init", str(tmp_path / "none.pt")], "none.pt"),
                        (["--init", str(SHIPPED / "levels.pt"), "--width", "2"], "drop --width"),
-                       (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0")]:
+                       (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0"),
+                       (["--quantile", "0.3", "0.5"], r"one number or three \(blur, noise, jp")]:
         with pytest.raises(SystemExit):
             train_levels.main([*tiny[:-2], *bad, "--out", str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
@@ -1714,6 +1716,9 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     assert not torch.equal(whole, expected)
 
 
+LEVELS_SHARP = torch.tensor([[0.0, 0.0, 100.0]] * 2)  # two images, untouched
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda e, x: sharpen.estimate_levels(sharpen.student(), x), TypeError,
      "estimator must be a LevelNet.*got UNet"),
@@ -1733,6 +1738,12 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     (lambda e, x: kd.level_loss(e, x, torch.tensor([[1.0, 2.0, 100.0]] * 2)), ValueError,
      "noise <= 1"),
     (lambda e, x: kd.level_loss(e, x[0], torch.zeros(2, 3)), ValueError, r"\(B, C, H, W\)"),
+    (lambda e, x: kd.level_loss(e, x, LEVELS_SHARP, quantile=(0.3, 0.5)), ValueError,
+     r"quantile must be one number or three \(blur, noise, jpeg\), got \(0.3, 0.5\)"),
+    (lambda e, x: kd.level_loss(e, x, LEVELS_SHARP, quantile=(0.3, 1.0, 0.5)), ValueError,
+     r"quantile must be in \(0, 1\), got 1.0"),
+    (lambda e, x: kd.level_loss(e, x, LEVELS_SHARP, quantile="0.3"), TypeError,
+     "quantile must be a number"),
 ])
 def test_level_estimator_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
@@ -1750,6 +1761,9 @@ def test_level_loss_is_the_l1_of_scaled_levels_and_level_step_learns():
         low = kd.level_loss(est, x, levels, quantile=0.2)  # over-estimates cost 0.8, under 0.2
         error = target - est(x)
         assert torch.allclose(low, torch.where(error > 0, 0.2 * error, -0.8 * error).mean())
+        q = torch.tensor([0.2, 0.5, 0.7])  # one quantile per level: blur, noise, jpeg
+        per_level = kd.level_loss(est, x, levels, quantile=(0.2, 0.5, 0.7))
+        assert torch.allclose(per_level, torch.maximum(q * error, (q - 1) * error).mean())
     opt = torch.optim.Adam(est.parameters(), lr=1e-2)
     first = kd.level_step(est, opt, x, levels)["loss"]
     for _ in range(30):

@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Adam's learning rate, cosine-annealed to 0 (0.002)")
     p.add_argument("--train-images", type=int, default=192,
                    help="dead-leaves training images (192), beside the photo tiles")
-    p.add_argument("--quantile", type=float, default=0.5,
-                   help="of the estimates (kd.level_loss): below 0.5 they err low (0.5)")
+    p.add_argument("--quantile", type=float, nargs="+", default=[0.5], metavar="Q",
+                   help="of the estimates (kd.level_loss), one for all levels or three (blur, "
+                        "noise, jpeg): below 0.5 they err low (0.5)")
     p.add_argument("--grey-noise", type=float, default=0.0,
                    help="the share of noisy images whose noise is the same in every channel, "
                         "a grain of brightness (sharpen.degrade's grey_noise) (0.0)")
@@ -75,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 32 <= args.size <= 128:
         p.error(f"--size must be from 32 to 128 (the training images' size), got {args.size}")
-    if not 0 < args.quantile < 1:
-        p.error(f"--quantile must be in (0, 1), got {args.quantile}")
+    if len(args.quantile) not in (1, 3):
+        p.error(f"--quantile takes one number or three (blur, noise, jpeg), got "
+                f"{len(args.quantile)}")
+    for q in args.quantile:
+        if not 0 < q < 1:
+            p.error(f"--quantile must be in (0, 1), got {q}")
     if not args.lr >= 0:
         p.error(f"--lr must be >= 0, got {args.lr}")
     if args.init is not None and args.width is not None:
@@ -105,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     start, mean = time.perf_counter(), None
+    quantile = tuple(args.quantile * 3)[:3]  # one for all levels, or one per level
     for step in range(1, args.steps + 1):
         degraded, _, levels = next(data)
-        loss = kd.level_step(estimator, opt, degraded, levels, quantile=args.quantile)["loss"]
+        loss = kd.level_step(estimator, opt, degraded, levels, quantile=quantile)["loss"]
         schedule.step()
         mean = loss if mean is None else 0.98 * mean + 0.02 * loss
         if step % 200 == 0 or step == args.steps:
