@@ -627,6 +627,13 @@ def _kernels(blur: tuple | None, n: int, generator: torch.Generator) -> torch.Te
     return k.expand(n, *k.shape)
 
 
+def _validation_seed(name: str) -> int:
+    """The seed of a condition's draws on the validation photos, apart from the table's."""
+    if name in CONDITIONS:
+        return ROBUSTNESS_SEED - 1 - list(CONDITIONS).index(name)
+    return ROBUSTNESS_SEED - 1001 - list(GRAIN_CONDITIONS).index(name)
+
+
 def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit sharp images ``(N, 3, H, W)`` under a named condition (of ``CONDITIONS`` or
     ``GRAIN_CONDITIONS``), as 8-bit images, and their blur kernels."""
@@ -634,7 +641,7 @@ def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor,
     generator = torch.Generator().manual_seed(seed)
     kernels = _kernels(blur, len(sharp), generator)
     x = sharpen.blur(sharp, kernels) if blur else sharp
-    if noise and grey == [True]:
+    if noise and any(grey):
         x = x + noise * torch.randn((len(x), 1, *x.shape[-2:]), generator=generator)
     elif noise:
         x = sharpen.add_noise(x, noise, generator=generator)
@@ -660,8 +667,8 @@ def _tune_baselines(validation: torch.Tensor) -> dict[str, dict]:
     """Wiener's balance, and the unsharp mask's sigma and amount, for each condition: those of
     the best mean PSNR on the validation photos, which never score."""
     settings = {}
-    for i, name in enumerate(CONDITIONS):
-        x, kernels = _condition(validation, name, ROBUSTNESS_SEED - 1 - i)
+    for name in CONDITIONS:
+        x, kernels = _condition(validation, name, _validation_seed(name))
 
         def score(out: torch.Tensor) -> float:
             return metrics.psnr(out.nan_to_num().clamp(0, 1), validation).mean().item()

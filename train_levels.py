@@ -36,11 +36,8 @@ def _errors(estimator: sharpen.LevelNet) -> None:
     """Mean estimate against the truth per condition, on the validation photos."""
     sharp = train._validation_photos(256)
     print(f"on the {len(sharp)} validation photos, mean (blur, noise, jpeg): true -> estimated")
-    seeds = {name: train.ROBUSTNESS_SEED - 1 - i for i, name in enumerate(train.CONDITIONS)}
-    seeds |= {name: train.ROBUSTNESS_SEED - 1001 - i
-              for i, name in enumerate(train.GRAIN_CONDITIONS)}
-    for name, seed in seeds.items():
-        x, kernels = train._condition(sharp, name, seed)
+    for name in [*train.CONDITIONS, *train.GRAIN_CONDITIONS]:
+        x, kernels = train._condition(sharp, name, train._validation_seed(name))
         true = train._condition_levels(name, kernels).mean(0)
         est = sharpen.estimate_levels(estimator, x)
         spread = est[:, 0].min().item(), est[:, 0].max().item()
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     start, mean = time.perf_counter(), None
-    quantile = tuple(args.quantile * 3)[:3]  # one for all levels, or one per level
+    quantile = args.quantile[0] if len(args.quantile) == 1 else tuple(args.quantile)
     for step in range(1, args.steps + 1):
         degraded, _, levels = next(data)
         loss = kd.level_step(estimator, opt, degraded, levels, quantile=quantile)["loss"]

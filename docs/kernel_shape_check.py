@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'condition':26s} {'input':>7s} {'estimate':>9s}" + "".join(
         f" {n:>9s}" for n in models))
     with torch.no_grad():
-        for i, name in enumerate(train.CONDITIONS):
-            x, kernels = train._condition(val, name, train.ROBUSTNESS_SEED - 1 - i)
+        for name in train.CONDITIONS:
+            x, kernels = train._condition(val, name, train._validation_seed(name))
             levels = train._condition_levels(name, kernels)
             estimate = (x + sharpen._told_wiener(x, levels, at_zero=True)).clamp(0, 1)
             outs = [x, estimate] + [sharpen.sharpen(m, x, precision="fp32", levels=levels)

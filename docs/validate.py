@@ -52,10 +52,8 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         sharp = train._validation_photos(256)
     out = {m: {mode: {} for mode in ("blind", "told", "estimate", "auto", "true blur",
                                      "auto blur")} for m in models}
-    conditions, first_seed = ((train.GRAIN_CONDITIONS, train.ROBUSTNESS_SEED - 1001) if grain
-                              else (train.CONDITIONS, train.ROBUSTNESS_SEED - 1))
-    for i, name in enumerate(conditions):
-        x, kernels = train._condition(sharp, name, first_seed - i)
+    for name in train.GRAIN_CONDITIONS if grain else train.CONDITIONS:
+        x, kernels = train._condition(sharp, name, train._validation_seed(name))
         levels = train._condition_levels(name, kernels)
         read = {}
         if estimator is not None:
