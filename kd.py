@@ -99,9 +99,9 @@ def _check_levels(levels: object, blurred: torch.Tensor) -> None:
     if levels is None:
         return
     _check_float_tensor("levels", levels)
-    if tuple(levels.shape) != (len(blurred), 3):
+    if tuple(levels.shape) not in ((len(blurred), 3), (len(blurred), 4)):
         raise ValueError(f"levels must be (B, 3) = ({len(blurred)}, 3), one (blur, noise, jpeg) "
-                         f"per image, got {tuple(levels.shape)}")
+                         f"per image (or (B, 4), with gaussian), got {tuple(levels.shape)}")
     sharpen.check_levels(levels, len(blurred))  # the values
 
 
@@ -153,8 +153,14 @@ def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwargs: bool):
-    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``)."""
-    return model(x, **kwargs) if levels is None else model(x, levels=levels, **kwargs)
+    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``);
+    a model that takes no gaussian column (``conditioned`` below 4) gets the first three."""
+    if levels is None:
+        return model(x, **kwargs)
+    inner = _unwrapped(getattr(_unwrapped(model), "student", _unwrapped(model)))
+    if levels.shape[-1] == 4 and getattr(inner, "conditioned", 0) != 4:
+        levels = levels[..., :3]
+    return model(x, levels=levels, **kwargs)
 
 
 def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.5
@@ -225,8 +231,9 @@ def train_loss(
         amp: run the forward pass under bf16 autocast (CPU or CUDA).
         levels: ``(B, 3)`` what was done to each image, for a conditioned model
             (``sharpen.unet(conditioned=1)``, levels from ``sharpen.degrade(...,
-            return_levels=True)``; NaN rows unknown); the model is then run as
-            ``model(blurred, levels=levels)``. None: ``model(blurred)``.
+            return_levels=True)``; NaN rows unknown), or ``(B, 4)`` with the gaussian column for
+            ``conditioned=4``; the model is then run as ``model(blurred, levels=levels)``.
+            None: ``model(blurred)``.
 
     Returns:
         ``(loss, {"loss": float})``: the 0-dim loss tensor and its value.
@@ -296,7 +303,9 @@ def distill_loss(
             once for a pool of batches); then the teacher is not run unless features are needed.
         amp: bf16 autocast for the forward passes (CPU or CUDA).
         levels: ``(B, 3)`` what was done to each image, told to both models (as in
-            :func:`train_loss`): both must then be conditioned.
+            :func:`train_loss`): both must then be conditioned. ``(B, 4)``, with the gaussian
+            column, for a ``conditioned=4`` model; a teacher of fewer inputs gets the first
+            three.
 
     Returns:
         ``(loss, {"loss", "kd", "gt", "feat"})``: the 0-dim loss tensor and the terms as floats.
@@ -416,6 +425,9 @@ def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tenso
     if degraded.dim() != 4:
         raise ValueError(f"degraded must be (B, C, H, W), got {tuple(degraded.shape)}")
     _check_levels(levels, degraded)
+    if levels.shape[1] != 3:
+        raise ValueError(f"levels must be (B, 3): an estimator reads no gaussian column, got "
+                         f"{tuple(levels.shape)}")
     quantiles = quantile if isinstance(quantile, (tuple, list)) else (quantile,) * 3
     if len(quantiles) != 3:
         raise ValueError(f"quantile must be one number or three (blur, noise, jpeg), got "

@@ -587,12 +587,17 @@ def _log_uniform(low: float, high: float, u: float | Tensor) -> float | Tensor:
     return low * (high / low) ** u
 
 
-def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float
-               ) -> tuple[Tensor, Tensor]:
-    """``degrade(kind="real")``, and its levels ``(N, 3)`` (see ``degrade``): the distribution
-    and its sources are in ``degrade``'s docstring."""
+def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float,
+               gaussian_told: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``degrade(kind="real")``, and its levels ``(N, 3)``, or ``(N, 4)`` with
+    ``gaussian_told`` (see ``degrade``): the distribution and its sources are in ``degrade``'s
+    docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
     draws = torch.rand(n, 10, generator=generator, device=dev, dtype=torch.float64).cpu()
+    if gaussian_told > 0:  # drawn only then, as grey noise is; those images blurred isotropically
+        told = torch.rand(n, generator=generator, device=dev, dtype=torch.float64).cpu()
+        told = told < gaussian_told
+        draws[told, 0] = 0.30 + 0.12 * draws[told, 0]
     R = math.floor(4 * s_max + 0.5)  # every kernel fits (2R + 1) x (2R + 1)
     kernels = torch.zeros(n, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
     kernels[:, R, R] = 1  # unblurred, until a kernel is drawn
@@ -643,13 +648,15 @@ def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float
     for i in ((draws[:, 8] < 0.5) & ~clean).nonzero().flatten().tolist():
         quality[i] = int(30 + 65.99 * draws[i, 9])
         out[i] = jpeg(out[i], int(quality[i]))
-    levels = torch.stack([blur_sigma, noise_std.double().cpu(), quality], 1)
-    return out, levels.to(x.device, torch.float32)
+    levels = [blur_sigma, noise_std.double().cpu(), quality]
+    if gaussian_told > 0:
+        levels.append(told.double())
+    return out, torch.stack(levels, 1).to(x.device, torch.float32)
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,
-            grey_noise: float = 0.0, generator: Generator = None, return_levels: bool = False
-            ) -> Tensor | tuple[Tensor, Tensor]:
+            grey_noise: float = 0.0, gaussian_told: float = 0.0, generator: Generator = None,
+            return_levels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Make blurred training inputs from sharp images, then add noise if ``noise > 0``.
 
     * ``"gaussian"``: the source paper's protocol, exactly ``gaussian_blur(sharp, sigma)``.
@@ -673,6 +680,9 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       images get noise that is the same in every channel (Real-ESRGAN's gray noise, drawn for
       40% of its images), as in photos whose colour was interpolated (demosaicing) or
       subsampled (JPEG): a grain of brightness, where per-channel noise is a grain of colour.
+      With ``gaussian_told``, that share of the images are blurred by an isotropic Gaussian
+      (std L(0.3, s)) whatever their draw, and told so: their levels get a fourth column,
+      gaussian, 1 (0 for the rest, isotropic Gaussians among them), for ``unet(conditioned=4)``.
 
     With ``return_levels``, also what was done to each image, as a conditioned model
     (``unet(conditioned=1)``) is told it: ``(blur, noise, jpeg)`` with blur the
@@ -687,18 +697,21 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         noise: Standard deviation of ``add_noise`` (unclamped), >= 0.
         grey_noise: For ``"real"``: the share of images whose noise is the same in every
             channel, in [0, 1].
+        gaussian_told: For ``"real"``: the share of images blurred by an isotropic Gaussian and
+            told so (a fourth level), in [0, 1].
         generator: Source of randomness.
         return_levels: Also return the levels (``kind`` ``"gaussian"`` or ``"real"``).
 
     Returns:
         Degraded images, shaped like ``sharp``; with ``return_levels``, ``(images, levels)``,
-        levels ``(B, 3)`` or ``(3,)`` float32 on the images' device.
+        levels ``(B, 3)`` or ``(3,)`` float32 on the images' device (4 columns with
+        ``gaussian_told``).
 
     Raises:
-        TypeError: If ``sigma``, ``noise`` or ``grey_noise`` is not a number.
-        ValueError: If ``kind``, ``sigma``, ``noise`` or ``grey_noise`` is out of range, the blur
-            too large, levels asked of ``"motion"`` or ``"mixed"``, or grey noise of a kind other
-            than ``"real"``.
+        TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a number.
+        ValueError: If ``kind``, ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is
+            out of range, the blur too large, levels asked of ``"motion"`` or ``"mixed"``, or
+            grey noise or told Gaussians of a kind other than ``"real"``.
     """
     x, single = _as_batch("sharp", sharp)
     if kind not in (kinds := ("gaussian", "motion", "mixed", "real")):
@@ -711,6 +724,11 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"grey_noise must be in [0, 1], got {grey_noise:g}")
     if grey_noise > 0 and kind != "real":
         raise ValueError(f"grey_noise is for kind 'real', got kind {kind!r}")
+    gaussian_told = _check_number("gaussian_told", gaussian_told, strict=False)
+    if gaussian_told > 1:
+        raise ValueError(f"gaussian_told must be in [0, 1], got {gaussian_told:g}")
+    if gaussian_told > 0 and kind != "real":
+        raise ValueError(f"gaussian_told is for kind 'real', got kind {kind!r}")
     dev = _check_generator(generator)
     s_max = {"mixed": 1.5, "real": 2.0}.get(kind, 1.0) * sigma  # the largest kernel, up front
     radius = max(math.floor(4 * s_max + 0.5) if kind != "motion" else 0, math.ceil(3 * s_max))
@@ -722,7 +740,7 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
     elif kind == "real":
-        out, levels = _realistic(x, sigma, generator, grey_noise)
+        out, levels = _realistic(x, sigma, generator, grey_noise, gaussian_told)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         if not return_levels:
@@ -868,11 +886,13 @@ def check_levels(levels: object, n: int) -> Tensor:
     Args:
         levels: ``(blur, noise, jpeg)`` numbers, or a float tensor ``(3,)`` (one row for all
             images) or ``(n, 3)``: blur sigma >= 0, noise std 0-1, JPEG quality 1-100 (100:
-            none). A row of NaN means unknown.
+            none). A row of NaN means unknown. A fourth column, ``gaussian``, for a
+            ``unet(conditioned=4)``: 1 if the blur is an isotropic Gaussian, so that the told
+            blur is exact, 0 if its shape is not told.
         n: the number of images.
 
     Returns:
-        The levels as an ``(n, 3)`` tensor (a view where one row was given).
+        The levels as an ``(n, 3)`` or ``(n, 4)`` tensor (a view where one row was given).
 
     Raises:
         TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
@@ -888,10 +908,12 @@ def check_levels(levels: object, n: int) -> Tensor:
             raise TypeError(f"levels must be numbers (blur, noise, jpeg), got {levels!r}")
         levels = torch.tensor(levels, dtype=torch.float32)
     _check_tensor("levels", levels)
-    if levels.shape not in ((len(LEVELS),), (n, len(LEVELS))):
+    c = levels.shape[-1] if levels.dim() else 0
+    if c not in (3, 4) or levels.shape not in ((c,), (n, c)):
         raise ValueError(f"levels must be ({len(LEVELS)},) or (B, {len(LEVELS)}) = ({n}, "
-                         f"{len(LEVELS)}), got {tuple(levels.shape)}")
-    rows = levels.reshape(-1, len(LEVELS))
+                         f"{len(LEVELS)}) (or 4 columns, with gaussian), got "
+                         f"{tuple(levels.shape)}")
+    rows = levels.reshape(-1, c)
     if bool((rows.isnan().any(1) != rows.isnan().all(1)).any()):
         raise ValueError(f"a row of levels is either all NaN (unknown) or all numbers, got "
                          f"{levels.tolist()}")
@@ -900,25 +922,35 @@ def check_levels(levels: object, n: int) -> Tensor:
             bool((known[:, 1] > 1).any()) or bool(((known[:, 2] < 1) | (known[:, 2] > 100)).any()):
         raise ValueError(f"levels must be blur >= 0, 0 <= noise <= 1 and 1 <= jpeg <= 100 "
                          f"(noise on a 0-1 scale; NaN for unknown), got {levels.tolist()}")
-    return levels.expand(n, len(LEVELS))
+    if c == 4 and not bool(((known[:, 3] == 0) | (known[:, 3] == 1)).all()):
+        raise ValueError(f"the fourth level, gaussian, must be 0 or 1, got {levels.tolist()}")
+    return levels.expand(n, c)
 
 
-def _level_maps(levels: Tensor | None, h: Tensor) -> Tensor:
+def _level_maps(levels: Tensor | None, h: Tensor, *, shape: bool = False) -> Tensor:
     """Constant maps ``(B, 4, h, w)``: known (1 or 0), then blur / 3, noise / 0.04 and
-    (100 - jpeg) / 70, zero where unknown (levels None or a NaN row)."""
-    n = h.shape[0]
+    (100 - jpeg) / 70, zero where unknown (levels None or a NaN row); with ``shape``
+    (``conditioned=4``) a fifth, gaussian (0 where not given)."""
+    n, c = h.shape[0], 4 if shape else 3
     if levels is None:
-        v = h.new_zeros(n, 1 + len(LEVELS))
+        v = h.new_zeros(n, 1 + c)
     else:
         if not isinstance(levels, Tensor):
             raise TypeError(f"levels must be a (3,) or ({n}, 3) tensor, got "
                             f"{type(levels).__name__}")
-        if levels.shape not in ((3,), (n, 3)):
+        if levels.shape[-1:] == (4,) and not shape:
+            raise ValueError("levels of 4 columns (gaussian) need unet(conditioned=4), got "
+                             f"{tuple(levels.shape)}")
+        if levels.shape not in ((3,), (n, 3), (c,), (n, c)):
             raise ValueError(f"levels must be a (3,) or ({n}, 3) tensor, got "
                              f"{tuple(levels.shape)}")
-        levels = levels.to(h.device, h.dtype).expand(n, 3)
+        levels = levels.to(h.device, h.dtype).expand(n, -1)
         known = ~levels.isnan().any(1, keepdim=True)
-        v = torch.cat([known.to(h.dtype), scaled_levels(levels).nan_to_num() * known], 1)
+        v = scaled_levels(levels[:, :3]).nan_to_num() * known
+        if shape:  # a blur of 0 has no shape
+            flag = levels[:, 3:].nan_to_num() if levels.shape[1] == 4 else v[:, :1] * 0
+            v = torch.cat([v, flag * (v[:, :1] > 0)], 1)
+        v = torch.cat([known.to(h.dtype), v], 1)
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
 
 
@@ -945,7 +977,7 @@ def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False) -> 
         return torch.zeros_like(x)
     n, (H, W) = x.shape[0], x.shape[-2:]
     xf = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    levels = levels.to(x.device, xf.dtype).expand(n, 3)
+    levels = levels.to(x.device, xf.dtype).expand(n, -1)[:, :3]
     blur, noise, jpeg = levels.nan_to_num().unbind(1)
     balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
     use = ~levels.isnan().any(1) & ((blur > 0) | (at_zero & (balance > 0)))
@@ -1002,7 +1034,8 @@ class UNet(nn.Module):
         self.multiple = shuffle * 2 ** (depth - 1)
         self.receptive_radius = _unet_radius(depth, blocks, shuffle)
         in_channels *= shuffle * shuffle
-        told = (1 + len(LEVELS) if conditioned else 0) + (in_channels if conditioned >= 2 else 0)
+        maps = 1 + len(LEVELS) + (conditioned == 4) if conditioned else 0
+        told = maps + (in_channels if conditioned >= 2 else 0)
         self.head = nn.Conv2d(in_channels + told, width, 3, padding=1)
         self.enc = nn.ModuleList(nn.Sequential(*(_ResBlock(c) for _ in range(blocks))) for c in ch)
         self.down = nn.ModuleList(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1) for c in ch[:-1])
@@ -1018,7 +1051,7 @@ class UNet(nn.Module):
         if levels is not None:
             check_levels(levels, len(x))  # the estimate is made from their values
         if given is None:
-            return _told_wiener(x, levels, at_zero=self.conditioned == 3)
+            return _told_wiener(x, levels, at_zero=self.conditioned >= 3)
         _check_tensor("estimate", given)
         if given.shape != x.shape or given.device != x.device:
             raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on {x.device}, "
@@ -1036,7 +1069,8 @@ class UNet(nn.Module):
         pad = (0, -(-W // m) * m - W, 0, -(-H // m) * m - H)
         parts = [F.pad(x, pad, mode="replicate")]
         if self.conditioned:
-            parts.append(_level_maps(levels, parts[0][..., ::s, ::s]))  # checks levels
+            parts.append(_level_maps(levels, parts[0][..., ::s, ::s],  # checks levels
+                                     shape=self.conditioned == 4))
             if self.conditioned >= 2:
                 estimate = self._estimate(x, levels, estimate)
                 parts.append(F.pad(estimate, pad, mode="replicate"))
@@ -1128,7 +1162,9 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             go through ``torch.export`` (its padding follows the told blur). 3: as 2, but told
             blur 0 and some noise or JPEG loss, the estimate is the same filter without blur, a
             smoothing (students trained from scratch learn to denoise with it, and did not with
-            2). 0: blind only.
+            2). 4: as 3, and levels may have a fourth column, gaussian: 1 if the blur is an
+            isotropic Gaussian, whose estimate is then exact, 0 (or three columns) if its
+            shape is not told (ignored where the blur is 0). 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.
@@ -1139,7 +1175,7 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
     kwargs = {"width": width, "depth": depth, "blocks": blocks, "in_channels": in_channels,
               "shuffle": shuffle, "conditioned": conditioned}
     limits = {"width": (1, 1024), "depth": (1, 8), "blocks": (0, 32), "in_channels": (1, 64),
-              "shuffle": (1, 4), "conditioned": (0, 3)}
+              "shuffle": (1, 4), "conditioned": (0, 4)}
     kwargs = {k: _check_int(k, v, low=limits[k][0], high=limits[k][1]) for k, v in kwargs.items()}
     if kwargs["shuffle"] == 3:
         raise ValueError("shuffle must be 1, 2 or 4, got 3")
@@ -1645,6 +1681,9 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             raise ValueError("levels given, but the model was built without them "
                              "(unet(conditioned=0)): it sharpens blind")
         levels = check_levels(levels, len(x))
+        if levels.shape[1] == 4 and model.conditioned != 4:
+            raise ValueError(f"levels of 4 columns (gaussian) need unet(conditioned=4), the "
+                             f"model is conditioned={model.conditioned}")
     tile, overlap, align = _tiling(model, tile, overlap)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")

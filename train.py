@@ -34,6 +34,7 @@ import sharpen
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
 POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer runs draw new pools
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
+GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share blurred by an isotropic Gaussian and told so
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
@@ -119,13 +120,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how training and evaluation images are degraded: the paper's Gaussian, "
                    "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
                    "noise, JPEG; sharpen.degrade)")
-    p.add_argument("--conditioned", type=int, nargs="?", const=1, default=0, choices=(1, 2, 3),
+    p.add_argument("--conditioned", type=int, nargs="?", const=1, default=0, choices=(1, 2, 3, 4),
                    help="models told what was done to each image (blur, noise, JPEG: "
                    "sharpen.unet(conditioned=1)), trained with a quarter of the images' levels "
                    "unknown so that they also sharpen blind; the robustness table adds them "
                    "told. 2: also given a Wiener estimate from the told levels "
                    "(unet(conditioned=2)); 3: the same, with an estimate that also smooths "
-                   "where the told blur is 0. Needs --blur gaussian or real and the U-Net; an "
+                   "where the told blur is 0; 4: as 3, and told whether the blur is an "
+                   "isotropic Gaussian (whose estimate is exact), 30%% of the images blurred so "
+                   "and told. Needs --blur gaussian or real and the U-Net; an "
                    "--init-teacher or --init-student with fewer inputs gets them added, "
                    "starting at zero")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
@@ -203,11 +206,12 @@ def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
     return _8bit(sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator))
 
 
-def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float,
+def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told: float = 0.0,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_degrade_8bit`` and the levels ``(B, 3)``, a share ``UNKNOWN`` of them unknown (NaN)."""
+    """``_degrade_8bit`` and the levels ``(B, 3)`` (``(B, 4)`` with ``gaussian_told``), a share
+    ``UNKNOWN`` of them unknown (NaN)."""
     blurred, levels = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
-                                      return_levels=True)
+                                      gaussian_told=gaussian_told, return_levels=True)
     unknown = torch.rand(len(sharp), generator=generator, device=generator.device
                          if generator is not None else "cpu") < UNKNOWN
     return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
@@ -224,7 +228,12 @@ def _told(model: nn.Module, conditioned: int) -> nn.Module:
     told = sharpen.unet(**kwargs).to(next(model.parameters()).device)
     state = model.state_dict()
     head = told.head.weight.detach().clone().zero_()
-    head[:, : state["head.weight"].shape[1]] = state["head.weight"]
+    old = state["head.weight"]
+    maps = model.in_channels * model.shuffle**2 + (1 + len(sharpen.LEVELS) if model.conditioned
+                                                   else 0)
+    head[:, :maps] = old[:, :maps]  # the image and the level maps; then the estimate, if any
+    if old.shape[1] > maps:
+        head[:, head.shape[1] - (old.shape[1] - maps):] = old[:, maps:]
     told.load_state_dict({**state, "head.weight": head})
     return told
 
@@ -445,7 +454,8 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
                                                      enabled=args.amp):
-                    told = {} if levels is None else {"levels": levels}
+                    told = {} if levels is None else {"levels": levels if getattr(
+                        teacher, "conditioned", 0) == 4 else levels[:, :3]}
                     t_out = teacher.eval()(blurred, **told).float()
             pool.append((blurred, sharp, t_out, levels))
         served += POOL_REUSE * size
@@ -648,11 +658,18 @@ def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor,
     return (sharpen.jpeg(x, quality) if quality else _8bit(x)), kernels
 
 
-def _condition_levels(name: str, kernels: torch.Tensor) -> torch.Tensor:
-    """What a conditioned model is told about a condition's images: ``(N, 3)`` levels."""
-    _, noise, quality, *_ = {**CONDITIONS, **GRAIN_CONDITIONS}[name]
-    return torch.stack([sharpen.kernel_sigma(kernels), torch.full((len(kernels),), noise),
-                        torch.full((len(kernels),), float(quality or 100))], 1)
+def _condition_levels(name: str, kernels: torch.Tensor, *, gaussian: bool = False
+                      ) -> torch.Tensor:
+    """What a conditioned model is told about a condition's images: ``(N, 3)`` levels, or with
+    ``gaussian`` (for ``conditioned=4``) ``(N, 4)``, also whether the blur is an isotropic
+    Gaussian."""
+    blur, noise, quality, *_ = {**CONDITIONS, **GRAIN_CONDITIONS}[name]
+    n = len(kernels)
+    columns = [sharpen.kernel_sigma(kernels), torch.full((n,), noise),
+               torch.full((n,), float(quality or 100))]
+    if gaussian:
+        columns.append(torch.full((n,), float(blur is not None and blur[0] == "gaussian")))
+    return torch.stack(columns, 1)
 
 
 def _baselines(x: torch.Tensor, kernels: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
@@ -699,9 +716,10 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
             x, kernels = _condition(sharp, name, ROBUSTNESS_SEED + 100 * s + c)
             outputs = {"input": x, **_baselines(x, kernels, settings[name]),
                        **{m: _run(model, x) for m, model in models.items()}}
-            levels = _condition_levels(name, kernels)
-            outputs |= {f"{m}_told": sharpen.sharpen(model, x, precision="fp32", levels=levels)
-                        for m, model in models.items() if getattr(model, "conditioned", 0)}
+            outputs |= {f"{m}_told": sharpen.sharpen(
+                model, x, precision="fp32", levels=_condition_levels(
+                    name, kernels, gaussian=model.conditioned == 4))
+                for m, model in models.items() if getattr(model, "conditioned", 0)}
             base = metrics.psnr(x, sharp)
             for label, out in outputs.items():
                 psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)
@@ -772,7 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     run_start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
-    train_degrade = functools.partial(_degrade_told, kind=args.blur, sigma=args.sigma) \
+    train_degrade = functools.partial(
+        _degrade_told, kind=args.blur, sigma=args.sigma,
+        gaussian_told=GAUSSIAN_TOLD if args.conditioned == 4 else 0.0) \
         if args.conditioned else degrade
     try:
         args.out.mkdir(parents=True, exist_ok=True)

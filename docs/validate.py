@@ -55,6 +55,7 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     for name in train.GRAIN_CONDITIONS if grain else train.CONDITIONS:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
         levels = train._condition_levels(name, kernels)
+        shaped = train._condition_levels(name, kernels, gaussian=True)  # for conditioned=4
         read = {}
         if estimator is not None:
             auto = sharpen.estimate_levels(estimator, x)
@@ -71,7 +72,8 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
 
         for m, model in models.items():
             conditioned = getattr(model, "conditioned", 0)
-            modes = {"blind": None} | ({"told": levels} | read if conditioned else {})
+            modes = {"blind": None} | ({"told": shaped if conditioned == 4 else levels} | read
+                                       if conditioned else {})
             for mode, lv in modes.items():
                 out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32", levels=lv))
             if estimate and conditioned >= 2:
