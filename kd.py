@@ -153,14 +153,16 @@ def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwargs: bool):
-    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``);
-    a model that takes no gaussian column (``conditioned`` below 4) gets the first three."""
-    if levels is None:
-        return model(x, **kwargs)
-    inner = _unwrapped(getattr(_unwrapped(model), "student", _unwrapped(model)))
-    if levels.shape[-1] == 4 and getattr(inner, "conditioned", 0) != 4:
-        levels = levels[..., :3]
-    return model(x, levels=levels, **kwargs)
+    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``)."""
+    return model(x, **kwargs) if levels is None else model(x, levels=levels, **kwargs)
+
+
+def _teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Tensor | None:
+    """The levels for a teacher: the first three where it takes no gaussian column."""
+    if levels is None or levels.shape[-1] == 3 or getattr(_unwrapped(teacher), "conditioned",
+                                                          0) == 4:
+        return levels
+    return levels[..., :3]
 
 
 def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.5
@@ -334,11 +336,12 @@ def distill_loss(
         was_training = teacher.training
         teacher.eval()
         try:
+            told = _teacher_levels(teacher, levels)
             with torch.no_grad(), _autocast(blurred, amp):
                 if features:
-                    teacher_output, t_feats = _run(teacher, blurred, levels, return_features=True)
+                    teacher_output, t_feats = _run(teacher, blurred, told, return_features=True)
                 else:
-                    teacher_output = _run(teacher, blurred, levels)
+                    teacher_output = _run(teacher, blurred, told)
         finally:
             teacher.train(was_training)
 

@@ -771,6 +771,36 @@ def test_degrade_real_grey_noise_is_the_same_in_every_channel():
         sharpen.degrade(flat, grey_noise=0.4)
 
 
+def test_degrade_real_gaussian_told_blurs_that_share_isotropically_and_says_so():
+    x = torch.rand(32, 3, 33, 33, generator=gen())
+    plain, levels = sharpen.degrade(x, kind="real", generator=gen(5), return_levels=True)
+    again, zero = sharpen.degrade(x, kind="real", generator=gen(5), gaussian_told=0.0,
+                                  return_levels=True)
+    assert torch.equal(plain, again) and torch.equal(levels, zero)  # 0: the draws of before
+    point = torch.zeros(40, 3, 33, 33)
+    point[..., 16, 16] = 1.0  # an impulse: the image is its kernel, where nothing else was done
+    out, told = sharpen.degrade(point, kind="real", generator=gen(5), gaussian_told=1.0,
+                                return_levels=True)
+    assert told.shape == (40, 4) and (told[:, 3] == 1).all() and (told[:, 0] > 0.1).all()
+    clean = (told[:, 1] == 0) & (told[:, 2] == 100)
+    assert clean.sum() >= 5
+    for k in out[clean, 0]:  # isotropic: symmetric under flips and the transpose (8 bits)
+        for flipped in (k.flip(0), k.flip(1), k.T):
+            torch.testing.assert_close(flipped, k, rtol=0, atol=1 / 255 + 1e-6)
+    _, mixed = sharpen.degrade(point, kind="real", generator=gen(5), gaussian_told=0.0,
+                               return_levels=True)
+    assert not torch.equal(mixed[:, 0], told[:, :3][:, 0])  # some draws were other blurs
+    _, half = sharpen.degrade(x, kind="real", generator=gen(5), gaussian_told=0.5,
+                              return_levels=True)
+    assert 6 <= int(half[:, 3].sum()) <= 26 and set(half[:, 3].tolist()) == {0.0, 1.0}
+    with pytest.raises(ValueError, match=r"gaussian_told must be in \[0, 1\], got 2"):
+        sharpen.degrade(x, kind="real", gaussian_told=2)
+    with pytest.raises(TypeError, match="gaussian_told must be a number, got str"):
+        sharpen.degrade(x, kind="real", gaussian_told="0.3")
+    with pytest.raises(ValueError, match="gaussian_told is for kind 'real', got kind 'motion'"):
+        sharpen.degrade(x, kind="motion", gaussian_told=0.3)
+
+
 def test_kernel_sigma_of_hand_computed_kernels():
     g = sharpen.gaussian_kernel(1.5, dtype=torch.float64)
     assert sharpen.kernel_sigma(g[:, None] * g[None, :]).item() == pytest.approx(1.5, abs=1e-3)
@@ -1202,6 +1232,41 @@ def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned, shuffle):
             sharpen.sharpen(model, x, levels=levels)
     with pytest.raises(ValueError, match="levels given, but the model was built without them"):
         sharpen.sharpen(sharpen.unet(**TINY), x, levels=(1.0, 0.0, 100))
+
+
+def test_a_conditioned_4_model_is_told_whether_the_blur_is_an_isotropic_gaussian():
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.1).eval()
+    assert model.head.weight.shape[1] == 3 + 5 + 3  # image, known + 3 levels + gaussian, estimate
+    x = torch.rand(2, 3, 24, 24, generator=gen())
+    three = torch.tensor([[1.5, 0.01, 90.0], [0.0, 0.02, 100.0]])
+    with torch.no_grad():
+        shape_untold = model(x, three)
+        gaussian = model(x, torch.cat([three, torch.ones(2, 1)], 1))
+        not_told = model(x, torch.cat([three, torch.zeros(2, 1)], 1))
+    torch.testing.assert_close(not_told, shape_untold)  # three columns: the shape is not told
+    assert not torch.allclose(gaussian[0], shape_untold[0])
+    torch.testing.assert_close(gaussian[1], shape_untold[1])  # a blur of 0 has no shape
+    unknown = torch.full((4,), math.nan)
+    torch.testing.assert_close(sharpen.sharpen(model, x, precision="fp32", levels=unknown),
+                               sharpen.sharpen(model, x, precision="fp32"))
+    with torch.no_grad():
+        ref = model(x, torch.tensor([[1.5, 0.01, 90.0, 1.0]] * 2)).clamp(0, 1)
+    torch.testing.assert_close(sharpen.sharpen(model, x, precision="fp32",
+                                               levels=(1.5, 0.01, 90, 1)), ref)
+    three_model = sharpen.unet(width=4, depth=2, blocks=1, conditioned=3)
+    with pytest.raises(ValueError, match=r"levels of 4 columns \(gaussian\) need "
+                                         r"unet\(conditioned=4\), the model is conditioned=3"):
+        sharpen.sharpen(three_model, x, levels=(1.5, 0.0, 100, 1))
+    with pytest.raises(ValueError, match=r"levels of 4 columns \(gaussian\) need "
+                                         r"unet\(conditioned=4\), got \(2, 4\)"):
+        three_model(x, torch.ones(2, 4))
+    for levels, match in [((1.5, 0.0, 100, 0.5), "the fourth level, gaussian, must be 0 or 1, "
+                                                 r"got \[1.5, 0.0, 100.0, 0.5\]"),
+                          (torch.ones(2, 5), r"must be \(3,\) or \(B, 3\) = \(2, 3\) \(or 4 "
+                                             r"columns, with gaussian\), got \(2, 5\)"),
+                          ((1.5, 0.0, 100, math.nan), "a row of levels is either all NaN")]:
+        with pytest.raises(ValueError, match=match):
+            sharpen.sharpen(model, x, levels=levels)
 
 
 def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
@@ -1769,6 +1834,9 @@ def test_level_loss_is_the_l1_of_scaled_levels_and_level_step_learns():
     for _ in range(30):
         last = kd.level_step(est, opt, x, levels)["loss"]
     assert last < 0.5 * first
+    with pytest.raises(ValueError, match=r"levels must be \(B, 3\): an estimator reads no "
+                                         r"gaussian column, got \(4, 4\)"):
+        kd.level_loss(est, x, torch.cat([levels, torch.ones(4, 1)], 1))
 
 
 # ---------------------------------------------------------------------------------- bad inputs
@@ -2178,6 +2246,19 @@ def test_steps_tell_conditioned_models_their_levels():
         kd.distill_step(student, tiny(), opt, blurred, sharp, levels=levels)
     assert kd.distill_loss(student, tiny(), blurred, sharp, levels=levels,  # teacher not run
                            teacher_output=t_out)[1]["kd"] > 0
+    # a conditioned=4 student told the gaussian column; the teacher hears the first three
+    shaped = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.05)
+    four = torch.tensor([[1.0, 0.0, 100.0, 1.0], [math.nan] * 4])
+    loss, terms = kd.distill_loss(shaped, teacher, blurred, sharp, levels=four, alpha=1.0,
+                                  kd_loss_fn=F.l1_loss)
+    with torch.no_grad():
+        expected = F.l1_loss(shaped(blurred, four), teacher(blurred, levels))
+    assert terms["kd"] == pytest.approx(expected.item())
+    opt4 = torch.optim.Adam(shaped.parameters(), lr=1e-3)
+    assert kd.train_step(shaped, opt4, blurred, sharp, levels=four)["loss"] > 0
+    with pytest.raises(ValueError, match=r"levels of 4 columns \(gaussian\) need "
+                                         r"unet\(conditioned=4\)"):
+        kd.train_step(student, opt, blurred, sharp, levels=four)
 
 
 def test_batches_carry_the_levels_of_a_degrade_that_returns_them():
@@ -2965,6 +3046,15 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     assert train.main(smooth) == 0
     assert sharpen.load_model(tmp_path / "run3" / "student_nokd.pt").conditioned == 3
     assert sharpen.load_model(tmp_path / "run3" / "teacher.pt").conditioned == 2
+    # students also told whether the blur is an isotropic Gaussian, from those, taught by the
+    # same teacher (told the first three levels), and scored told
+    shaped = [*TINY_RUN, "--blur", "real", "--conditioned", "4", "--out", str(tmp_path / "run4"),
+              "--teacher", str(tmp_path / "run2" / "teacher.pt"),
+              "--init-student", str(tmp_path / "run3" / "student.pt")]
+    assert train.main(shaped) == 0
+    assert sharpen.load_model(tmp_path / "run4" / "student.pt").conditioned == 4
+    rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
+    assert {"teacher_told", "student_told"} <= {r["name"] for r in rows}
     # only a U-Net can be given the level inputs
     sharpen.save_model(tmp_path / "paper.pt", sharpen.paper_student())
     for option in ("--init-teacher", "--init-student"):
@@ -2980,19 +3070,24 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("before", "after", "shuffle"), [(0, 1, 1), (0, 2, 2), (1, 2, 1),
-                                                          (1, 2, 2)])
+                                                          (1, 2, 2), (3, 4, 1), (2, 4, 2)])
 def test_a_unet_given_more_inputs_starts_out_as_it_was_plus_the_estimate(before, after, shuffle):
     old = randomize(sharpen.unet(width=4, depth=2, blocks=1, shuffle=shuffle,
                                  conditioned=before), std=0.1).eval()
     new = train._told(old, after).eval()
     x = torch.rand(2, 3, 24, 24, generator=gen())
     levels = torch.tensor([2.0, 0.03, 30.0])
-    estimate = sharpen._told_wiener(x, levels) if after == 2 else 0  # added to the output
+    estimate = sharpen._told_wiener(x, levels) if after >= 2 > before else 0  # added to it
     with torch.no_grad():
         torch.testing.assert_close(new(x, levels),
                                    old(x, **({"levels": levels} if before else {})) + estimate)
         torch.testing.assert_close(new(x), old(x))  # blind, it is the model it was
+        if after == 4:  # told the shape is not told: as before
+            torch.testing.assert_close(new(x, torch.cat([levels, torch.zeros(1)])),
+                                       old(x, levels))
     assert new.conditioned == after and train._told(new, after) is new
+    if after == 4:
+        assert train._told(new, 3) is new  # fewer inputs than it has: as it is
 
 
 def test_a_unet_with_the_estimate_switches_between_its_two_kinds_with_the_same_weights():

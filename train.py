@@ -220,9 +220,10 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told
 def _told(model: nn.Module, conditioned: int) -> nn.Module:
     """A ``unet`` of fewer inputs (blind, or ``conditioned=1``) as a ``conditioned`` one, the
     new inputs added with zero weights: it starts out the same, plus the Wiener estimate's
-    correction for ``conditioned`` 2 or 3. A model with the estimate (2 or 3) keeps its weights
-    as the other kind; given fewer inputs than it has, a model is returned as it is."""
-    if model.conditioned == conditioned or conditioned < min(model.conditioned, 2):
+    correction for ``conditioned`` 2 or 3, told no gaussian column for 4. A model with the
+    estimate (2 or 3) keeps its weights as the other kind; given fewer inputs than it has (a
+    ``conditioned=4`` one, any other), a model is returned as it is."""
+    if model.conditioned in (conditioned, 4) or conditioned < min(model.conditioned, 2):
         return model
     kwargs = {**model.config["kwargs"], "conditioned": conditioned}
     told = sharpen.unet(**kwargs).to(next(model.parameters()).device)
@@ -454,8 +455,8 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
                                                      enabled=args.amp):
-                    told = {} if levels is None else {"levels": levels if getattr(
-                        teacher, "conditioned", 0) == 4 else levels[:, :3]}
+                    told = {} if levels is None else {"levels": levels[:, :3] if (
+                        teacher.conditioned < 4) else levels}  # the first three: no gaussian
                     t_out = teacher.eval()(blurred, **told).float()
             pool.append((blurred, sharp, t_out, levels))
         served += POOL_REUSE * size
