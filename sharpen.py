@@ -1763,6 +1763,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jpeg", type=int, metavar="QUALITY",
                         help="tell the model the JPEG quality (1-100, at least 30 with the "
                         "shipped student; 100: not compressed); needs a conditioned model")
+    parser.add_argument("--gaussian", action="store_true",
+                        help="the blur told with --blur is an isotropic Gaussian, as a Gaussian "
+                        "filter makes (not a shake, a defocus disk or resampling): a model told "
+                        "so (unet(conditioned=4)) trusts its Wiener estimate and sharpens more. "
+                        "Needs --blur > 0")
     parser.add_argument("--blind", action="store_true",
                         help="sharpen blind: tell a conditioned model nothing, not even estimates")
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
@@ -1798,13 +1803,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("an INPUT is an empty string, not a file name")
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
+    if args.gaussian and not args.blur:
+        parser.error(f"--gaussian needs --blur > 0 (the blur whose shape it tells), got --blur "
+                     f"{args.blur}")
     told = [args.blur, args.noise, args.jpeg]
     if args.blind and told != [None] * 3:
         parser.error("--blind excludes --blur, --noise and --jpeg")
     if args.blind and args.levels is not None:
         parser.error("--blind excludes --levels")
     levels = None if told == [None] * 3 else (args.blur or 0.0, args.noise or 0.0,
-                                               100 if args.jpeg is None else args.jpeg)
+                                               100 if args.jpeg is None else args.jpeg,
+                                               *([1.0] if args.gaussian else []))
     try:
         if args.weights is None and not shipped.is_file():
             raise ValueError(f"no model given (--weights), and no shipped student at {shipped}. "
@@ -1819,6 +1828,9 @@ def main(argv: list[str] | None = None) -> int:
         if levels is not None and not conditioned:
             raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
                              f"conditioned=1, 2 or 3)); {args.weights or shipped} sharpens blind")
+        if args.gaussian and conditioned != 4:
+            raise ValueError(f"--gaussian needs a model told the blur's shape (unet(conditioned="
+                             f"4)); {args.weights or shipped} is conditioned={conditioned}")
         if args.levels is not None and not conditioned:
             raise ValueError(f"--levels needs a conditioned model (unet(conditioned=1, 2 or "
                              f"3)); {args.weights or shipped} sharpens blind")

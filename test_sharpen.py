@@ -1310,6 +1310,33 @@ def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path,
     assert sharpen.main([*args, "--noise", "0.2", "--jpeg", "10", "--overwrite"]) == 0
 
 
+def test_cli_tells_a_conditioned_4_model_that_the_blur_is_gaussian(tmp_path, capsys):
+    sharpen.save_image(torch.rand(3, 30, 34, generator=gen()), tmp_path / "a.png")
+    img = sharpen.load_image(tmp_path / "a.png")
+    shaped = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.1)
+    sharpen.save_model(tmp_path / "shaped.pt", shaped)
+    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "shaped.pt"), "--overwrite"]
+    assert sharpen.main([*args, "--blur", "1.2", "--gaussian"]) == 0
+    out = sharpen.load_image(tmp_path / "a_sharp.png")
+    assert (out - sharpen.sharpen(shaped, img, levels=(1.2, 0.0, 100, 1))).abs().max() <= 1 / 255
+    assert sharpen.main([*args, "--blur", "1.2"]) == 0  # the shape not told
+    plain = sharpen.load_image(tmp_path / "a_sharp.png")
+    assert (plain - sharpen.sharpen(shaped, img, levels=(1.2, 0.0, 100))).abs().max() <= 1 / 255
+    assert (plain - out).abs().max() > 2 / 255
+    for bad, match in [(["--gaussian"], "--gaussian needs --blur > 0 (the blur whose shape it "
+                                        "tells), got --blur None"),
+                       (["--blur", "0", "--gaussian"], "got --blur 0.0")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main([*args, *bad])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    sharpen.save_model(tmp_path / "three.pt", sharpen.unet(width=4, depth=2, blocks=1,
+                                                           conditioned=3))
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tmp_path / "three.pt"),
+                         "--blur", "1", "--gaussian", "--overwrite"]) == 2
+    assert "--gaussian needs a model told the blur's shape (unet(conditioned=4)); " \
+        f"{tmp_path / 'three.pt'} is conditioned=3" in capsys.readouterr().err
+
+
 def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_path, capsys):
     img = torch.rand(3, 40, 36, generator=gen())
     sharpen.save_image(img, tmp_path / "a.png")
