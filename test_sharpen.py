@@ -3131,6 +3131,19 @@ def test_a_unet_with_the_estimate_switches_between_its_two_kinds_with_the_same_w
     assert train._told(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), 1).conditioned == 2
 
 
+def test_conditioned_4_training_keeps_the_blind_images_drawn_from_the_mix():
+    sharp = torch.rand(400, 3, 16, 16, generator=gen())
+    _, levels = train._degrade_told(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                                    generator=gen(2))
+    _, truth = sharpen.degrade(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                               generator=gen(2), return_levels=True)  # the same draws
+    unknown, told_gaussian = levels.isnan().all(1), truth[:, 3] == 1
+    assert not (unknown & told_gaussian).any()  # the blind images are the mix's, as before
+    assert 0.2 < unknown.float().mean() < 0.3 and 0.17 < told_gaussian.float().mean() < 0.3
+    _, three = train._degrade_told(sharp, kind="real", sigma=1.5, generator=gen(2))
+    assert three.shape == (400, 3) and 0.2 < three.isnan().all(1).float().mean() < 0.3
+
+
 def test_main_seeds_the_feature_adapters(tmp_path):
     reports = []
     for run in ("a", "b"):

@@ -209,11 +209,14 @@ def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
 def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told: float = 0.0,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``_degrade_8bit`` and the levels ``(B, 3)`` (``(B, 4)`` with ``gaussian_told``), a share
-    ``UNKNOWN`` of them unknown (NaN)."""
+    ``UNKNOWN`` of them unknown (NaN), never one told Gaussian: the blind images are drawn from
+    the mix as without ``gaussian_told``."""
     blurred, levels = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
                                       gaussian_told=gaussian_told, return_levels=True)
     unknown = torch.rand(len(sharp), generator=generator, device=generator.device
-                         if generator is not None else "cpu") < UNKNOWN
+                         if generator is not None else "cpu") < UNKNOWN / (1 - gaussian_told)
+    if gaussian_told:
+        unknown &= levels[:, 3].cpu() == 0
     return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
 
 
