@@ -2941,7 +2941,9 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
     "bad, match",
     [(["--eval-size", "0"], "--eval-size must be >= 16, got 0"),
      (["--sigma", "1e8"], "--sigma 1e+08:"),
-     (["--sigma", "nan"], "--sigma must be finite and > 0, got nan")],
+     (["--sigma", "nan"], "--sigma must be finite and > 0, got nan"),
+     (["--lr", "0"], "--lr must be finite and > 0, got 0.0"),
+     (["--lr", "inf"], "--lr must be finite and > 0, got inf")],
 )
 def test_main_names_the_flag_of_a_bad_value(capsys, bad, match):
     with pytest.raises(SystemExit) as exit_info:
@@ -3080,6 +3082,11 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
               "--init-student", str(tmp_path / "run3" / "student.pt")]
     assert train.main(shaped) == 0
     assert sharpen.load_model(tmp_path / "run4" / "student.pt").conditioned == 4
+    assert json.loads((tmp_path / "run4" / "report.json").read_text())["protocol"]["lr"] == 2e-3
+    slow = [*shaped[:-1], str(tmp_path / "run3" / "student_nokd.pt"), "--lr", "5e-4",
+            "--no-robustness", "--out", str(tmp_path / "run5")]
+    assert train.main(slow) == 0  # a gentler fine-tune: the learning rate is the one asked
+    assert json.loads((tmp_path / "run5" / "report.json").read_text())["protocol"]["lr"] == 5e-4
     rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
     assert {"teacher_told", "student_told"} <= {r["name"] for r in rows}
     # only a U-Net can be given the level inputs
