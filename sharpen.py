@@ -594,10 +594,10 @@ def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float,
     docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
     draws = torch.rand(n, 10, generator=generator, device=dev, dtype=torch.float64).cpu()
-    if gaussian_told > 0:  # drawn only then, as grey noise is; those images blurred isotropically
+    if gaussian_told > 0:  # drawn only then, as grey noise is; blurred isotropically instead
         told = torch.rand(n, generator=generator, device=dev, dtype=torch.float64).cpu()
-        told = told < gaussian_told
-        draws[told, 0] = 0.30 + 0.12 * draws[told, 0]
+        told = (told < gaussian_told) & (draws[:, 0] >= 0.30)  # the sharp ones stay sharp
+        draws[told, 0] = 0.30  # the isotropic Gaussian branch
     R = math.floor(4 * s_max + 0.5)  # every kernel fits (2R + 1) x (2R + 1)
     kernels = torch.zeros(n, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
     kernels[:, R, R] = 1  # unblurred, until a kernel is drawn
@@ -680,8 +680,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
       images get noise that is the same in every channel (Real-ESRGAN's gray noise, drawn for
       40% of its images), as in photos whose colour was interpolated (demosaicing) or
       subsampled (JPEG): a grain of brightness, where per-channel noise is a grain of colour.
-      With ``gaussian_told``, that share of the images are blurred by an isotropic Gaussian
-      (std L(0.3, s)) whatever their draw, and told so: their levels get a fourth column,
+      With ``gaussian_told``, that share of the blurred images are blurred by an isotropic
+      Gaussian (std L(0.3, s)) instead, and told so: their levels get a fourth column,
       gaussian, 1 (0 for the rest, isotropic Gaussians among them), for ``unet(conditioned=4)``.
 
     With ``return_levels``, also what was done to each image, as a conditioned model
@@ -697,8 +697,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         noise: Standard deviation of ``add_noise`` (unclamped), >= 0.
         grey_noise: For ``"real"``: the share of images whose noise is the same in every
             channel, in [0, 1].
-        gaussian_told: For ``"real"``: the share of images blurred by an isotropic Gaussian and
-            told so (a fourth level), in [0, 1].
+        gaussian_told: For ``"real"``: the share of the blurred images blurred by an isotropic
+            Gaussian instead and told so (a fourth level), in [0, 1].
         generator: Source of randomness.
         return_levels: Also return the levels (``kind`` ``"gaussian"`` or ``"real"``).
 

@@ -781,8 +781,9 @@ def test_degrade_real_gaussian_told_blurs_that_share_isotropically_and_says_so()
     point[..., 16, 16] = 1.0  # an impulse: the image is its kernel, where nothing else was done
     out, told = sharpen.degrade(point, kind="real", generator=gen(5), gaussian_told=1.0,
                                 return_levels=True)
-    assert told.shape == (40, 4) and (told[:, 3] == 1).all() and (told[:, 0] > 0.1).all()
-    clean = (told[:, 1] == 0) & (told[:, 2] == 100)
+    assert told.shape == (40, 4) and set(told[:, 3].tolist()) == {0.0, 1.0}
+    assert (told[:, 0] == 0).equal(told[:, 3] == 0)  # every blurred one, and no sharp one
+    clean = (told[:, 1] == 0) & (told[:, 2] == 100) & (told[:, 3] == 1)
     assert clean.sum() >= 5
     for k in out[clean, 0]:  # isotropic: symmetric under flips and the transpose (8 bits)
         for flipped in (k.flip(0), k.flip(1), k.T):
@@ -792,7 +793,7 @@ def test_degrade_real_gaussian_told_blurs_that_share_isotropically_and_says_so()
     assert not torch.equal(mixed[:, 0], told[:, :3][:, 0])  # some draws were other blurs
     _, half = sharpen.degrade(x, kind="real", generator=gen(5), gaussian_told=0.5,
                               return_levels=True)
-    assert 6 <= int(half[:, 3].sum()) <= 26 and set(half[:, 3].tolist()) == {0.0, 1.0}
+    assert 4 <= int(half[:, 3].sum()) <= 20 and set(half[:, 3].tolist()) == {0.0, 1.0}
     with pytest.raises(ValueError, match=r"gaussian_told must be in \[0, 1\], got 2"):
         sharpen.degrade(x, kind="real", gaussian_told=2)
     with pytest.raises(TypeError, match="gaussian_told must be a number, got str"):
@@ -3146,7 +3147,7 @@ def test_conditioned_4_training_keeps_the_blind_images_drawn_from_the_mix():
                                generator=gen(2), return_levels=True)  # the same draws
     unknown, told_gaussian = levels.isnan().all(1), truth[:, 3] == 1
     assert not (unknown & told_gaussian).any()  # the blind images are the mix's, as before
-    assert 0.2 < unknown.float().mean() < 0.3 and 0.17 < told_gaussian.float().mean() < 0.3
+    assert 0.2 < unknown.float().mean() < 0.3 and 0.15 < told_gaussian.float().mean() < 0.27
     _, three = train._degrade_told(sharp, kind="real", sigma=1.5, generator=gen(2))
     assert three.shape == (400, 3) and 0.2 < three.isnan().all(1).float().mean() < 0.3
 

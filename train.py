@@ -34,7 +34,7 @@ import sharpen
 POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation steps
 POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer runs draw new pools
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
-GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share blurred by an isotropic Gaussian and told so
+GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share of blurred images made isotropic Gaussians, told
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
@@ -127,8 +127,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "told. 2: also given a Wiener estimate from the told levels "
                    "(unet(conditioned=2)); 3: the same, with an estimate that also smooths "
                    "where the told blur is 0; 4: as 3, and told whether the blur is an "
-                   "isotropic Gaussian (whose estimate is exact), 30%% of the images blurred so "
-                   "and told. Needs --blur gaussian or real and the U-Net; an "
+                   "isotropic Gaussian (whose estimate is exact), 30%% of the blurred images "
+                   "blurred so instead and told. Needs --blur gaussian or real and the U-Net; an "
                    "--init-teacher or --init-student with fewer inputs gets them added, "
                    "starting at zero")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
@@ -218,10 +218,11 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told
     the mix as without ``gaussian_told``."""
     blurred, levels = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
                                       gaussian_told=gaussian_told, return_levels=True)
+    others = levels[:, 3].cpu() == 0 if gaussian_told else torch.ones(len(sharp), dtype=bool)
     unknown = torch.rand(len(sharp), generator=generator, device=generator.device
-                         if generator is not None else "cpu") < UNKNOWN / (1 - gaussian_told)
-    if gaussian_told:
-        unknown &= levels[:, 3].cpu() == 0
+                         if generator is not None else "cpu") < UNKNOWN * len(sharp) / max(
+                             1, int(others.sum()))
+    unknown &= others
     return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
 
 
