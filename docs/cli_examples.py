@@ -9,7 +9,7 @@ JPEG of quality 60, one with a camera's grain (noise the same in every channel);
 of quality 60), runs ``python sharpen.py`` on them exactly as a user would, and puts each input
 beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
 For a conditioned model, a third column: ``python sharpen.py`` told what was done to each photo
-(``--blur``, ``--noise``, ``--jpeg``).
+(``--blur``, ``--noise``, ``--jpeg``, and for a ``conditioned=4`` model ``--gaussian``).
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def main() -> None:
         arr = (img * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(path, **({"quality": 60} if path.suffix == ".jpg" else {}))
         files.append(str(path))
-    told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2"],
-            "noisy_jpeg": ["--blur", "1.0", "--noise", "0.02", "--jpeg", "60"],
+    told = {"sharp": ["--blur", "0"], "soft": ["--blur", "1.2", "--gaussian"],
+            "noisy_jpeg": ["--blur", "1.0", "--gaussian", "--noise", "0.02", "--jpeg", "60"],
             "grainy": ["--blur", "0", "--noise", "0.02"],
             "full_size": ["--blur", "0"],
             "full_size_noisy_jpeg": ["--blur", "0", "--noise", "0.02", "--jpeg", "60"]}
@@ -71,6 +71,8 @@ def main() -> None:
     cmds = [[*files, "--overwrite", *weights]]
     model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
     conditioned = getattr(model, "conditioned", 0)
+    if conditioned != 4:  # only such a model is told the blur's shape
+        told = {name: [a for a in flags if a != "--gaussian"] for name, flags in told.items()}
     if conditioned:
         cmds += [[f, "-o", str(out / "told"), "--overwrite", *weights, *told[name]]
                  for name, f in zip(told, files)]
