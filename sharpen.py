@@ -1635,8 +1635,7 @@ def _tiling(model: nn.Module, tile: object, overlap: object) -> tuple[int, int, 
 
 
 def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | None = None,
-            precision: str = "auto", levels: Tensor | tuple[float, float, float] | None = None
-            ) -> Tensor:
+            precision: str = "auto", levels: Tensor | tuple[float, ...] | None = None) -> Tensor:
     """Run ``model`` over an image of any size in overlapping, cross-faded tiles.
 
     Tiles run one at a time on the model's device and dtype, in eval mode under ``no_grad`` (the
@@ -1658,11 +1657,12 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         precision: ``"fp32"``; ``"bf16"`` (bf16 autocast); or ``"auto"``: bf16 where
             :func:`fast_bf16` says the device computes it natively and the model is float32,
             else fp32. The README measures what bf16 costs in PSNR.
-        levels: For a conditioned model (``unet(conditioned=1)``, or ``2`` or ``3``, whose
+        levels: For a conditioned model (``unet(conditioned=1)``, or ``2`` to ``4``, whose
             estimate is then made once for the whole image), what was done to the image:
             (blur, noise, jpeg) as a tuple, a ``(3,)`` tensor or ``(B, 3)`` for a batch, with
             blur >= 0 (pixels), 0 <= noise <= 1 and 1 <= jpeg <= 100 (100: not compressed); NaN
-            for unknown. None: unknown (the model sharpens blind).
+            for unknown; for a ``conditioned=4`` model, a fourth, gaussian (1: the blur is an
+            isotropic Gaussian). None: unknown (the model sharpens blind).
 
     Returns:
         Sharpened images, shaped like ``img``, on its device and dtype.
@@ -1827,13 +1827,13 @@ def main(argv: list[str] | None = None) -> int:
         conditioned = getattr(model, "conditioned", 0)
         if levels is not None and not conditioned:
             raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
-                             f"conditioned=1, 2 or 3)); {args.weights or shipped} sharpens blind")
+                             f"conditioned=1 to 4)); {args.weights or shipped} sharpens blind")
         if args.gaussian and conditioned != 4:
             raise ValueError(f"--gaussian needs a model told the blur's shape (unet(conditioned="
                              f"4)); {args.weights or shipped} is conditioned={conditioned}")
         if args.levels is not None and not conditioned:
-            raise ValueError(f"--levels needs a conditioned model (unet(conditioned=1, 2 or "
-                             f"3)); {args.weights or shipped} sharpens blind")
+            raise ValueError(f"--levels needs a conditioned model (unet(conditioned=1 to 4)); "
+                             f"{args.weights or shipped} sharpens blind")
         estimator = None
         if conditioned and levels is None and not args.blind and (
                 args.levels is not None or shipped_levels.is_file()):
