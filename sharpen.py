@@ -1804,8 +1804,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     if args.gaussian and not args.blur:
-        parser.error(f"--gaussian needs --blur > 0 (the blur whose shape it tells), got --blur "
-                     f"{args.blur}")
+        parser.error("--gaussian needs --blur > 0 (the blur whose shape it tells), " + (
+            "and no --blur was given" if args.blur is None else f"got --blur {args.blur}"))
     told = [args.blur, args.noise, args.jpeg]
     if args.blind and told != [None] * 3:
         parser.error("--blind excludes --blur, --noise and --jpeg")

@@ -1326,7 +1326,7 @@ def test_cli_tells_a_conditioned_4_model_that_the_blur_is_gaussian(tmp_path, cap
     assert (plain - sharpen.sharpen(shaped, img, levels=(1.2, 0.0, 100))).abs().max() <= 1 / 255
     assert (plain - out).abs().max() > 2 / 255
     for bad, match in [(["--gaussian"], "--gaussian needs --blur > 0 (the blur whose shape it "
-                                        "tells), got --blur None"),
+                                        "tells), and no --blur was given"),
                        (["--blur", "0", "--gaussian"], "got --blur 0.0")]:
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, *bad])
