@@ -159,8 +159,7 @@ def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwarg
 
 def _teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Tensor | None:
     """The levels for a teacher: the first three where it takes no gaussian column."""
-    if levels is None or levels.shape[-1] == 3 or getattr(_unwrapped(teacher), "conditioned",
-                                                          0) == 4:
+    if levels is None or getattr(_unwrapped(teacher), "conditioned", 0) == 4:
         return levels
     return levels[..., :3]
 

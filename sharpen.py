@@ -948,7 +948,7 @@ def _level_maps(levels: Tensor | None, h: Tensor, *, shape: bool = False) -> Ten
         known = ~levels.isnan().any(1, keepdim=True)
         v = scaled_levels(levels[:, :3]).nan_to_num() * known
         if shape:  # a blur of 0 has no shape
-            flag = levels[:, 3:].nan_to_num() if levels.shape[1] == 4 else v[:, :1] * 0
+            flag = levels[:, 3:].nan_to_num() if levels.shape[1] == 4 else v.new_zeros(n, 1)
             v = torch.cat([v, flag * (v[:, :1] > 0)], 1)
         v = torch.cat([known.to(h.dtype), v], 1)
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])

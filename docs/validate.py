@@ -54,8 +54,8 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
                                      "auto blur")} for m in models}
     for name in train.GRAIN_CONDITIONS if grain else train.CONDITIONS:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
-        levels = train._condition_levels(name, kernels)
         shaped = train._condition_levels(name, kernels, gaussian=True)  # for conditioned=4
+        levels = shaped[:, :3]
         read = {}
         if estimator is not None:
             auto = sharpen.estimate_levels(estimator, x)
