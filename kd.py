@@ -40,8 +40,8 @@ import metrics
 import sharpen
 
 __all__ = [
-    "IMAGE_SUFFIXES", "l1_ssim_loss", "charbonnier_loss", "train_loss", "distill_loss",
-    "train_step", "distill_step", "level_loss", "level_step", "feature_adapters",
+    "IMAGE_SUFFIXES", "l1_ssim_loss", "charbonnier_loss", "psnr_loss", "train_loss",
+    "distill_loss", "train_step", "distill_step", "level_loss", "level_step", "feature_adapters",
     "AdaptedStudent", "image_files", "folder_pairs", "gopro_pairs", "batches", "PairDataset",
     "evaluate", "save_checkpoint", "load_checkpoint",
 ]
@@ -207,6 +207,41 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
     if eps == 0:
         raise ValueError(f"eps must be finite and > 0, got {eps!r}")
     return torch.sqrt((pred - target).square() + eps * eps).mean()
+
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 3e-5) -> torch.Tensor:
+    """Minus the mean PSNR over the images, in dB: ``mean_b 10 log10(MSE_b + eps)``.
+
+    Every image counts by its dB, as the robustness table scores it: an image already close to
+    its target (mild blur, a sharp photo) weighs as much as a badly blurred one, where L1 lets
+    the large errors dominate. HINet (Chen et al. 2021) trains with such a loss. ``eps`` caps
+    the PSNR that pays at ``-10 log10(eps)`` (45.2 dB by default), so that no image already
+    that close takes over the batch. Its gradients are some 100x larger than L1's: clip or
+    scale accordingly (``train.py --loss psnr`` clips at 200).
+
+    Args:
+        pred: ``(B, C, H, W)``, data range 1.
+        target: same shape.
+        eps: added to each image's MSE, finite and > 0.
+
+    Returns:
+        0-dim loss tensor.
+
+    Raises:
+        TypeError: ``eps`` is not a number, or a batch not a floating-point tensor.
+        ValueError: ``eps`` is not finite and > 0, or the batches are not both
+            ``(B, C, H, W)`` of one shape.
+    """
+    eps = _check_number("eps", eps)
+    if eps == 0:
+        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    _check_float_tensor("pred", pred)
+    _check_float_tensor("target", target)
+    if pred.dim() != 4 or pred.shape != target.shape:
+        raise ValueError(f"pred and target must both be (B, C, H, W) of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    mse = (pred - target).square().mean((1, 2, 3))
+    return 10 * torch.log10(mse + eps).mean()
 
 
 def train_loss(

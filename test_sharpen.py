@@ -2189,6 +2189,28 @@ def test_l1_ssim_loss_ssim_term_has_the_finite_difference_gradient():
     assert kd.l1_ssim_loss(pred, target).item() == pytest.approx(expected.item(), abs=1e-12)
 
 
+def test_psnr_loss_by_hand_and_against_metrics():
+    target = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    pred = torch.tensor([0.1, 0.2], dtype=torch.float64)[:, None, None, None].expand(2, 1, 4, 4)
+    expected = 5 * (math.log10(0.01 + 1e-4) + math.log10(0.04 + 1e-4))
+    assert kd.psnr_loss(pred, target, eps=1e-4).item() == pytest.approx(expected, rel=1e-12)
+    pred = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert kd.psnr_loss(pred, torch.zeros_like(pred), eps=1e-12).item() == pytest.approx(
+        -metrics.psnr(pred, torch.zeros_like(pred)).mean().item(), rel=1e-9)
+    pred.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: kd.psnr_loss(p, torch.zeros_like(p)), (pred,))
+    with pytest.raises(ValueError, match="eps must be finite and > 0, got 0"):
+        kd.psnr_loss(pred, pred, eps=0)
+    with pytest.raises(TypeError, match="eps must be a number, got str"):
+        kd.psnr_loss(pred, pred, eps="1")
+    with pytest.raises(TypeError, match="target must be a floating-point torch.Tensor, got list"):
+        kd.psnr_loss(pred, [0.0])
+    with pytest.raises(ValueError, match=r"both be \(B, C, H, W\) of one shape, got \(3, 8, 8\)"):
+        kd.psnr_loss(pred[0], pred[0])
+    with pytest.raises(ValueError, match=r"got \(3, 3, 8, 8\) and \(1, 3, 8, 8\)"):
+        kd.psnr_loss(pred, pred[:1])
+
+
 def test_charbonnier_by_hand():
     pred, target = torch.tensor([0.0, 0.3]), torch.tensor([0.0, 0.0])
     expected = (1e-3 + (0.09 + 1e-6) ** 0.5) / 2
@@ -3039,7 +3061,7 @@ def test_main_fine_tunes_a_given_initial_teacher(tmp_path, capsys):
     assert "none.pt" in capsys.readouterr().err
 
 
-def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
+def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, monkeypatch):
     init = randomize(sharpen.unet(width=4, depth=3, blocks=1), std=0.02)
     sharpen.save_model(tmp_path / "t.pt", init)
     args = [*TINY_RUN, "--blur", "real", "--conditioned", "--out", str(tmp_path / "run")]
@@ -3088,10 +3110,15 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys):
     assert train.main(shaped) == 0
     assert sharpen.load_model(tmp_path / "run4" / "student.pt").conditioned == 4
     assert json.loads((tmp_path / "run4" / "report.json").read_text())["protocol"]["lr"] == 2e-3
+    calls = []
+    monkeypatch.setitem(train.LOSSES, "psnr", lambda *a: calls.append(1) or kd.psnr_loss(*a))
     slow = [*shaped[:-1], str(tmp_path / "run3" / "student_nokd.pt"), "--lr", "5e-4",
-            "--no-robustness", "--out", str(tmp_path / "run5")]
-    assert train.main(slow) == 0  # a gentler fine-tune: the learning rate is the one asked
-    assert json.loads((tmp_path / "run5" / "report.json").read_text())["protocol"]["lr"] == 5e-4
+            "--loss", "psnr", "--no-robustness", "--out", str(tmp_path / "run5")]
+    assert train.main(slow) == 0  # a gentler fine-tune: the learning rate and loss asked
+    protocol = json.loads((tmp_path / "run5" / "report.json").read_text())["protocol"]
+    assert (protocol["lr"], protocol["loss"], protocol["grad_clip"]) == (5e-4, "psnr", 200.0)
+    assert "psnr loss, alpha 0.9 (l1_ssim teacher term)" in protocol["summary"]
+    assert len(calls) == 3 + 3 + protocol["time_matched_steps"][0]  # every student's steps
     rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
     assert {"teacher_told", "student_told"} <= {r["name"] for r in rows}
     # only a U-Net can be given the level inputs

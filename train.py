@@ -36,7 +36,9 @@ POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer r
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
 GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share of blurred images made isotropic Gaussians, told
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
-KD_LOSSES = {"mse": F.mse_loss, "l1_ssim": kd.l1_ssim_loss}
+PSNR_CLIP = 200.0  # the same with a PSNR term (--loss or --kd-loss psnr): norms of 10-100 in dB
+LOSSES = {"l1_ssim": kd.l1_ssim_loss, "psnr": kd.psnr_loss}
+KD_LOSSES = {"mse": F.mse_loss, **LOSSES}
 LEAVES = {"supersample": 2, "texture": 0.5}  # anti-aliased, textured: chosen on validation photos
 # scikit-image's bundled photographs. The colour ones score and choose nothing; the grey ones
 # (as RGB) choose settings (texture, alpha, the baselines' strengths) and never score.
@@ -135,8 +137,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
                    help="weight of the teacher term (the paper: 0.5)")
+    p.add_argument("--loss", choices=tuple(LOSSES), default="l1_ssim",
+                   help="sharp term of every model: the paper's L1 + 0.5 (1 - SSIM), or minus "
+                   "the mean PSNR over the images (kd.psnr_loss: every image counts by its dB)")
     p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="l1_ssim",
-                   help="teacher term: L1 + SSIM like the sharp term, or the paper's MSE")
+                   help="teacher term: L1 + SSIM, the paper's MSE, or minus the mean PSNR")
     p.add_argument("--feature-weight", type=float, default=0.0,
                    help="weight of the feature (hint) distillation term")
     p.add_argument("--seeds", type=int, default=1,
@@ -194,6 +199,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is available")
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.clip = PSNR_CLIP if "psnr" in (args.loss, args.kd_loss) else CLIP
     args.amp = args.precision == "bf16" or (args.precision == "auto"
                                             and sharpen.fast_bf16(args.device))
     return args
@@ -507,13 +513,14 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
     def distil(model, opt, batch):
         blurred, sharp, t_out, levels = batch
         return kd.distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=args.amp,
-                               kd_loss_fn=KD_LOSSES[args.kd_loss], teacher_output=t_out,
+                               loss_fn=LOSSES[args.loss], kd_loss_fn=KD_LOSSES[args.kd_loss],
+                               teacher_output=t_out,
                                feature_weight=args.feature_weight, adapters=adapters,
-                               clip_grad_norm=CLIP, levels=levels)
+                               clip_grad_norm=args.clip, levels=levels)
 
     def plain(model, opt, batch):
-        return kd.train_step(model, opt, batch[0], batch[1], amp=args.amp, clip_grad_norm=CLIP,
-                             levels=batch[3])
+        return kd.train_step(model, opt, batch[0], batch[1], loss_fn=LOSSES[args.loss],
+                             amp=args.amp, clip_grad_norm=args.clip, levels=batch[3])
 
     def fit(name: str, steps: int, stage: str, step: Callable) -> float:
         data = _pooled(args, train, degrade, seed, teacher if step is distil else None)
@@ -845,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher_seconds = _fit(teacher, args.steps, "teacher", args,
                                _train_stream(args, train, train_degrade, args.seed),
                                lambda m, o, b: kd.train_step(m, o, b[0], b[1], amp=args.amp,
-                                                             clip_grad_norm=CLIP,
+                                                             loss_fn=LOSSES[args.loss],
+                                                             clip_grad_norm=args.clip,
                                                              levels=b[2] if len(b) > 2 else None))
         sharpen.save_model(args.out / "teacher.pt", teacher)  # kept if the run is cut short
     seeds = [args.seed + i for i in range(args.seeds)]
@@ -902,11 +910,12 @@ def main(argv: list[str] | None = None) -> int:
         "student_steps": args.student_steps, "lr": args.lr,
         "time_matched_steps": [run["time_steps"] for run in runs],
         "teacher_pool_batches": runs[0]["pool_batches"], "crop_size": args.size,
-        "batch_size": args.batch_size, "alpha": args.alpha, "kd_loss": args.kd_loss,
+        "batch_size": args.batch_size, "alpha": args.alpha, "loss": args.loss,
+        "kd_loss": args.kd_loss,
         "feature_weight": args.feature_weight, "seeds": seeds, "device": str(args.device),
         "precision": (f"{'bf16 autocast' if args.amp else 'fp32'}, channels_last (training); "
                       "fp32 (evaluation, timing)"),
-        "grad_clip": CLIP,
+        "grad_clip": args.clip,
         "robustness": {"conditions": {name: {"blur": c[0], "noise": c[1], "jpeg_quality": c[2]}
                                       for name, c in CONDITIONS.items()},
                        "seed": ROBUSTNESS_SEED, "validation_photos": VALIDATION_PHOTOS,
@@ -927,8 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         f"students {args.student_steps} steps"
         f"{f' from {args.init_student}' if args.init_student else ''} (time-matched twin: "
         f"{', '.join(str(s) for s in protocol['time_matched_steps'])}), batch "
-        f"{args.batch_size} of {args.size}x{args.size} crops, alpha {args.alpha} "
-        f"({args.kd_loss} teacher term), "
+        f"{args.batch_size} of {args.size}x{args.size} crops, {args.loss} loss, alpha "
+        f"{args.alpha} ({args.kd_loss} teacher term), "
         f"{len(seeds)} seed(s), {args.device}, torch {torch.__version__}, "
         f"{protocol['wall_seconds']:.0f} s; {protocol['metric']}.")
     _write_text(args.out / "report.json", json.dumps(
