@@ -514,9 +514,8 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
         blurred, sharp, t_out, levels = batch
         return kd.distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=args.amp,
                                loss_fn=LOSSES[args.loss], kd_loss_fn=KD_LOSSES[args.kd_loss],
-                               teacher_output=t_out,
-                               feature_weight=args.feature_weight, adapters=adapters,
-                               clip_grad_norm=args.clip, levels=levels)
+                               teacher_output=t_out, feature_weight=args.feature_weight,
+                               adapters=adapters, clip_grad_norm=args.clip, levels=levels)
 
     def plain(model, opt, batch):
         return kd.train_step(model, opt, batch[0], batch[1], loss_fn=LOSSES[args.loss],
