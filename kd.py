@@ -41,9 +41,9 @@ import sharpen
 
 __all__ = [
     "IMAGE_SUFFIXES", "l1_ssim_loss", "charbonnier_loss", "psnr_loss", "train_loss",
-    "distill_loss", "train_step", "distill_step", "level_loss", "level_step", "feature_adapters",
-    "AdaptedStudent", "image_files", "folder_pairs", "gopro_pairs", "batches", "PairDataset",
-    "evaluate", "save_checkpoint", "load_checkpoint",
+    "distill_loss", "teacher_levels", "train_step", "distill_step", "level_loss", "level_step",
+    "feature_adapters", "AdaptedStudent", "image_files", "folder_pairs", "gopro_pairs",
+    "batches", "PairDataset", "evaluate", "save_checkpoint", "load_checkpoint",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -157,8 +157,17 @@ def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwarg
     return model(x, **kwargs) if levels is None else model(x, levels=levels, **kwargs)
 
 
-def _teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Tensor | None:
-    """The levels for a teacher: the first three where it takes no gaussian column."""
+def teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Tensor | None:
+    """The levels to tell ``teacher``: ``levels`` ``(B, 4)`` cut to their first three columns
+    where the teacher takes no gaussian column (it is not ``unet(conditioned=4)``), else as
+    given. For loops that compute the teacher's outputs themselves (``teacher_output=``), as
+    ``distill_loss`` tells its teacher.
+
+    Example:
+        >>> teacher = sharpen.teacher(width=4, conditioned=2)
+        >>> teacher_levels(teacher, torch.tensor([[1.5, 0.0, 100.0, 1.0]])).shape
+        torch.Size([1, 3])
+    """
     if levels is None or getattr(_unwrapped(teacher), "conditioned", 0) == 4:
         return levels
     return levels[..., :3]
@@ -370,7 +379,7 @@ def distill_loss(
         was_training = teacher.training
         teacher.eval()
         try:
-            told = _teacher_levels(teacher, levels)
+            told = teacher_levels(teacher, levels)
             with torch.no_grad(), _autocast(blurred, amp):
                 if features:
                     teacher_output, t_feats = _run(teacher, blurred, told, return_features=True)

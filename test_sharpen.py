@@ -2189,6 +2189,14 @@ def test_l1_ssim_loss_ssim_term_has_the_finite_difference_gradient():
     assert kd.l1_ssim_loss(pred, target).item() == pytest.approx(expected.item(), abs=1e-12)
 
 
+def test_teacher_levels_drop_the_gaussian_column_only_for_a_teacher_without_it():
+    levels = torch.tensor([[1.5, 0.01, 90.0, 1.0], [0.0, 0.0, 100.0, 0.0]])
+    assert torch.equal(kd.teacher_levels(sharpen.unet(width=4, conditioned=2), levels),
+                       levels[:, :3])
+    assert kd.teacher_levels(sharpen.unet(width=4, conditioned=4), levels) is levels
+    assert kd.teacher_levels(sharpen.unet(width=4, conditioned=2), None) is None
+
+
 def test_psnr_loss_by_hand_and_against_metrics():
     target = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
     pred = torch.tensor([0.1, 0.2], dtype=torch.float64)[:, None, None, None].expand(2, 1, 4, 4)

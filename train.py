@@ -470,8 +470,8 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
                                                      enabled=args.amp):
-                    told = {} if levels is None else {"levels": levels[:, :3] if (
-                        teacher.conditioned < 4) else levels}  # the first three: no gaussian
+                    told = {} if levels is None else {
+                        "levels": kd.teacher_levels(teacher, levels)}
                     t_out = teacher.eval()(blurred, **told).float()
             pool.append((blurred, sharp, t_out, levels))
         served += POOL_REUSE * size
