@@ -954,6 +954,25 @@ def _level_maps(levels: Tensor | None, h: Tensor, *, shape: bool = False) -> Ten
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
 
 
+def _told_kernel(kernel: object, x: Tensor) -> Tensor:
+    """A blur kernel told for images ``x (B, C, H, W)``, checked: ``(B, kh, kw)`` float32,
+    each normalised to sum 1."""
+    _check_tensor("kernel", kernel)
+    B, _, H, W = x.shape
+    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B) \
+            or kernel.shape[-2] % 2 == 0 or kernel.shape[-1] % 2 == 0:
+        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={B} and odd "
+                         f"sides, got {tuple(kernel.shape)}")
+    kh, kw = kernel.shape[-2:]
+    if kh // 2 >= H or kw // 2 >= W:
+        raise ValueError(f"kernel {kh}x{kw} is too large for a {H}x{W} image")
+    k = kernel.reshape(-1, kh, kw).float()
+    if not bool(k.isfinite().all()) or bool((k < 0).any()) or \
+            not bool((k.sum((-2, -1)) > 0).all()):
+        raise ValueError("kernel must be finite and non-negative, each summing to more than 0")
+    return (k / k.sum((-2, -1), keepdim=True)).expand(B, kh, kw)
+
+
 def _sampled_gaussian_std(told: Tensor) -> Tensor:
     """The sigma ``s`` whose sampled Gaussian (``gaussian_kernel(s)``) spreads by ``told``
     (``kernel_sigma``; they differ below about 0.7 px), by bisection; ``(B,)`` to ``(B,)``."""
@@ -967,11 +986,13 @@ def _sampled_gaussian_std(told: Tensor) -> Tensor:
     return torch.where(told < 3, (lo + hi) / 2, told)
 
 
-def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False) -> Tensor:
+def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False,
+                 kernel: Tensor | None = None) -> Tensor:
     """``wiener(x, Gaussian of the told blur) - x`` per image, zero where the levels are unknown
     or the blur 0: a classical estimate for ``unet(conditioned=2)``. The balance grows with the
     told noise and JPEG loss as ``wiener``'s tuned balances do. ``at_zero`` (``conditioned=3``):
     told blur 0, the same filter with no blur (a smoothing), zero only where the balance is 0.
+    ``kernel`` (``check_kernel``'s ``(B, kh, kw)``): the filter of that blur, not the Gaussian.
     ``(B, C, H, W)`` to the same."""
     if levels is None:
         return torch.zeros_like(x)
@@ -982,8 +1003,9 @@ def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False) -> 
     balance = 1e-3 * blur**2 + 1000 * (noise**2 + (0.01 * (100 - jpeg) / 70) ** 2)
     use = ~levels.isnan().any(1) & ((blur > 0) | (at_zero & (balance > 0)))
     s = _sampled_gaussian_std(blur * use)
-    reach = max(32, math.ceil(12 * float(blur.max())))  # of the filter; torch.export cannot
-    ph, pw = min(reach, H - 1), min(reach, W - 1)       # follow it, so told, it is not exported
+    reach = max(32, math.ceil(12 * float(blur.max())),  # of the filter; torch.export cannot
+                *(kernel.shape[-2:] if kernel is not None else ()))  # follow it, so told, it
+    ph, pw = min(reach, H - 1), min(reach, W - 1)  # is not exported
     padded = F.pad(xf, (pw, pw, ph, ph), mode="reflect") if ph or pw else xf
     size = padded.shape[-2:]
     fy = torch.fft.fftfreq(size[0], device=x.device, dtype=xf.dtype)
@@ -994,9 +1016,13 @@ def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False) -> 
                       * (f[None, :, None] + torch.arange(-2, 3, device=x.device)) ** 2).sum(-1)
         return g / g[:, :1]
 
-    K = response(fy)[:, :, None] * response(fx)[:, None, :]
     lap = 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)
-    filt = K / (K**2 + balance[:, None, None] * lap**2)
+    if kernel is None:
+        K = response(fy)[:, :, None] * response(fx)[:, None, :]
+        filt = K / (K**2 + balance[:, None, None] * lap**2)
+    else:
+        K = _transfer(kernel.to(x.device, xf.dtype), size)
+        filt = K.conj() / (K.abs().square() + balance[:, None, None] * lap**2)
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt[:, None], s=size)
     return ((out[..., ph : ph + H, pw : pw + W] - xf) * use[:, None, None, None]).to(x.dtype)
 
@@ -1046,12 +1072,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
-    def _estimate(self, x: Tensor, levels: Tensor | None, given: Tensor | None) -> Tensor:
-        """The Wiener estimate's change for ``x``, made from ``levels`` or checked if given."""
+    def _estimate(self, x: Tensor, levels: Tensor | None, given: Tensor | None,
+                  kernel: Tensor | None = None) -> Tensor:
+        """The Wiener estimate's change for ``x``, made from ``levels`` (and the checked
+        ``kernel``, if told) or checked if given."""
         if levels is not None:
             check_levels(levels, len(x))  # the estimate is made from their values
         if given is None:
-            return _told_wiener(x, levels, at_zero=self.conditioned >= 3)
+            return _told_wiener(x, levels, at_zero=self.conditioned >= 3, kernel=kernel)
         _check_tensor("estimate", given)
         if given.shape != x.shape or given.device != x.device:
             raise ValueError(f"estimate must be shaped like x, {tuple(x.shape)}, on {x.device}, "
@@ -1634,8 +1662,37 @@ def _tiling(model: nn.Module, tile: object, overlap: object) -> tuple[int, int, 
     return tile, overlap, align
 
 
+def _kernel_levels(model: nn.Module, kernel: object, levels: Tensor | None, x: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """``sharpen``'s told ``kernel``, checked, and the levels ``(B, 3)`` (``(B, 4)`` for a
+    ``conditioned=4`` model) that go with it."""
+    conditioned = getattr(model, "conditioned", 0)
+    if conditioned < 2:
+        raise ValueError(f"kernel given, but the model is given no Wiener estimate (unet("
+                         f"conditioned={conditioned})): conditioned=2 to 4 take a kernel")
+    kernel = _told_kernel(kernel, x)
+    spread = kernel_sigma(kernel).cpu()
+    if levels is None:
+        levels = torch.stack([spread, torch.zeros_like(spread), torch.full_like(spread, 100)], 1)
+    elif bool(levels.isnan().any()):
+        raise ValueError(f"levels told with a kernel must be known (no NaN), got "
+                         f"{levels.tolist()}")
+    elif bool(((levels[:, 0].cpu() - spread).abs() > 1e-3 * (1 + spread)).any()):
+        raise ValueError(f"levels told with a kernel must have its blur, kernel_sigma(kernel) = "
+                         f"{[round(v, 4) for v in spread.tolist()]}, got blur "
+                         f"{levels[:, 0].tolist()}")
+    elif levels.shape[1] == 4 and bool((levels[:, 3] != 1).any()):
+        raise ValueError(f"gaussian must be 1 or left out with a kernel (the estimate is made "
+                         f"from the kernel, so it is exact), got {levels[:, 3].tolist()}")
+    levels = levels[:, :3].float()
+    if conditioned == 4:
+        levels = torch.cat([levels, torch.ones_like(levels[:, :1])], 1)
+    return kernel, levels
+
+
 def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | None = None,
-            precision: str = "auto", levels: Tensor | tuple[float, ...] | None = None) -> Tensor:
+            precision: str = "auto", levels: Tensor | tuple[float, ...] | None = None,
+            kernel: Tensor | None = None) -> Tensor:
     """Run ``model`` over an image of any size in overlapping, cross-faded tiles.
 
     Tiles run one at a time on the model's device and dtype, in eval mode under ``no_grad`` (the
@@ -1663,16 +1720,24 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             blur >= 0 (pixels), 0 <= noise <= 1 and 1 <= jpeg <= 100 (100: not compressed); NaN
             for unknown; for a ``conditioned=4`` model, a fourth, gaussian (1: the blur is an
             isotropic Gaussian). None: unknown (the model sharpens blind).
+        kernel: For a model given a Wiener estimate (``conditioned`` 2 to 4), the blur itself
+            when it is known (a measured PSF, a motion path): ``(kh, kw)`` or ``(B, kh, kw)``,
+            odd sides, non-negative, normalised here to sum 1. The estimate is then made with
+            this kernel instead of a Gaussian, and a ``conditioned=4`` model is told that it
+            is exact (gaussian 1). ``levels`` then default to ``(kernel_sigma(kernel), 0, 100)``;
+            given, their blur must be ``kernel_sigma(kernel)``.
 
     Returns:
         Sharpened images, shaped like ``img``, on its device and dtype.
 
     Raises:
-        TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
+        TypeError: If ``levels`` is neither numbers nor a floating-point tensor, or ``kernel``
+            is not a floating-point tensor.
         ValueError: If ``img`` does not fit the model, ``tile`` or ``overlap`` is out of range
             (``tile`` too small for the receptive field when ``overlap`` is None),
-            ``precision`` is unknown, or ``levels`` are out of range or given to a model built
-            without them.
+            ``precision`` is unknown, ``levels`` are out of range or given to a model built
+            without them, or ``kernel`` is malformed, given to a model without an estimate, or
+            told with levels of another blur, unknown levels or gaussian 0.
     """
     _check_module(model)
     x, single = _as_batch("img", img)
@@ -1684,6 +1749,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         if levels.shape[1] == 4 and model.conditioned != 4:
             raise ValueError(f"levels of 4 columns (gaussian) need unet(conditioned=4), the "
                              f"model is conditioned={model.conditioned}")
+    if kernel is not None:
+        kernel, levels = _kernel_levels(model, kernel, levels, x)
     tile, overlap, align = _tiling(model, tile, overlap)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
@@ -1700,7 +1767,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     estimate = None  # a conditioned>=2 model's, made once for the whole image: tiles then agree
     if levels is not None and getattr(model, "conditioned", 0) >= 2:
         with torch.no_grad():
-            estimate = model._estimate(x, levels, None)  # the model's own kind of estimate
+            estimate = model._estimate(x, levels, None, kernel)  # the model's own kind
     was_training = model.training
     model.eval()
     try:
@@ -1728,8 +1795,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python sharpen.py INPUT... [--weights MODEL.pt]``: write ``<stem>_sharp.png`` per input.
 
     Without ``--weights``, the student shipped beside this file (``weights/student.pt``). A
-    conditioned model told nothing (no ``--blur``, ``--noise``, ``--jpeg`` or ``--blind``) is told
-    the levels the shipped estimator (``weights/levels.pt``, or ``--levels``) reads from each image.
+    conditioned model told nothing (no ``--blur``, ``--noise``, ``--jpeg``, ``--kernel`` or
+    ``--blind``) is told the levels the shipped estimator (``weights/levels.pt``, or ``--levels``)
+    reads from each image.
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
     shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
@@ -1768,6 +1836,12 @@ def main(argv: list[str] | None = None) -> int:
                         "filter makes (not a shake, a defocus disk or resampling): a model told "
                         "so (unet(conditioned=4)) trusts its Wiener estimate and sharpens more. "
                         "Needs --blur > 0")
+    parser.add_argument("--kernel", metavar="PSF.png",
+                        help="tell the model the blur itself: an image of the blur kernel (a "
+                        "measured point spread function or motion path; odd sides, its grey "
+                        "levels normalised to sum 1), whose Wiener estimate the model corrects. "
+                        "Tells the blur, so excludes --blur; --noise and --jpeg may be given. "
+                        "Needs a model given an estimate (unet(conditioned=2 to 4))")
     parser.add_argument("--blind", action="store_true",
                         help="sharpen blind: tell a conditioned model nothing, not even estimates")
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
@@ -1806,15 +1880,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.gaussian and not args.blur:
         parser.error("--gaussian needs --blur > 0 (the blur whose shape it tells), " + (
             "and no --blur was given" if args.blur is None else f"got --blur {args.blur}"))
+    if args.kernel is not None and (args.blur is not None or args.gaussian):
+        parser.error("--kernel tells the blur: it excludes --blur and --gaussian")
     told = [args.blur, args.noise, args.jpeg]
-    if args.blind and told != [None] * 3:
-        parser.error("--blind excludes --blur, --noise and --jpeg")
+    if args.blind and (told != [None] * 3 or args.kernel is not None):
+        parser.error("--blind excludes --blur, --noise, --jpeg and --kernel")
     if args.blind and args.levels is not None:
         parser.error("--blind excludes --levels")
-    levels = None if told == [None] * 3 else (args.blur or 0.0, args.noise or 0.0,
-                                               100 if args.jpeg is None else args.jpeg,
-                                               *([1.0] if args.gaussian else []))
+    levels = None if told == [None] * 3 and args.kernel is None else (
+        args.blur or 0.0, args.noise or 0.0, 100 if args.jpeg is None else args.jpeg,
+        *([1.0] if args.gaussian else []))
+    kernel = None
     try:
+        if args.kernel is not None:
+            kernel = load_image(args.kernel).mean(0)
+            if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+                raise ValueError(f"--kernel {args.kernel} must have odd sides (its centre is "
+                                 f"the blur's), got {kernel.shape[1]}x{kernel.shape[0]}")
+            if not kernel.sum() > 0:
+                raise ValueError(f"--kernel {args.kernel} is black: a blur kernel sums to more "
+                                 "than 0")
+            kernel = kernel / kernel.sum()
+            levels = (float(kernel_sigma(kernel)), *levels[1:])
+            if args.weights is None and levels[0] > _LEVEL_SCALE[0]:
+                raise ValueError(f"--kernel {args.kernel} spreads by {levels[0]:.2f} px "
+                                 f"(kernel_sigma): at most {_LEVEL_SCALE[0]:g} with the shipped "
+                                 f"student (the largest blur it was trained on)")
         if args.weights is None and not shipped.is_file():
             raise ValueError(f"no model given (--weights), and no shipped student at {shipped}. "
                              "Train one with `python train.py`, which writes "
@@ -1825,6 +1916,9 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.weights or shipped, map_location=args.device)
         _tiling(model, args.tile, args.overlap)
         conditioned = getattr(model, "conditioned", 0)
+        if kernel is not None and conditioned < 2:
+            raise ValueError(f"--kernel needs a model given a Wiener estimate (unet(conditioned="
+                             f"2 to 4)); {args.weights or shipped} is conditioned={conditioned}")
         if levels is not None and not conditioned:
             raise ValueError(f"--blur, --noise and --jpeg need a conditioned model (unet("
                              f"conditioned=1 to 4)); {args.weights or shipped} sharpens blind")
@@ -1864,7 +1958,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "--noise, --jpeg) or pass --blind")
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
-                          precision=args.precision, levels=given)
+                          precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
                 out = out.mean(0, keepdim=True).expand_as(out)
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import ast
 import copy
 import fractions
 import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -1271,6 +1272,123 @@ def test_a_conditioned_4_model_is_told_whether_the_blur_is_an_isotropic_gaussian
             sharpen.sharpen(model, x, levels=levels)
 
 
+def test_the_told_wiener_estimate_of_a_told_kernel_deconvolves_that_kernel():
+    sharp = sharpen.dead_leaves(2, 96, generator=gen(), supersample=2)
+    shake = sharpen.random_motion_kernel(13, generator=gen(3))
+    x = sharpen.blur(sharp, shake)
+    told = sharpen.kernel_sigma(shake)
+    levels = torch.stack([told.expand(2), torch.tensor([0.01, 0.0]), torch.full((2,), 100.0)], 1)
+    estimate = x + sharpen._told_wiener(x, levels, kernel=shake.expand(2, 13, 13))
+    balance = float(1e-3 * told**2 + 1000 * 0.01**2)
+    ref = sharpen.wiener(x[0], shake, balance=balance)  # which pads less: compare in the middle
+    torch.testing.assert_close(estimate[0, :, 32:-32, 32:-32], ref[:, 32:-32, 32:-32], rtol=0,
+                               atol=2e-3)
+    gaussian = x + sharpen._told_wiener(x, levels)  # the same spread, told as a Gaussian
+    gain = metrics.psnr(estimate, sharp) - metrics.psnr(gaussian, sharp)  # measured +1.3, +5.4
+    assert gain[0] > 1 and gain[1] > 5  # the first smoothed by its balance for noise
+    g = sharpen.gaussian_kernel(1.5)  # a Gaussian kernel gives the Gaussian's estimate
+    iso = sharpen.gaussian_blur(sharp, 1.5)
+    told = sharpen.kernel_sigma(g[:, None] * g[None, :]).expand(2)
+    levels = torch.stack([told, torch.zeros(2), torch.full((2,), 100.0)], 1)
+    torch.testing.assert_close(
+        sharpen._told_wiener(iso, levels, kernel=(g[:, None] * g[None, :]).expand(2, -1, -1)),
+        sharpen._told_wiener(iso, levels), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("conditioned", [2, 4])
+def test_sharpen_told_a_kernel_gives_the_model_that_kernels_estimate(conditioned):
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned),
+                      std=0.1).eval()
+    x = torch.rand(2, 3, 100, 90, generator=gen())
+    shake = sharpen.random_motion_kernel(9, generator=gen(1))
+    spread = float(sharpen.kernel_sigma(shake))
+    levels = torch.tensor([[spread, 0.0, 100.0], [spread, 0.02, 60.0]])
+    exact = torch.cat([levels, torch.ones(2, 1)], 1) if conditioned == 4 else levels
+    with torch.no_grad():
+        ref = model(x, exact, estimate=sharpen._told_wiener(
+            x, levels, at_zero=conditioned >= 3, kernel=shake.expand(2, 9, 9))).clamp(0, 1)
+        gaussian = model(x, levels).clamp(0, 1)
+    out = sharpen.sharpen(model, x, tile=64, overlap=32, precision="fp32", levels=levels,
+                          kernel=3 * shake)  # normalised to sum 1
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+    assert (out - gaussian).abs().max() > 1e-3
+    default = sharpen.sharpen(model, x[0], precision="fp32", kernel=shake)  # levels from it
+    torch.testing.assert_close(default, ref[0], rtol=0, atol=1e-4)
+    if conditioned == 4:
+        told = sharpen.sharpen(model, x, precision="fp32", levels=exact, kernel=shake)
+        torch.testing.assert_close(told, ref, rtol=0, atol=1e-4)
+        with pytest.raises(ValueError, match=r"gaussian must be 1 or left out with a kernel .*"
+                                             r"got \[0.0, 0.0\]"):
+            sharpen.sharpen(model, x, levels=torch.cat([levels, torch.zeros(2, 1)], 1),
+                            kernel=shake)
+    for kernel, levels_, error, match in [
+        ([[1.0]], None, TypeError, "kernel must be a floating-point torch.Tensor, got list"),
+        (torch.ones(4, 4), None, ValueError, r"kernel must have shape \(kh, kw\) or \(B, kh, "
+                                             r"kw\) with B=2 and odd sides, got \(4, 4\)"),
+        (torch.ones(3, 5, 5), None, ValueError, r"with B=2 and odd sides, got \(3, 5, 5\)"),
+        (torch.ones(201, 3), None, ValueError, r"kernel 201x3 is too large for a 100x90 image"),
+        (-shake, None, ValueError, "kernel must be finite and non-negative, each summing"),
+        (torch.zeros(3, 3), None, ValueError, "kernel must be finite and non-negative"),
+        (shake, (2.5, 0.0, 100), ValueError, r"levels told with a kernel must have its blur, "
+                                             rf"kernel_sigma\(kernel\) = \[{spread:.4f}, "),
+        (shake, torch.full((3,), math.nan), ValueError, "levels told with a kernel must be "
+                                                        r"known \(no NaN\)"),
+    ]:
+        with pytest.raises(error, match=match):
+            sharpen.sharpen(model, x, levels=levels_, kernel=kernel)
+    for other in (1, 0):
+        with pytest.raises(ValueError, match=r"kernel given, but the model is given no Wiener "
+                                             rf"estimate \(unet\(conditioned={other}\)\)"):
+            sharpen.sharpen(sharpen.unet(width=4, depth=2, blocks=1, conditioned=other), x,
+                            kernel=shake)
+
+
+def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
+    sharpen.save_image(torch.rand(3, 30, 34, generator=gen()), tmp_path / "a.png")
+    img = sharpen.load_image(tmp_path / "a.png")
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.1)
+    sharpen.save_model(tmp_path / "m.pt", model)
+    shake = sharpen.random_motion_kernel(7, generator=gen(2))
+    sharpen.save_image((shake / shake.max()).expand(3, -1, -1), tmp_path / "psf.png")
+    psf = sharpen.load_image(tmp_path / "psf.png").mean(0)
+    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "m.pt"), "--overwrite"]
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "psf.png"), "--noise", "0.01"]) == 0
+    out = sharpen.load_image(tmp_path / "a_sharp.png")
+    expected = sharpen.sharpen(model, img, levels=(float(sharpen.kernel_sigma(psf)), 0.01, 100),
+                               kernel=psf)
+    assert (out - expected).abs().max() <= 1 / 255
+    for bad, match in [(["--blur", "1"], "--kernel tells the blur: it excludes --blur and "
+                                         "--gaussian"),
+                       (["--blind"], "--blind excludes --blur, --noise, --jpeg and --kernel")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main([*args, "--kernel", str(tmp_path / "psf.png"), *bad])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    sharpen.save_image(torch.rand(3, 4, 5, generator=gen()), tmp_path / "even.png")
+    sharpen.save_image(torch.zeros(3, 3, 3), tmp_path / "black.png")
+    wide = torch.zeros(3, 61, 61)
+    wide[:, 30, :] = 1  # a 61-pixel streak spreads by 12.45 px
+    sharpen.save_image(wide, tmp_path / "wide.png")
+    sharpen.save_model(tmp_path / "one.pt", sharpen.unet(width=4, depth=2, blocks=1,
+                                                         conditioned=1))
+    for psf_file, weights, match in [
+        ("even.png", "m.pt", f"--kernel {tmp_path / 'even.png'} must have odd sides (its centre "
+                             "is the blur's), got 5x4"),
+        ("black.png", "m.pt", f"--kernel {tmp_path / 'black.png'} is black"),
+        ("psf.png", "one.pt", "--kernel needs a model given a Wiener estimate (unet(conditioned"
+                              f"=2 to 4)); {tmp_path / 'one.pt'} is conditioned=1"),
+    ]:
+        assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tmp_path / weights),
+                             "--kernel", str(tmp_path / psf_file), "--overwrite"]) == 2
+        assert match in capsys.readouterr().err
+    assert sharpen.main([str(tmp_path / "a.png"), "--kernel", str(tmp_path / "wide.png"),
+                         "--overwrite"]) == 2
+    assert f"--kernel {tmp_path / 'wide.png'} spreads by 12.45 px (kernel_sigma): at most 3 " \
+        "with the shipped student" in capsys.readouterr().err
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tmp_path / "m.pt"),
+                         "--kernel", str(tmp_path / "wide.png"), "--overwrite"]) == 1
+    assert "kernel 61x61 is too large for a 30x34 image" in capsys.readouterr().err
+
+
 def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
                                                                        capsys):
     sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "a.png")
@@ -1357,7 +1475,8 @@ def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_pat
     blind = sharpen.sharpen(told, img)
     assert (sharpen.load_image(tmp_path / "a_sharp.png") - blind).abs().max() <= 1 / 255
     assert (blind - expected).abs().max() > 2 / 255  # the estimates changed the output
-    for bad, match in [(["--blind", "--blur", "1"], "--blind excludes --blur, --noise and --jpeg"),
+    for bad, match in [(["--blind", "--blur", "1"], "--blind excludes --blur, --noise, --jpeg "
+                                                    "and --kernel"),
                        (["--blind", "--levels", "e.pt"], "--blind excludes --levels")]:
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, *bad])
@@ -1674,6 +1793,21 @@ def test_the_shipped_student_told_the_levels_keeps_sharp_sharp_and_sharpens_more
     assert metrics.psnr(gaussian, original) - metrics.psnr(soft, original) >= 3
 
 
+def test_the_shipped_student_told_the_kernel_undoes_a_camera_shake():
+    # A shake told as one number (its spread, 1.22 px) loses (measured -0.09 dB; blind +0.50);
+    # told the kernel itself, the student corrects that kernel's Wiener estimate: +4.70 dB.
+    model = sharpen.load_model(SHIPPED / "student.pt")
+    original = photo_8bit("coffee")
+    shake = sharpen.random_motion_kernel(13, generator=gen())
+    shaken = (sharpen.blur(original, shake) * 255).round() / 255
+    base = metrics.psnr(shaken, original)
+    spread = sharpen.sharpen(model, shaken, precision="fp32",
+                             levels=(float(sharpen.kernel_sigma(shake)), 0.0, 100.0))
+    told = sharpen.sharpen(model, shaken, precision="fp32", kernel=shake)
+    assert metrics.psnr(told, original) - base >= 4
+    assert metrics.psnr(told, original) > metrics.psnr(spread, original) + 4
+
+
 def test_the_shipped_estimator_reads_a_sharp_and_a_soft_photo_for_the_student():
     # What the CLI does when told nothing. Measured: chelsea estimated blur 0.24 px, 56.1 dB,
     # SSIM 0.9996; coffee at sigma 1.5 estimated 1.11 px (it errs low, as trained), +2.40 dB
@@ -1716,23 +1850,74 @@ def test_cli_sharpens_with_the_shipped_student_by_default(tmp_path, capsys):
 # ---------------------------------------------------------------------------- level estimator
 
 
+def _docs_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_colour_validation_photos_are_8bit_colour_and_validate_keeps_them_off_scored(capsys):
     photos = train._colour_validation_photos(64)
     assert photos.shape == (4, 3, 64, 64) and photos.dtype == torch.float32
     assert torch.equal((photos * 255).round() / 255, photos)  # 8-bit, as the grey ones
     assert all((p[0] - p[1]).abs().mean() > 0.02 for p in photos)  # in colour
-    spec = importlib.util.spec_from_file_location("validate", ROOT / "docs" / "validate.py")
-    validate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(validate)
+    validate = _docs_script("validate")
     with pytest.raises(SystemExit):
         validate.main(["--colour", "--scored", str(SHIPPED / "student.pt")])
     assert "--colour adds validation photos" in capsys.readouterr().err
 
 
+def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
+                                                                      capsys):
+    robustness, compare = _docs_script("robustness"), _docs_script("compare_runs")
+    photos = torch.rand(2, 3, 32, 32, generator=gen())
+    calls = []
+
+    def datasets(args, degrade, generator):  # the images of a train.py run's options
+        calls.append((args.blur, args.train_photos, args.train_images))
+        return None, {"dead_leaves": (photos[:1], []), "photos": (photos, [])}, "tiny"
+
+    monkeypatch.setattr(train, "_datasets", datasets)
+    monkeypatch.setattr(train, "_validation_photos", lambda size: torch.rand(2, 3, 32, 32,
+                                                                            generator=gen(1)))
+    models = {"teacher": sharpen.unet(width=4, depth=2, blocks=1, conditioned=2),
+              "student": sharpen.unet(width=4, depth=2, blocks=1, conditioned=4),
+              "blind": sharpen.unet(width=4, depth=2, blocks=1)}
+    for name, model in models.items():
+        sharpen.save_model(tmp_path / f"{name}.pt", randomize(model, std=0.05))
+    files = [str(tmp_path / f"{name}.pt") for name in models]
+    assert robustness.main([*files, "--out", str(tmp_path / "out")]) == 0
+    assert calls == [("real", True, 192)]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = {(r["eval_set"], r["condition"], r["name"]): r for r in report["robustness"]}
+    names = {n for _, _, n in rows}
+    assert names == {"input", "wiener", "unsharp", "teacher", "student", "blind", "teacher_told",
+                     "student_told", "teacher_kernel", "student_kernel"}
+    assert {s for s, _, _ in rows} == {"dead_leaves", "photos"}
+    x, kernels = train._condition(photos, "camera shake", train.ROBUSTNESS_SEED + 100 + 7)
+    out = sharpen.sharpen(sharpen.load_model(tmp_path / "student.pt"), x, precision="fp32",
+                          kernel=kernels)  # the draws of the table's set 1, condition 7
+    assert list(train.CONDITIONS)[7] == "camera shake"
+    assert rows["photos", "camera shake", "student_kernel"]["psnr"] == pytest.approx(
+        metrics.psnr(out, photos).mean().item(), abs=1e-5)
+    assert report["protocol"]["models"]["student"]["sha256"] == hashlib.sha256(
+        (tmp_path / "student.pt").read_bytes()).hexdigest()
+    assert "| student, told the kernel |" in (tmp_path / "out" / "report.md").read_text()
+    checked = compare.check(tmp_path / "out")  # read as a train.py run's folder
+    assert compare.check(tmp_path / "out" / "report.json") == checked
+    assert "out: student, told the kernel |" in compare.table([tmp_path / "out"], "photos")
+    assert "photos, student_kernel: sharp" in checked
+    assert "photos: teacher_kernel minus student_kernel" in checked
+    with pytest.raises(SystemExit):
+        robustness.main([files[0], str(tmp_path / "other" / "teacher.pt")])
+    assert "the models' file stems name their rows and must differ" in capsys.readouterr().err
+    assert robustness.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
 def test_kernel_shape_check_refuses_bad_steps_and_blurs_only_by_gaussians(capsys):
-    spec = importlib.util.spec_from_file_location("shape", ROOT / "docs" / "kernel_shape_check.py")
-    shape = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shape)
+    shape = _docs_script("kernel_shape_check")
     with pytest.raises(SystemExit):
         shape.main(["--steps", "0"])
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
@@ -3080,6 +3265,7 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
+    assert not any(name.endswith("_kernel") for name in names)  # no estimate: no kernel told
     tuned = sharpen.load_model(tmp_path / "run" / "teacher.pt")
     assert tuned.conditioned == sharpen.load_model(tmp_path / "run" / "student.pt").conditioned == 1
     assert "| condition | input |" in (tmp_path / "run" / "report.md").read_text()
@@ -3128,7 +3314,9 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert "psnr loss, alpha 0.9 (l1_ssim teacher term)" in protocol["summary"]
     assert len(calls) == 3 + 3 + protocol["time_matched_steps"][0]  # every student's steps
     rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
-    assert {"teacher_told", "student_told"} <= {r["name"] for r in rows}
+    assert {"teacher_told", "student_told", "teacher_kernel", "student_kernel"} <= {
+        r["name"] for r in rows}  # with an estimate: told the kernel too
+    assert "| student, told the kernel |" in (tmp_path / "run4" / "report.md").read_text()
     # only a U-Net can be given the level inputs
     sharpen.save_model(tmp_path / "paper.pt", sharpen.paper_student())
     for option in ("--init-teacher", "--init-student"):

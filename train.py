@@ -603,7 +603,7 @@ def _robustness_markdown(rows: list[dict]) -> str:
     for set_name in dict.fromkeys(r["eval_set"] for r in rows):
         table = {(r["condition"], r["name"]): r for r in rows if r["eval_set"] == set_name}
         lines += [f"### {set_name}", "", "| condition | " + " | ".join(
-            ROBUST_LABELS.get(n, n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+            _robust_label(n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
         for condition in dict.fromkeys(c for c, _ in table):
             cells = []
             for name in names:
@@ -619,11 +619,12 @@ def _robustness_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-ROBUST_LABELS = {"input": "input", "wiener": "Wiener (true kernel)", "unsharp": "unsharp mask",
-                 "student_nokd": "student, no teacher", "student_nokd_time":
-                 "student, no teacher, equal time", "teacher_told": "teacher, told",
-                 "student_told": "student, told", "student_nokd_told": "student, no teacher, told",
-                 "student_nokd_time_told": "student, no teacher, equal time, told"}
+def _robust_label(name: str) -> str:
+    """A robustness row's column title: ``student_nokd_told`` is "student, no teacher, told"."""
+    if name == "wiener":
+        return "Wiener (true kernel)"
+    return name.replace("unsharp", "unsharp mask").replace("_nokd", ", no teacher").replace(
+        "_time", ", equal time").replace("_told", ", told").replace("_kernel", ", told the kernel")
 
 
 def _as_image(img: torch.Tensor | str | os.PathLike) -> torch.Tensor:
@@ -722,7 +723,8 @@ def _finite(value: float) -> float | None:
 
 def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> list[dict]:
     """Every model and baseline on every evaluation set under every condition (conditioned
-    models blind, and again as ``<name>_told``, told the condition's levels): mean PSNR and
+    models blind, and again as ``<name>_told``, told the condition's levels, and those given a
+    Wiener estimate as ``<name>_kernel``, told the true blur kernel too): mean PSNR and
     SSIM, the worst image's PSNR, and the mean and worst-image PSNR gain over the input (None
     for ``sharp``, whose input is perfect). Infinite PSNRs (exact copies) are None in JSON."""
     rows = []
@@ -737,6 +739,10 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
                 model, x, precision="fp32", levels=_condition_levels(
                     name, kernels, gaussian=model.conditioned == 4))
                 for m, model in models.items() if getattr(model, "conditioned", 0)}
+            outputs |= {f"{m}_kernel": sharpen.sharpen(
+                model, x, precision="fp32", levels=_condition_levels(name, kernels),
+                kernel=kernels) for m, model in models.items()
+                if getattr(model, "conditioned", 0) >= 2}
             base = metrics.psnr(x, sharp)
             for label, out in outputs.items():
                 psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)

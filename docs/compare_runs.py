@@ -1,12 +1,14 @@
-"""Put the robustness tables of several ``python train.py`` runs side by side, and check the
-shipped models' targets.
+"""Put the robustness tables of several ``python train.py`` runs (or ``docs/robustness.py``
+outputs) side by side, and check the shipped models' targets.
 
     python docs/compare_runs.py runs/demo runs/real [--set photos] [--check runs/real]
         [--student student_nokd]
+    python docs/compare_runs.py weights/robustness.json --check weights/robustness.json
 
 Prints a markdown table of one evaluation set: the input and the two baselines (from the first
 run), then each run's teacher and student (and, for conditioned models, both again told the
-condition's levels), as mean PSNR in dB with the worst image's gain over the input in brackets.
+condition's levels, and for those given a Wiener estimate, told the true kernel), as mean
+PSNR in dB with the worst image's gain over the input in brackets.
 ``--check RUN`` then prints RUN's models against the targets of the robust models, on every
 photo set.
 """
@@ -20,22 +22,28 @@ from pathlib import Path
 BLURS = ("gaussian 0.5", "gaussian 1.0", "gaussian 1.5", "gaussian 2.0", "gaussian 3.0",
          "anisotropic 2.0 x 0.7", "camera shake", "defocus 2.0")
 PHOTO_SETS = ("photos", "photos_bicubic", "photo_crops")
-MODELS = ("teacher", "student", "teacher_told", "student_told")
+MODELS = ("teacher", "student", "teacher_told", "student_told", "teacher_kernel", "student_kernel")
+
+
+def report_file(run: Path) -> Path:
+    """A run's report: ``RUN/report.json``, or RUN itself where it names a ``.json`` file."""
+    return run if run.suffix == ".json" else run / "report.json"
 
 
 def models_of(rows: dict[tuple[str, str, str], dict]) -> list[str]:
-    """The run's teacher and student, and their told rows where the models are conditioned."""
+    """The run's teacher and student, and their told rows where the models are conditioned (and
+    told the kernel where they are given an estimate)."""
     return [m for m in MODELS if any(n == m for _, _, n in rows)]
 
 
 def rows_of(run: Path, student: str = "student") -> dict[tuple[str, str, str], dict]:
     """The run's robustness rows by (set, condition, name), the model ``student`` (and its told
     rows) named ``student``."""
-    report = json.loads((run / "report.json").read_text())
-    rename = {student: "student", f"{student}_told": "student_told"}
+    report = json.loads(report_file(run).read_text())
+    rename = {student + told: "student" + told for told in ("", "_told", "_kernel")}
     return {(r["eval_set"], r["condition"], rename.get(r["name"], r["name"])): r
             for r in report["robustness"]
-            if r["name"] in rename or r["name"] not in ("student", "student_told")}
+            if r["name"] in rename or r["name"] not in rename.values()}
 
 
 def cell(row: dict) -> str:
@@ -52,8 +60,9 @@ def table(runs: list[Path], eval_set: str, student: str = "student") -> str:
     all_rows = [rows_of(run, student) for run in runs]
     conditions = list(dict.fromkeys(c for s, c, _ in all_rows[0] if s == eval_set))
     head = ["condition", "input", "Wiener (true kernel)", "unsharp mask"]
-    head += [f"{run.name}: {m.replace('_', ', ')}" for run, rows in zip(runs, all_rows)
-             for m in models_of(rows)]
+    head += [f"{run.stem if run.suffix == '.json' else run.name}: "
+             f"{m.replace('_told', ', told').replace('_kernel', ', told the kernel')}"
+             for run, rows in zip(runs, all_rows) for m in models_of(rows)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in conditions:
         cells = [cell(all_rows[0][eval_set, c, n]) for n in ("input", "wiener", "unsharp")]
@@ -64,7 +73,7 @@ def table(runs: list[Path], eval_set: str, student: str = "student") -> str:
 
 def table1(run: Path) -> str:
     """The run's Table 1 on one line per model: PSNR / SSIM on each evaluation set, and cost."""
-    rows = json.loads((run / "report.json").read_text())["rows"]
+    rows = json.loads(report_file(run).read_text())["rows"]
     sets = list(dict.fromkeys(r["eval_set"] for r in rows))
     head = ["model", *sets, "params", "GMACs at 256²", "ms / image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -99,7 +108,7 @@ def check(run: Path, student: str = "student") -> str:
                 f"unsharp mask on {len(beaten)} of {len(BLURS)} blurs {beaten} [0]; behind Wiener "
                 f"by {wiener:.2f} dB on average over the blurs [<= 1.5]; gaussian 1.5 gain "
                 f"{gains['gaussian 1.5']:+.2f} dB [>= +3]")
-        for told in ("", "_told")[: 1 + ((s, "sharp", "teacher_told") in rows)]:
+        for told in (t for t in ("", "_told", "_kernel") if (s, "sharp", "teacher" + t) in rows):
             gap = {c: rows[s, c, "teacher" + told]["psnr"] - rows[s, c, "student" + told]["psnr"]
                    for c in [*degraded, "sharp"]}
             mean = sum(gap[c] for c in degraded) / len(degraded)
@@ -111,7 +120,8 @@ def check(run: Path, student: str = "student") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("runs", nargs="+", type=Path, help="output folders of python train.py")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="output folders of python train.py (or their report.json files)")
     parser.add_argument("--set", default="photos", choices=("dead_leaves", *PHOTO_SETS),
                         help="evaluation set (photos)")
     parser.add_argument("--check", type=Path, help="a run whose models to check against targets")
@@ -121,10 +131,12 @@ def main() -> None:
                         "distilled one), student_nokd or student_nokd_time")
     args = parser.parse_args()
     for run in [*args.runs, *([args.check] if args.check else [])]:
-        if not (run / "report.json").is_file():
-            parser.error(f"{run} holds no report.json (an output folder of python train.py)")
+        if not report_file(run).is_file():
+            parser.error(f"{run} is neither a report.json nor a folder holding one (an output "
+                         "folder of python train.py or docs/robustness.py)")
     for run in args.runs:
-        print(f"{run}:\n{table1(run)}\n")
+        if json.loads(report_file(run).read_text())["rows"]:  # docs/robustness.py's have none
+            print(f"{run}:\n{table1(run)}\n")
     print(table(args.runs, args.set, args.student))
     if args.check:
         print("\n" + check(args.check, args.student))
