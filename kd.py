@@ -115,6 +115,26 @@ def _check_told(levels: torch.Tensor | None, **models: nn.Module) -> None:
                              f"without them (unet(conditioned=1) takes them)")
 
 
+def _check_kernel(kernel: object, levels: torch.Tensor | None, blurred: torch.Tensor,
+                  **models: nn.Module) -> None:
+    """Kernels ``(B, kh, kw)`` only with levels, for models given a Wiener estimate
+    (``unet(conditioned=2)`` to ``4``), checked before any compute."""
+    if kernel is None:
+        return
+    _check_float_tensor("kernel", kernel)
+    if levels is None:
+        raise ValueError("kernel given without levels: the estimate it makes needs them")
+    if kernel.dim() != 3 or len(kernel) != len(blurred):
+        raise ValueError(f"kernel must be (B, kh, kw) with B = {len(blurred)}, one per image "
+                         f"(all NaN where not told), got {tuple(kernel.shape)}")
+    for name, model in models.items():
+        model = _unwrapped(model)
+        model = _unwrapped(getattr(model, "student", model))  # an AdaptedStudent's student
+        if getattr(model, "conditioned", 0) < 2:
+            raise ValueError(f"kernel given, but the {name} ({type(model).__name__}) is given "
+                             f"no Wiener estimate (unet(conditioned=2 to 4) takes one)")
+
+
 def _check_adapters(adapters: object) -> None:
     _check_type("adapters", adapters, (nn.ModuleList, type(None)), "an nn.ModuleList (from "
                 "feature_adapters)")
@@ -152,9 +172,13 @@ def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
 # -- Losses ----------------------------------------------------------------------------------------
 
 
-def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None, **kwargs: bool):
-    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``)."""
-    return model(x, **kwargs) if levels is None else model(x, levels=levels, **kwargs)
+def _run(model: nn.Module, x: torch.Tensor, levels: torch.Tensor | None,
+         kernel: torch.Tensor | None = None, **kwargs: bool):
+    """``model(x)``, told ``levels`` when given (a conditioned model, ``unet(conditioned=1)``),
+    and ``kernel`` when given (``conditioned`` 2 to 4)."""
+    if levels is None:
+        return model(x, **kwargs)
+    return model(x, levels=levels, **kwargs, **({} if kernel is None else {"kernel": kernel}))
 
 
 def teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Tensor | None:
@@ -261,6 +285,7 @@ def train_loss(
     loss_fn: Loss = l1_ssim_loss,
     amp: bool = False,
     levels: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The supervised loss ``loss_fn(model(blurred), sharp)``, with its graph.
 
@@ -279,6 +304,9 @@ def train_loss(
             return_levels=True)``; NaN rows unknown), or ``(B, 4)`` with the gaussian column for
             ``conditioned=4``; the model is then run as ``model(blurred, levels=levels)``.
             None: ``model(blurred)``.
+        kernel: ``(B, kh, kw)`` with ``levels``, the true blur kernel of each image (all NaN
+            where not told), whose Wiener estimate a model given one (``conditioned`` 2 to 4)
+            then gets, as ``sharpen.degrade(..., return_kernels=True)`` gives them.
 
     Returns:
         ``(loss, {"loss": float})``: the 0-dim loss tensor and its value.
@@ -287,7 +315,8 @@ def train_loss(
         TypeError: ``model`` is not an ``nn.Module``, or a batch or ``levels`` is not a
             floating-point tensor.
         ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ, ``levels`` is not
-            ``(B, 3)``, or the model takes no levels.
+            ``(B, 3)``, the model takes no levels, or ``kernel`` is not ``(B, kh, kw)``, comes
+            without levels or goes to a model given no estimate.
 
     Example:
         >>> model = sharpen.student()
@@ -300,8 +329,9 @@ def train_loss(
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
     _check_told(levels, model=model)
+    _check_kernel(kernel, levels, blurred, model=model)
     with _autocast(blurred, amp):
-        pred = _run(model, blurred, levels)
+        pred = _run(model, blurred, levels, kernel)
     dtype = _loss_dtype(pred, sharp)
     loss = loss_fn(pred.to(dtype), sharp.to(dtype))
     return loss, {"loss": loss.item()}
@@ -321,6 +351,7 @@ def distill_loss(
     teacher_output: torch.Tensor | None = None,
     amp: bool = False,
     levels: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation loss of the student towards the teacher and the sharp target.
 
@@ -351,6 +382,8 @@ def distill_loss(
             :func:`train_loss`): both must then be conditioned. ``(B, 4)``, with the gaussian
             column, for a ``conditioned=4`` model; a teacher of fewer inputs gets the first
             three.
+        kernel: ``(B, kh, kw)`` the true blur kernels (as in :func:`train_loss`), told to both
+            models, which must then be given an estimate (``conditioned`` 2 to 4).
 
     Returns:
         ``(loss, {"loss", "kd", "gt", "feat"})``: the 0-dim loss tensor and the terms as floats.
@@ -360,13 +393,16 @@ def distill_loss(
             is not a floating-point tensor, or ``alpha`` or ``feature_weight`` is not a number.
         ValueError: bad batch shapes, ``alpha`` outside [0, 1], negative ``feature_weight``,
             teacher and student outputs of different shapes, features that do not match,
-            ``levels`` not ``(B, 3)``, or levels for a model that takes none.
+            ``levels`` not ``(B, 3)``, levels for a model that takes none, or a ``kernel`` as
+            :func:`train_loss` refuses it.
     """
     _check_module("student", student)
     _check_module("teacher", teacher)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
-    _check_told(levels, student=student, **({"teacher": teacher} if teacher_output is None else {}))
+    run_teacher = {"teacher": teacher} if teacher_output is None or feature_weight else {}
+    _check_told(levels, student=student, **run_teacher)
+    _check_kernel(kernel, levels, blurred, student=student, **run_teacher)
     alpha = _check_number("alpha", alpha, high=1.0)
     feature_weight = _check_number("feature_weight", feature_weight)
     if teacher_output is not None:
@@ -382,22 +418,23 @@ def distill_loss(
             told = teacher_levels(teacher, levels)
             with torch.no_grad(), _autocast(blurred, amp):
                 if features:
-                    teacher_output, t_feats = _run(teacher, blurred, told, return_features=True)
+                    teacher_output, t_feats = _run(teacher, blurred, told, kernel,
+                                                   return_features=True)
                 else:
-                    teacher_output = _run(teacher, blurred, told)
+                    teacher_output = _run(teacher, blurred, told, kernel)
         finally:
             teacher.train(was_training)
 
     with _autocast(blurred, amp):
         if features:
-            out, s_feats = _run(student, blurred, levels, return_features=True)
+            out, s_feats = _run(student, blurred, levels, kernel, return_features=True)
             if adapters is not None:
                 if len(adapters) != len(s_feats):
                     raise ValueError(f"{len(adapters)} adapters for {len(s_feats)} student "
                                      "feature levels")
                 s_feats = [a(f) for a, f in zip(adapters, s_feats)]
         else:
-            out = _run(student, blurred, levels)
+            out = _run(student, blurred, levels, kernel)
     if out.shape != teacher_output.shape:
         raise ValueError(f"teacher output {tuple(teacher_output.shape)} and student output "
                          f"{tuple(out.shape)} differ in shape")
@@ -527,6 +564,7 @@ def train_step(
     amp: bool = False,
     clip_grad_norm: float | None = None,
     levels: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One supervised step: :func:`train_loss` in train mode, backward, ``optimizer.step()``.
     The arguments are those of :func:`train_loss` (the model plain or DistributedDataParallel),
@@ -556,7 +594,8 @@ def train_step(
     _check_step_options(optimizer, clip_grad_norm, model)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss, terms = train_loss(model, blurred, sharp, loss_fn=loss_fn, amp=amp, levels=levels)
+    loss, terms = train_loss(model, blurred, sharp, loss_fn=loss_fn, amp=amp, levels=levels,
+                             kernel=kernel)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -576,6 +615,7 @@ def distill_step(
     amp: bool = False,
     clip_grad_norm: float | None = None,
     levels: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One distillation step: :func:`distill_loss` with the student in train mode, backward,
     ``optimizer.step()``. The arguments are those of :func:`distill_loss`, plus:
@@ -601,7 +641,7 @@ def distill_step(
     loss, terms = distill_loss(
         student, teacher, blurred, sharp, alpha=alpha, loss_fn=loss_fn, kd_loss_fn=kd_loss_fn,
         feature_weight=feature_weight, adapters=adapters, teacher_output=teacher_output, amp=amp,
-        levels=levels)
+        levels=levels, kernel=kernel)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -670,11 +710,11 @@ class AdaptedStudent(nn.Module):
         self.student, self.adapters = student, adapters
 
     def forward(self, x: torch.Tensor, levels: torch.Tensor | None = None,
-                return_features: bool = False
+                return_features: bool = False, kernel: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if not return_features:
-            return _run(self.student, x, levels)
-        out, feats = _run(self.student, x, levels, return_features=True)
+            return _run(self.student, x, levels, kernel)
+        out, feats = _run(self.student, x, levels, kernel, return_features=True)
         return out, [a(f) for a, f in zip(self.adapters, feats, strict=True)]
 
 
@@ -820,12 +860,14 @@ def batches(
             (Gaussian blur, sigma 1.5); ``functools.partial(sharpen.degrade, kind="mixed")``
             picks another. One that returns ``(blurred, levels)``, such as
             ``partial(sharpen.degrade, kind="real", return_levels=True)``, makes the batches
-            ``(blurred, sharp, levels)``, for a conditioned model.
+            ``(blurred, sharp, levels)``, for a conditioned model; one that returns
+            ``(blurred, levels, kernels)`` (``return_kernels=True`` too) makes them
+            ``(blurred, sharp, levels, kernels)``.
         device: where the batches are made and returned.
 
     Yields:
         ``(blurred, sharp)``, each ``(batch_size, 3, size, size)`` float32 on ``device``; and
-        ``levels`` third if ``degrade`` returns them.
+        ``levels`` third (and ``kernels`` fourth) if ``degrade`` returns them.
 
     Raises:
         ValueError: an empty source, ``size`` or ``batch_size`` below 1, or an image smaller than
@@ -868,8 +910,8 @@ def batches(
         if device.type != "cpu":
             blur_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         blurred = degrade(stacked[0], generator=blur_generator)
-        if isinstance(blurred, tuple):  # (blurred, levels)
-            yield blurred[0], stacked[0], blurred[1]
+        if isinstance(blurred, tuple):  # (blurred, levels) or (blurred, levels, kernels)
+            yield blurred[0], stacked[0], *blurred[1:]
         else:
             yield blurred, stacked[0]
 

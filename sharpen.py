@@ -588,10 +588,10 @@ def _log_uniform(low: float, high: float, u: float | Tensor) -> float | Tensor:
 
 
 def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float,
-               gaussian_told: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``degrade(kind="real")``, and its levels ``(N, 3)``, or ``(N, 4)`` with
-    ``gaussian_told`` (see ``degrade``): the distribution and its sources are in ``degrade``'s
-    docstring."""
+               gaussian_told: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """``degrade(kind="real")``, its levels ``(N, 3)``, or ``(N, 4)`` with ``gaussian_told``,
+    and its kernels ``(N, k, k)`` (see ``degrade``): the distribution and its sources are in
+    ``degrade``'s docstring."""
     n, dev, s_max = len(x), _check_generator(generator), 2 * sigma
     draws = torch.rand(n, 10, generator=generator, device=dev, dtype=torch.float64).cpu()
     if gaussian_told > 0:  # drawn only then, as grey noise is; blurred isotropically instead
@@ -651,12 +651,14 @@ def _realistic(x: Tensor, sigma: float, generator: Generator, grey_noise: float,
     levels = [blur_sigma, noise_std.double().cpu(), quality]
     if gaussian_told > 0:
         levels.append(told.double())
-    return out, torch.stack(levels, 1).to(x.device, torch.float32)
+    kernels[[i for i, *_ in resampled]] = math.nan  # no kernel: resampling
+    return out, torch.stack(levels, 1).to(x.device, torch.float32), kernels.float().to(x.device)
 
 
 def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise: float = 0.0,
             grey_noise: float = 0.0, gaussian_told: float = 0.0, generator: Generator = None,
-            return_levels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+            return_levels: bool = False, return_kernels: bool = False
+            ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Make blurred training inputs from sharp images, then add noise if ``noise > 0``.
 
     * ``"gaussian"``: the source paper's protocol, exactly ``gaussian_blur(sharp, sigma)``.
@@ -688,7 +690,9 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     (``unet(conditioned=1)``) is told it: ``(blur, noise, jpeg)`` with blur the
     ``kernel_sigma`` of the blur (of its response to a point for resampling; 0 when unblurred),
     noise the standard deviation of the added noise (shot noise taken at the image's mean) and
-    jpeg the JPEG quality (100 when not compressed).
+    jpeg the JPEG quality (100 when not compressed). With ``return_kernels`` too, also each
+    image's blur kernel, as ``model(x, levels, kernel=...)`` is told it: ``(B, k, k)``, a
+    point for an image left sharp, all NaN for resampling (no kernel).
 
     Args:
         sharp: ``(B, C, H, W)`` or ``(C, H, W)``, in [0, 1].
@@ -701,23 +705,28 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
             Gaussian instead and told so (a fourth level), in [0, 1].
         generator: Source of randomness.
         return_levels: Also return the levels (``kind`` ``"gaussian"`` or ``"real"``).
+        return_kernels: With ``return_levels``, also return the kernels.
 
     Returns:
         Degraded images, shaped like ``sharp``; with ``return_levels``, ``(images, levels)``,
         levels ``(B, 3)`` or ``(3,)`` float32 on the images' device (4 columns with
-        ``gaussian_told``).
+        ``gaussian_told``); with ``return_kernels``, ``(images, levels, kernels)``, kernels
+        ``(B, k, k)`` or ``(k, k)`` float32 on the images' device.
 
     Raises:
         TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a number.
         ValueError: If ``kind``, ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is
-            out of range, the blur too large, levels asked of ``"motion"`` or ``"mixed"``, or
-            grey noise or told Gaussians of a kind other than ``"real"``.
+            out of range, the blur too large, levels asked of ``"motion"`` or ``"mixed"``,
+            kernels without levels, or grey noise or told Gaussians of a kind other than
+            ``"real"``.
     """
     x, single = _as_batch("sharp", sharp)
     if kind not in (kinds := ("gaussian", "motion", "mixed", "real")):
         raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
     if return_levels and kind not in ("gaussian", "real"):
         raise ValueError(f"return_levels needs kind 'gaussian' or 'real', got {kind!r}")
+    if return_kernels and not return_levels:
+        raise ValueError("return_kernels needs return_levels: the kernels come with the levels")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
     grey_noise = _check_number("grey_noise", grey_noise, strict=False)
     if grey_noise > 1:
@@ -740,17 +749,19 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
     elif kind == "real":
-        out, levels = _realistic(x, sigma, generator, grey_noise, gaussian_told)
+        out, levels, kernels = _realistic(x, sigma, generator, grey_noise, gaussian_told)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         if not return_levels:
             return out[0] if single else out
         if kind == "gaussian":  # the blur as the sampled kernel spreads, as _realistic reports it
-            g = gaussian_kernel(sigma)
-            told = [float(kernel_sigma(g[:, None] * g[None, :])), 0.0, 100.0]
+            g = gaussian_kernel(sigma, device=x.device)
+            kernels = (g[:, None] * g[None, :]).expand(len(x), len(g), len(g))
+            told = [float(kernel_sigma(kernels[0])), 0.0, 100.0]
             levels = torch.tensor([told] * len(x), device=x.device)
         levels[:, 1] = levels[:, 1].hypot(torch.tensor(noise))
-        return (out[0], levels[0]) if single else (out, levels)
+        returned = (out, levels, kernels) if return_kernels else (out, levels)
+        return tuple(r[0] for r in returned) if single else returned
     draws = torch.rand(len(x), 3, generator=generator, device=dev, dtype=torch.float64)
     parts = []
     for xi, (strength, choice, level) in zip(x.split(1), draws.tolist()):
@@ -954,9 +965,9 @@ def _level_maps(levels: Tensor | None, h: Tensor, *, shape: bool = False) -> Ten
     return v[:, :, None, None].expand(-1, -1, *h.shape[-2:])
 
 
-def _told_kernel(kernel: object, x: Tensor) -> Tensor:
+def _told_kernel(kernel: object, x: Tensor, *, unknown: bool = False) -> Tensor:
     """A blur kernel told for images ``x (B, C, H, W)``, checked: ``(B, kh, kw)`` float32,
-    each normalised to sum 1."""
+    each normalised to sum 1; with ``unknown``, a kernel all NaN stays so (not told)."""
     _check_tensor("kernel", kernel)
     B, _, H, W = x.shape
     if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B) \
@@ -967,9 +978,12 @@ def _told_kernel(kernel: object, x: Tensor) -> Tensor:
     if kh // 2 >= H or kw // 2 >= W:
         raise ValueError(f"kernel {kh}x{kw} is too large for a {H}x{W} image")
     k = kernel.reshape(-1, kh, kw).float()
-    if not bool(k.isfinite().all()) or bool((k < 0).any()) or \
-            not bool((k.sum((-2, -1)) > 0).all()):
-        raise ValueError("kernel must be finite and non-negative, each summing to more than 0")
+    told = ~k.isnan().flatten(1).all(1) if unknown else torch.ones(len(k), dtype=torch.bool,
+                                                                   device=k.device)
+    if not bool(k[told].isfinite().all()) or bool((k[told] < 0).any()) or \
+            not bool((k[told].sum((-2, -1)) > 0).all()):
+        raise ValueError("kernel must be finite and non-negative, each summing to more than 0"
+                         + (" (or all NaN: not told)" if unknown else ""))
     return (k / k.sum((-2, -1), keepdim=True)).expand(B, kh, kw)
 
 
@@ -992,7 +1006,8 @@ def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False,
     or the blur 0: a classical estimate for ``unet(conditioned=2)``. The balance grows with the
     told noise and JPEG loss as ``wiener``'s tuned balances do. ``at_zero`` (``conditioned=3``):
     told blur 0, the same filter with no blur (a smoothing), zero only where the balance is 0.
-    ``kernel`` (``check_kernel``'s ``(B, kh, kw)``): the filter of that blur, not the Gaussian.
+    ``kernel`` (``_told_kernel``'s ``(B, kh, kw)``): the filter of that blur, not the
+    Gaussian, but for images whose kernel is NaN (not told).
     ``(B, C, H, W)`` to the same."""
     if levels is None:
         return torch.zeros_like(x)
@@ -1017,12 +1032,14 @@ def _told_wiener(x: Tensor, levels: Tensor | None, *, at_zero: bool = False,
         return g / g[:, :1]
 
     lap = 4 - 2 * torch.cos(2 * math.pi * fy)[:, None] - 2 * torch.cos(2 * math.pi * fx)
-    if kernel is None:
-        K = response(fy)[:, :, None] * response(fx)[:, None, :]
-        filt = K / (K**2 + balance[:, None, None] * lap**2)
-    else:
-        K = _transfer(kernel.to(x.device, xf.dtype), size)
-        filt = K.conj() / (K.abs().square() + balance[:, None, None] * lap**2)
+    K = response(fy)[:, :, None] * response(fx)[:, None, :]
+    filt = K / (K**2 + balance[:, None, None] * lap**2)
+    if kernel is not None:
+        kernel = kernel.to(x.device, xf.dtype)
+        told = ~kernel.isnan().flatten(1).any(1)
+        K = _transfer(kernel.nan_to_num(), size)
+        filt = torch.where(told[:, None, None], K.conj() / (K.abs().square() + balance[
+            :, None, None] * lap**2), filt)
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt[:, None], s=size)
     return ((out[..., ph : ph + H, pw : pw + W] - xf) * use[:, None, None, None]).to(x.dtype)
 
@@ -1089,9 +1106,18 @@ class UNet(nn.Module):
         return given.to(x.dtype)
 
     def forward(self, x: Tensor, levels: Tensor | None = None, return_features: bool = False,
-                estimate: Tensor | None = None) -> Tensor | tuple[Tensor, list]:
-        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels``, ``return_features`` and
-        ``estimate``."""
+                estimate: Tensor | None = None, kernel: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, list]:
+        """Sharpen ``x (B, C, H, W)``; see ``unet`` for ``levels``, ``return_features``,
+        ``estimate`` and ``kernel``."""
+        if kernel is not None:
+            if self.conditioned < 2:
+                raise ValueError(f"kernel given, but this model is given no Wiener estimate "
+                                 f"(unet(conditioned={self.conditioned}))")
+            if levels is None or estimate is not None:
+                raise ValueError("kernel needs levels (its estimate is made with their noise "
+                                 "and JPEG quality), and no estimate (it makes one)")
+            kernel = _told_kernel(kernel, x, unknown=True)
         H, W = x.shape[-2:]
         m, s = self.multiple, self.shuffle  # padded size m * ceil(H / m): torch.export follows it
         pad = (0, -(-W // m) * m - W, 0, -(-H // m) * m - H)
@@ -1100,7 +1126,7 @@ class UNet(nn.Module):
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s],  # checks levels
                                      shape=self.conditioned == 4))
             if self.conditioned >= 2:
-                estimate = self._estimate(x, levels, estimate)
+                estimate = self._estimate(x, levels, estimate, kernel)
                 parts.append(F.pad(estimate, pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "
@@ -1186,13 +1212,17 @@ def unet(*, width: int = 32, depth: int = 3, blocks: int = 2, in_channels: int =
             is the estimate plus the network's correction. Where the levels are unknown or the
             blur is 0, the estimate is the image itself. ``model(x, levels, estimate=e)`` takes
             the estimate's change, ``e = estimate - x`` ``(B, C, H, W)`` on ``x``'s device, made
-            already, as ``sharpen`` makes it once for a whole image. Told, such a model does not
-            go through ``torch.export`` (its padding follows the told blur). 3: as 2, but told
+            already, as ``sharpen`` makes it once for a whole image; ``model(x, levels,
+            kernel=k)``, with ``k (B, kh, kw)`` or ``(kh, kw)`` the true blur kernels (odd
+            sides, normalised here to sum 1; all NaN for an image whose kernel is not told),
+            makes it with those kernels instead of the Gaussians (``sharpen(..., kernel=)``).
+            Told, such a model does not go through ``torch.export`` (its padding follows the
+            told blur). 3: as 2, but told
             blur 0 and some noise or JPEG loss, the estimate is the same filter without blur, a
             smoothing (students trained from scratch learn to denoise with it, and did not with
-            2). 4: as 3, and levels may have a fourth column, gaussian: 1 if the blur is an
-            isotropic Gaussian, whose estimate is then exact, 0 (or three columns) if its
-            shape is not told (ignored where the blur is 0). 0: blind only.
+            2). 4: as 3, and levels may have a fourth column, gaussian: 1 if the estimate is
+            exact, the blur an isotropic Gaussian or its kernel told, 0 (or three columns) if
+            its shape is not told (ignored where the blur is 0). 0: blind only.
 
     Returns:
         The model, with ``model.config = {"factory": "unet", "kwargs": {...}}``.

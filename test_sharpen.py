@@ -772,6 +772,37 @@ def test_degrade_real_grey_noise_is_the_same_in_every_channel():
         sharpen.degrade(flat, grey_noise=0.4)
 
 
+def test_degrade_returns_the_kernel_each_image_was_blurred_by():
+    point = torch.zeros(60, 3, 33, 33)
+    point[..., 16, 16] = 1.0  # an impulse: the image is its kernel, where nothing else was done
+    out, levels, kernels = sharpen.degrade(point, kind="real", generator=gen(5),
+                                           return_levels=True, return_kernels=True)
+    again, same = sharpen.degrade(point, kind="real", generator=gen(5), return_levels=True)
+    assert torch.equal(out, again) and torch.equal(levels, same)  # the same draws
+    assert kernels.shape == (60, 25, 25) and kernels.dtype == torch.float32  # 2 * 12 + 1
+    resampled = kernels.isnan().flatten(1).all(1)
+    assert 3 <= int(resampled.sum()) <= 20 and not kernels[~resampled].isnan().any()
+    known = ~resampled
+    torch.testing.assert_close(sharpen.kernel_sigma(kernels[known]), levels[known, 0],
+                               rtol=0, atol=1e-5)
+    sharp = levels[:, 0] == 0
+    assert (kernels[sharp & known, 12, 12] == 1).all()  # a point for the images left sharp
+    clean = known & (levels[:, 1] == 0) & (levels[:, 2] == 100)
+    assert int((clean & ~sharp).sum()) >= 4
+    for img, k in zip(out[clean], kernels[clean]):  # the kernel, centred, in 8 bits
+        torch.testing.assert_close(img[0, 4:-4, 4:-4], k, rtol=0, atol=0.5 / 255 + 1e-6)
+    g = sharpen.gaussian_kernel(1.2)
+    blurred, told, paper = sharpen.degrade(point[:2], sigma=1.2, generator=gen(),
+                                           return_levels=True, return_kernels=True)
+    assert torch.equal(paper, (g[:, None] * g[None, :]).expand(2, -1, -1))
+    torch.testing.assert_close(blurred, sharpen.blur(point[:2], paper[0]))
+    one, _, single = sharpen.degrade(point[0], sigma=1.2, return_levels=True,
+                                     return_kernels=True)
+    assert one.shape == (3, 33, 33) and single.shape == paper.shape[1:]
+    with pytest.raises(ValueError, match="return_kernels needs return_levels"):
+        sharpen.degrade(point, kind="real", return_kernels=True)
+
+
 def test_degrade_real_gaussian_told_blurs_that_share_isotropically_and_says_so():
     x = torch.rand(32, 3, 33, 33, generator=gen())
     plain, levels = sharpen.degrade(x, kind="real", generator=gen(5), return_levels=True)
@@ -1160,6 +1191,39 @@ def test_a_conditioned_unet_is_told_the_levels_and_is_blind_without_them(tmp_pat
             model(x, told, estimate=torch.zeros_like(x))
     with pytest.raises(ValueError, match="conditioned must be >= 0 and <= 4, got 5"):
         sharpen.unet(conditioned=5)
+
+
+@pytest.mark.parametrize("conditioned", [2, 3, 4])
+def test_a_unet_told_kernels_makes_their_estimate_and_the_gaussians_where_not_told(conditioned):
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=conditioned),
+                      std=0.1).eval()
+    x = torch.rand(3, 3, 24, 28, generator=gen())
+    shake = sharpen.random_motion_kernel(7, generator=gen(1))
+    kernels = torch.stack([shake, torch.full((7, 7), math.nan), 2 * shake])  # not told: NaN
+    levels = torch.tensor([[1.2, 0.0, 100.0], [1.2, 0.01, 90.0], [1.2, 0.0, 60.0]])
+    with torch.no_grad():
+        out = model(x, levels, kernel=kernels)
+        gaussian = model(x, levels)
+        estimate = sharpen._told_wiener(x, levels, at_zero=conditioned >= 3,
+                                        kernel=torch.stack([shake, kernels[1], shake]))
+        ref = model(x, levels, estimate=estimate)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out[1], gaussian[1])  # not told its kernel: the Gaussian's
+    assert (out[0] - gaussian[0]).abs().max() > 1e-3
+    for kwargs, match in [
+        ({}, r"kernel needs levels .* and no estimate"),
+        ({"levels": levels, "estimate": estimate}, r"kernel needs levels .* and no estimate"),
+        ({"levels": levels, "kernel_": kernels[:, :6]}, r"odd sides, got \(3, 6, 7\)"),
+        ({"levels": levels, "kernel_": torch.where(kernels.isnan(), 0.0, kernels).index_put(
+            (torch.tensor([1]), torch.tensor([0]), torch.tensor([0])), torch.tensor(math.nan))},
+         r"each summing to more than 0 \(or all NaN: not told\)"),
+    ]:
+        kernel = kwargs.pop("kernel_", kernels)
+        with pytest.raises(ValueError, match=match):
+            model(x, kernel=kernel, **kwargs)
+    with pytest.raises(ValueError, match=r"kernel given, but this model is given no Wiener "
+                                         r"estimate \(unet\(conditioned=1\)\)"):
+        sharpen.unet(width=4, depth=2, blocks=1, conditioned=1)(x, levels, kernel=kernels)
 
 
 def test_the_told_wiener_estimate_deconvolves_the_told_gaussian():
@@ -3261,7 +3325,8 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert train.main([*args, "--init-teacher", str(tmp_path / "t.pt")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["protocol"]["conditioned"] == {"inputs": 1, "teacher_inputs": 1,
-                                                 "unknown_share": train.UNKNOWN}
+                                                 "unknown_share": train.UNKNOWN,
+                                                 "kernel_told": 0.0}
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
@@ -3313,6 +3378,17 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert (protocol["lr"], protocol["loss"], protocol["grad_clip"]) == (5e-4, "psnr", 200.0)
     assert "psnr loss, alpha 0.9 (l1_ssim teacher term)" in protocol["summary"]
     assert len(calls) == 3 + 3 + protocol["time_matched_steps"][0]  # every student's steps
+    kernel_told = [*slow[:-1], str(tmp_path / "run6"), "--kernel-told", "0.5"]
+    assert train.main(kernel_told) == 0  # a share of the blurred images told their kernel
+    protocol = json.loads((tmp_path / "run6" / "report.json").read_text())["protocol"]
+    assert protocol["conditioned"]["kernel_told"] == 0.5
+    assert "25% unknown in training, 50% of the blurred told their kernel" in protocol["summary"]
+    for bad, match in [(["--kernel-told", "2"], "--kernel-told must be in [0, 1], got 2.0"),
+                       (["--conditioned", "1", "--kernel-told", "0.5"],
+                        "--kernel-told needs --conditioned 2, 3 or 4")]:
+        with pytest.raises(SystemExit):
+            train._parse_args([*TINY_RUN, "--blur", "real", "--conditioned", "4", *bad])
+        assert match in capsys.readouterr().err
     rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
     assert {"teacher_told", "student_told", "teacher_kernel", "student_kernel"} <= {
         r["name"] for r in rows}  # with an estimate: told the kernel too
@@ -3377,6 +3453,49 @@ def test_conditioned_4_training_keeps_the_blind_images_drawn_from_the_mix():
     assert 0.2 < unknown.float().mean() < 0.3 and 0.15 < told_gaussian.float().mean() < 0.27
     _, three = train._degrade_told(sharp, kind="real", sigma=1.5, generator=gen(2))
     assert three.shape == (400, 3) and 0.2 < three.isnan().all(1).float().mean() < 0.3
+
+
+def test_kernel_told_training_tells_that_share_of_the_blurred_images_their_kernel():
+    sharp = torch.rand(400, 3, 32, 32, generator=gen())
+    _, levels, kernels = train._degrade_told(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                                             kernel_told=0.5, generator=gen(2))
+    _, truth, true_kernels = sharpen.degrade(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                                             generator=gen(2), return_levels=True,
+                                             return_kernels=True)  # the same draws
+    told = ~kernels.isnan().flatten(1).all(1)
+    assert torch.equal(kernels[told], true_kernels[told])
+    assert (levels[told, 3] == 1).all() and not levels[told].isnan().any()  # exact, known
+    gaussian, resampled = truth[:, 3] == 1, true_kernels.isnan().flatten(1).all(1)
+    assert not (told & (gaussian | resampled | (truth[:, 0] == 0))).any()
+    can = ~gaussian & ~resampled & (truth[:, 0] > 0)
+    assert 0.4 < told.sum() / can.sum() < 0.6
+    unknown = levels.isnan().all(1)
+    assert not (unknown & (told | gaussian)).any() and 0.2 < unknown.float().mean() < 0.3
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.05)
+    data = kd.batches(sharp, size=16, batch_size=4, generator=gen(3), degrade=functools.partial(
+        train._degrade_told, kind="real", sigma=1.0, kernel_told=1.0))
+    blurred, target, lv, k = next(data)
+    assert k.shape == (4, 17, 17) and lv.shape == (4, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert math.isfinite(kd.train_step(model, opt, blurred, target, levels=lv, kernel=k)["loss"])
+    teacher = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), std=0.05)
+    assert math.isfinite(kd.distill_step(model, teacher, opt, blurred, target, levels=lv,
+                                         kernel=k)["loss"])
+    for call, match in [
+        (lambda: kd.train_loss(model, blurred, target, kernel=k), "kernel given without levels"),
+        (lambda: kd.train_loss(model, blurred, target, levels=lv, kernel=k[0]),
+         r"kernel must be \(B, kh, kw\) with B = 4, one per image .* got \(17, 17\)"),
+        (lambda: kd.train_loss(sharpen.unet(width=4, depth=2, blocks=1, conditioned=1), blurred,
+                               target, levels=lv, kernel=k),
+         r"kernel given, but the model \(UNet\) is given no Wiener estimate"),
+        (lambda: kd.distill_loss(model, sharpen.unet(width=4, depth=2, blocks=1, conditioned=1),
+                                 blurred, target, levels=lv, kernel=k),
+         r"kernel given, but the teacher \(UNet\) is given no Wiener estimate"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            call()
+    with pytest.raises(TypeError, match="kernel must be a floating-point"):
+        kd.train_loss(model, blurred, target, levels=lv, kernel=[1.0])
 
 
 def test_main_seeds_the_feature_adapters(tmp_path):

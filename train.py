@@ -133,6 +133,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "blurred so instead and told. Needs --blur gaussian or real and the U-Net; an "
                    "--init-teacher or --init-student with fewer inputs gets them added, "
                    "starting at zero")
+    p.add_argument("--kernel-told", type=float, default=0.0, metavar="SHARE",
+                   help="with --conditioned 2 to 4 and --blur real: this share of the blurred "
+                   "training images that have a kernel (not resampled) are told it, and get its "
+                   "Wiener estimate (and gaussian 1 with --conditioned 4, the estimate being "
+                   "exact), as sharpen(..., kernel=) tells them (default 0)")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -192,6 +197,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.conditioned and (args.blur not in ("gaussian", "real") or args.arch != "unet"
                              or args.real_blur):
         p.error("--conditioned needs --blur gaussian or real, --arch unet and no --real-blur")
+    if not 0 <= args.kernel_told <= 1:
+        p.error(f"--kernel-told must be in [0, 1], got {args.kernel_told}")
+    if args.kernel_told and (args.conditioned < 2 or args.blur != "real"):
+        p.error("--kernel-told needs --conditioned 2, 3 or 4 (a model given an estimate) and "
+                "--blur real")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.train_photos and (args.data is not None or not _has_skimage()):
@@ -218,18 +228,33 @@ def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
 
 
 def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told: float = 0.0,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  kernel_told: float = 0.0, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, ...]:
     """``_degrade_8bit`` and the levels ``(B, 3)`` (``(B, 4)`` with ``gaussian_told``), a share
     ``UNKNOWN`` of them unknown (NaN), never one told Gaussian: the blind images are drawn from
-    the mix as without ``gaussian_told``."""
-    blurred, levels = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
-                                      gaussian_told=gaussian_told, return_levels=True)
-    others = levels[:, 3].cpu() == 0 if gaussian_told else torch.ones(len(sharp), dtype=bool)
-    unknown = torch.rand(len(sharp), generator=generator, device=generator.device
-                         if generator is not None else "cpu") < UNKNOWN * len(sharp) / max(
-                             1, int(others.sum()))
-    unknown &= others
-    return _8bit(blurred), levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
+    the mix as without ``gaussian_told``. With ``kernel_told``, that share of the blurred images
+    that have a kernel are told it, and never unknown: also the kernels ``(B, k, k)``, all NaN
+    for the others (their gaussian level, if any, is then 1)."""
+    degraded = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
+                               gaussian_told=gaussian_told, return_levels=True,
+                               return_kernels=kernel_told > 0)
+    blurred, levels = degraded[:2]
+    device = generator.device if generator is not None else "cpu"
+    exact = levels[:, 3].cpu() == 1 if gaussian_told else torch.zeros(len(sharp), dtype=bool)
+    if kernel_told:
+        kernels = degraded[2]
+        told = kernels.isfinite().flatten(1).all(1).cpu() & (levels[:, 0].cpu() > 0) & ~exact
+        told &= torch.rand(len(sharp), generator=generator, device=device).cpu() < kernel_told
+        kernels = kernels.masked_fill(~told.to(kernels.device)[:, None, None], math.nan)
+        if levels.shape[1] == 4:
+            levels[told.to(levels.device), 3] = 1
+        exact |= told
+    others = ~exact
+    unknown = torch.rand(len(sharp), generator=generator, device=device) < UNKNOWN * len(
+        sharp) / max(1, int(others.sum()))
+    unknown = unknown.cpu() & others
+    levels = levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
+    return (_8bit(blurred), levels, *([kernels] if kernel_told else []))
 
 
 def _told(model: nn.Module, conditioned: int) -> nn.Module:
@@ -452,8 +477,8 @@ def _pool_batches(args: argparse.Namespace) -> int:
 
 def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
             teacher: nn.Module | None) -> Iterator:
-    """Endless ``(blurred, sharp, teacher output or None, levels or None)`` batches, drawn from
-    ``seed``.
+    """Endless ``(blurred, sharp, teacher output or None, levels or None, kernels or None)``
+    batches, drawn from ``seed``.
 
     The batches come in pools: the teacher's outputs for a pool are computed once, then the
     pool is served ``POOL_REUSE`` times in a new random order each pass before the next pool is
@@ -465,15 +490,18 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
     while True:
         pool = []
         for _ in range(size):
-            blurred, sharp, *levels = next(data)
-            levels, t_out = levels[0] if levels else None, None
+            blurred, sharp, *told = next(data)
+            levels, kernels = (told + [None, None])[:2]
+            t_out = None
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
                                                      enabled=args.amp):
                     told = {} if levels is None else {
                         "levels": kd.teacher_levels(teacher, levels)}
+                    if told and kernels is not None and teacher.conditioned >= 2:
+                        told["kernel"] = kernels
                     t_out = teacher.eval()(blurred, **told).float()
-            pool.append((blurred, sharp, t_out, levels))
+            pool.append((blurred, sharp, t_out, levels, kernels))
         served += POOL_REUSE * size
         passes = 0
         while passes < POOL_REUSE or served >= args.student_steps:
@@ -511,15 +539,17 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
             adapters = kd.feature_adapters(models["student"], teacher)
 
     def distil(model, opt, batch):
-        blurred, sharp, t_out, levels = batch
+        blurred, sharp, t_out, levels, kernels = batch
         return kd.distill_step(model, teacher, opt, blurred, sharp, alpha=args.alpha, amp=args.amp,
                                loss_fn=LOSSES[args.loss], kd_loss_fn=KD_LOSSES[args.kd_loss],
                                teacher_output=t_out, feature_weight=args.feature_weight,
-                               adapters=adapters, clip_grad_norm=args.clip, levels=levels)
+                               adapters=adapters, clip_grad_norm=args.clip, levels=levels,
+                               kernel=kernels)
 
     def plain(model, opt, batch):
         return kd.train_step(model, opt, batch[0], batch[1], loss_fn=LOSSES[args.loss],
-                             amp=args.amp, clip_grad_norm=args.clip, levels=batch[3])
+                             amp=args.amp, clip_grad_norm=args.clip, levels=batch[3],
+                             kernel=batch[4])
 
     def fit(name: str, steps: int, stage: str, step: Callable) -> float:
         data = _pooled(args, train, degrade, seed, teacher if step is distil else None)
@@ -814,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     train_degrade = functools.partial(
-        _degrade_told, kind=args.blur, sigma=args.sigma,
+        _degrade_told, kind=args.blur, sigma=args.sigma, kernel_told=args.kernel_told,
         gaussian_told=GAUSSIAN_TOLD if args.conditioned == 4 else 0.0) \
         if args.conditioned else degrade
     try:
@@ -859,7 +889,8 @@ def main(argv: list[str] | None = None) -> int:
                                lambda m, o, b: kd.train_step(m, o, b[0], b[1], amp=args.amp,
                                                              loss_fn=LOSSES[args.loss],
                                                              clip_grad_norm=args.clip,
-                                                             levels=b[2] if len(b) > 2 else None))
+                                                             levels=b[2] if len(b) > 2 else None,
+                                                             kernel=b[3] if len(b) > 3 else None))
         sharpen.save_model(args.out / "teacher.pt", teacher)  # kept if the run is cut short
     seeds = [args.seed + i for i in range(args.seeds)]
     runs = [_students(args, teacher, make_student, train, train_degrade, seed) for seed in seeds]
@@ -908,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch,
         "conditioned": {"inputs": args.conditioned, "teacher_inputs": teacher.conditioned,
-                        "unknown_share": UNKNOWN} if args.conditioned else False,
+                        "unknown_share": UNKNOWN, "kernel_told": args.kernel_told}
+        if args.conditioned else False,
         "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
         "init_student": None if args.init_student is None else str(args.init_student),
@@ -933,7 +965,9 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: round(v, 1) for k, v in seconds.items()}},
         "wall_seconds": round(time.perf_counter() - run_start, 1),
     }
-    told = f"models told the levels ({UNKNOWN:.0%} unknown in training); " \
+    kernels = f", {args.kernel_told:.0%} of the blurred told their kernel" \
+        if args.kernel_told else ""
+    told = f"models told the levels ({UNKNOWN:.0%} unknown in training{kernels}); " \
         if args.conditioned else ""
     protocol["summary"] = (
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; {told}teacher "
