@@ -5,7 +5,9 @@
 For each model file, the mean PSNR gain over the input on ``train.py``'s four validation photos
 (never scored), area-resized to 256x256 and 8-bit, under each of the 16 degraded conditions of
 the robustness table, drawn as ``train.py`` draws them to tune the baselines; blind and, for a
-conditioned model, told the condition's levels. Prints the mean over the 16 conditions, told
+conditioned model, told the condition's levels, and for a model given a Wiener estimate
+(``conditioned`` 2 to 4), told the true blur kernel too ("kernel", ``sharpen(..., kernel=)``).
+Prints the mean over the 16 conditions, told
 and blind, and their mean (the rule that chose the shipped students: the highest), then the
 gain per condition. ``--estimate`` also scores, for a model with a Wiener estimate
 (``conditioned`` 2 or 3), that estimate alone, told the same levels. ``--levels
@@ -45,13 +47,14 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     """``{model: {mode: {condition: (mean gain, worst image's gain in dB, None)}}}`` on ``sharp``
     (default: the validation photos), under the robustness table's conditions (with ``grain``,
     ``train.GRAIN_CONDITIONS``'s); for ``"sharp"``, the PSNR (mean, worst image's) and the
-    mean SSIM instead. Modes: "blind", "told", "estimate", and with an estimator "auto" (its
+    mean SSIM instead. Modes: "blind", "told", "kernel", "estimate", and with an estimator
+    "auto" (its
     levels), "true blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true
     noise and JPEG)."""
     if sharp is None:
         sharp = train._validation_photos(256)
-    out = {m: {mode: {} for mode in ("blind", "told", "estimate", "auto", "true blur",
-                                     "auto blur")} for m in models}
+    out = {m: {mode: {} for mode in ("blind", "told", "kernel", "estimate", "auto",
+                                     "true blur", "auto blur")} for m in models}
     for name in train.GRAIN_CONDITIONS if grain else train.CONDITIONS:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
         shaped = train._condition_levels(name, kernels, gaussian=True)  # for conditioned=4
@@ -76,6 +79,9 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
                                        if conditioned else {})
             for mode, lv in modes.items():
                 out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32", levels=lv))
+            if conditioned >= 2:
+                out[m]["kernel"][name] = gain(sharpen.sharpen(model, x, precision="fp32",
+                                                              levels=levels, kernel=kernels))
             if estimate and conditioned >= 2:
                 with torch.no_grad():
                     out[m]["estimate"][name] = gain((x + model._estimate(x, levels, None))
