@@ -490,8 +490,8 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
     while True:
         pool = []
         for _ in range(size):
-            blurred, sharp, *told = next(data)
-            levels, kernels = (told + [None, None])[:2]
+            blurred, sharp, *extra = next(data)
+            levels, kernels = (extra + [None, None])[:2]
             t_out = None
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(args.device.type, torch.bfloat16,
