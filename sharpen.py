@@ -1710,7 +1710,8 @@ def _kernel_levels(model: nn.Module, kernel: object, levels: Tensor | None, x: T
     elif bool(((levels[:, 0].cpu() - spread).abs() > 1e-3 * (1 + spread)).any()):
         raise ValueError(f"levels told with a kernel must have its blur, kernel_sigma(kernel) = "
                          f"{[round(v, 4) for v in spread.tolist()]}, got blur "
-                         f"{levels[:, 0].tolist()}")
+                         f"{levels[:, 0].tolist()}: pass levels=(kernel_sigma(kernel), noise, "
+                         "jpeg)")
     elif levels.shape[1] == 4 and bool((levels[:, 3] != 1).any()):
         raise ValueError(f"gaussian must be 1 or left out with a kernel (the estimate is made "
                          f"from the kernel, so it is exact), got {levels[:, 3].tolist()}")
@@ -1821,6 +1822,38 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
 # -- Command line ----------------------------------------------------------------------------------
 
 
+def _read_psf(path: str) -> Tensor:
+    """``--kernel``'s blur kernel ``(kh, kw)`` from an image of it: an opaque grey image of odd
+    sides, bright on a black background, its grey levels (the mean of the channels)
+    normalised to sum 1. Warns on stderr when its centre of mass is more than 2 px off centre."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if "A" in img.getbands() or "transparency" in img.info:
+            raise ValueError(f"--kernel {path} has transparency: save the kernel as an opaque "
+                             "grey image, bright on black")
+    kernel = load_image(path).mean(0).double()
+    h, w = kernel.shape
+    if h % 2 == 0 or w % 2 == 0:
+        raise ValueError(f"--kernel {path} must have odd sides (its centre pixel is the "
+                         f"blur's centre), got {w}x{h}: pad it by a row or column of black")
+    if not kernel.sum() > 0:
+        raise ValueError(f"--kernel {path} is black: a blur kernel sums to more than 0")
+    ring = torch.cat([kernel[0], kernel[-1], kernel[1:-1, 0], kernel[1:-1, -1]])
+    if float(ring.median()) > 0.02 * float(kernel.max()):
+        raise ValueError(f"--kernel {path} has a background that is not black (the median of "
+                         f"its border is {float(ring.median() / kernel.max()):.1%} of its peak): "
+                         "subtract the background, so that only the blur is left")
+    kernel = kernel / kernel.sum()
+    dy, dx = ((kernel.sum(1 - i) * torch.arange(n, dtype=kernel.dtype)).sum() - n // 2
+              for i, n in enumerate(kernel.shape))
+    if math.hypot(dy, dx) > 2:
+        print(f"sharpen.py: warning: the centre of mass of --kernel {path} is {float(dx):+.1f}, "
+              f"{float(dy):+.1f} px (x, y) from its centre pixel: the output is shifted by as "
+              "much unless the blur shifted the photo too", file=sys.stderr)
+    return kernel.float()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python sharpen.py INPUT... [--weights MODEL.pt]``: write ``<stem>_sharp.png`` per input.
 
@@ -1867,11 +1900,14 @@ def main(argv: list[str] | None = None) -> int:
                         "so (unet(conditioned=4)) trusts its Wiener estimate and sharpens more. "
                         "Needs --blur > 0")
     parser.add_argument("--kernel", metavar="PSF.png",
-                        help="tell the model the blur itself: an image of the blur kernel (a "
-                        "measured point spread function or motion path; odd sides, its grey "
-                        "levels normalised to sum 1), whose Wiener estimate the model corrects. "
-                        "Tells the blur, so excludes --blur; --noise and --jpeg may be given. "
-                        "Needs a model given an estimate (unet(conditioned=2 to 4))")
+                        help="tell the model the blur itself: an image of the blur kernel, as "
+                        "a point of light appears in the photo (a measured point spread "
+                        "function, a shake path): opaque, bright on black, odd sides, centred; "
+                        "sharpen.py normalises its grey levels to sum 1 (avoid JPEG for it). "
+                        "The model corrects that kernel's Wiener estimate. Excludes --blur and "
+                        "--gaussian; the noise and JPEG quality are read from each image as "
+                        "without --kernel, unless --noise or --jpeg is given. Needs a model "
+                        "given an estimate, as the shipped student is (unet(conditioned=2 to 4))")
     parser.add_argument("--blind", action="store_true",
                         help="sharpen blind: tell a conditioned model nothing, not even estimates")
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
@@ -1907,11 +1943,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("an INPUT is an empty string, not a file name")
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
+    if args.kernel is not None and (args.blur is not None or args.gaussian):
+        parser.error("--kernel tells the blur: it excludes --blur and --gaussian")
     if args.gaussian and not args.blur:
         parser.error("--gaussian needs --blur > 0 (the blur whose shape it tells), " + (
             "and no --blur was given" if args.blur is None else f"got --blur {args.blur}"))
-    if args.kernel is not None and (args.blur is not None or args.gaussian):
-        parser.error("--kernel tells the blur: it excludes --blur and --gaussian")
     told = [args.blur, args.noise, args.jpeg]
     if args.blind and (told != [None] * 3 or args.kernel is not None):
         parser.error("--blind excludes --blur, --noise, --jpeg and --kernel")
@@ -1923,14 +1959,7 @@ def main(argv: list[str] | None = None) -> int:
     kernel = None
     try:
         if args.kernel is not None:
-            kernel = load_image(args.kernel).mean(0)
-            if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-                raise ValueError(f"--kernel {args.kernel} must have odd sides (its centre is "
-                                 f"the blur's), got {kernel.shape[1]}x{kernel.shape[0]}")
-            if not kernel.sum() > 0:
-                raise ValueError(f"--kernel {args.kernel} is black: a blur kernel sums to more "
-                                 "than 0")
-            kernel = kernel / kernel.sum()
+            kernel = _read_psf(args.kernel)
             levels = (float(kernel_sigma(kernel)), *levels[1:])
             if args.weights is None and levels[0] > _LEVEL_SCALE[0]:
                 raise ValueError(f"--kernel {args.kernel} spreads by {levels[0]:.2f} px "
@@ -1958,8 +1987,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.levels is not None and not conditioned:
             raise ValueError(f"--levels needs a conditioned model (unet(conditioned=1 to 4)); "
                              f"{args.weights or shipped} sharpens blind")
-        estimator = None
-        if conditioned and levels is None and not args.blind and (
+        estimator = None  # reads all the levels, or with --kernel alone the noise and JPEG
+        unread = levels is None or (kernel is not None and args.noise is None
+                                    and args.jpeg is None)
+        if conditioned and unread and not args.blind and (
                 args.levels is not None or shipped_levels.is_file()):
             estimator = load_model(args.levels or shipped_levels, map_location=args.device)
             if not isinstance(estimator, LevelNet):
@@ -1987,6 +2018,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{_LEVEL_SIDE} x {_LEVEL_SIDE} or more; tell them (--blur, "
                                      "--noise, --jpeg) or pass --blind")
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
+                if kernel is not None:
+                    given = (levels[0], *given[1:])
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
@@ -1995,8 +2028,9 @@ def main(argv: list[str] | None = None) -> int:
             save_image(out, dst)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
-                  f" (estimated blur {given[0]:.2f} px, noise {given[1]:.3f}, JPEG quality "
-                  f"{given[2]:.0f})"))
+                  f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"
+                  f" {'estimated ' if kernel is not None else ''}noise {given[1]:.3f}, JPEG "
+                  f"quality {given[2]:.0f})"))
         except (OSError, ValueError) as e:
             where = "" if str(src) in str(e) else f"{src}: "  # name the input once
             print(f"sharpen.py: {where}{e}", file=sys.stderr)

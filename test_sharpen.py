@@ -1421,14 +1421,27 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
     expected = sharpen.sharpen(model, img, levels=(float(sharpen.kernel_sigma(psf)), 0.01, 100),
                                kernel=psf)
     assert (out - expected).abs().max() <= 1 / 255
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "psf.png")]) == 0  # levels read
+    estimated = sharpen.estimate_levels(sharpen.load_model(SHIPPED / "levels.pt"), img)
+    expected = sharpen.sharpen(model, img, kernel=psf, levels=(
+        float(sharpen.kernel_sigma(psf)), *estimated[1:].tolist()))
+    assert (sharpen.load_image(tmp_path / "a_sharp.png") - expected).abs().max() <= 1 / 255
+    assert f"(kernel {float(sharpen.kernel_sigma(psf)):.2f} px, estimated noise " in \
+        capsys.readouterr().out
     for bad, match in [(["--blur", "1"], "--kernel tells the blur: it excludes --blur and "
                                          "--gaussian"),
+                       (["--gaussian"], "--kernel tells the blur: it excludes --blur and "
+                                        "--gaussian"),
                        (["--blind"], "--blind excludes --blur, --noise, --jpeg and --kernel")]:
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, "--kernel", str(tmp_path / "psf.png"), *bad])
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
     sharpen.save_image(torch.rand(3, 4, 5, generator=gen()), tmp_path / "even.png")
     sharpen.save_image(torch.zeros(3, 3, 3), tmp_path / "black.png")
+    Image.fromarray(np.zeros((7, 7, 4), np.uint8), "RGBA").save(tmp_path / "alpha.png")
+    floor = torch.full((3, 9, 9), 0.1)
+    floor[:, 4, 2:7] = 1  # a streak on a grey background, as a measured PSF before subtracting
+    sharpen.save_image(floor, tmp_path / "floor.png")
     wide = torch.zeros(3, 61, 61)
     wide[:, 30, :] = 1  # a 61-pixel streak spreads by 12.45 px
     sharpen.save_image(wide, tmp_path / "wide.png")
@@ -1436,8 +1449,12 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
                                                          conditioned=1))
     for psf_file, weights, match in [
         ("even.png", "m.pt", f"--kernel {tmp_path / 'even.png'} must have odd sides (its centre "
-                             "is the blur's), got 5x4"),
+                             "pixel is the blur's centre), got 5x4: pad it"),
         ("black.png", "m.pt", f"--kernel {tmp_path / 'black.png'} is black"),
+        ("alpha.png", "m.pt", f"--kernel {tmp_path / 'alpha.png'} has transparency: save the "
+                              "kernel as an opaque grey image, bright on black"),
+        ("floor.png", "m.pt", f"--kernel {tmp_path / 'floor.png'} has a background that is not "
+                              "black (the median of its border is 10.2% of its peak)"),
         ("psf.png", "one.pt", "--kernel needs a model given a Wiener estimate (unet(conditioned"
                               f"=2 to 4)); {tmp_path / 'one.pt'} is conditioned=1"),
     ]:
@@ -1451,6 +1468,12 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
     assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tmp_path / "m.pt"),
                          "--kernel", str(tmp_path / "wide.png"), "--overwrite"]) == 1
     assert "kernel 61x61 is too large for a 30x34 image" in capsys.readouterr().err
+    off = torch.zeros(3, 15, 15)
+    off[:, 2, 1:4] = 1  # 5 px above and 5 left of the centre: the output shifts
+    sharpen.save_image(off, tmp_path / "off.png")
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "off.png"), "--noise", "0"]) == 0
+    assert f"warning: the centre of mass of --kernel {tmp_path / 'off.png'} is -5.0, -5.0 px " \
+        "(x, y) from its centre pixel" in capsys.readouterr().err
 
 
 def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
