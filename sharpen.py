@@ -1755,8 +1755,9 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             when it is known (a measured PSF, a motion path): ``(kh, kw)`` or ``(B, kh, kw)``,
             odd sides, non-negative, normalised here to sum 1. The estimate is then made with
             this kernel instead of a Gaussian, and a ``conditioned=4`` model is told that it
-            is exact (gaussian 1). ``levels`` then default to ``(kernel_sigma(kernel), 0, 100)``;
-            given, their blur must be ``kernel_sigma(kernel)``.
+            is exact (gaussian 1). ``levels`` then default to ``(kernel_sigma(kernel), 0, 100)``
+            (no noise, no JPEG: tell those if there are any, as ``estimate_levels`` reads
+            them); given, their blur must be ``kernel_sigma(kernel)``.
 
     Returns:
         Sharpened images, shaped like ``img``, on its device and dtype.

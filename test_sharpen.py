@@ -3545,6 +3545,18 @@ def run_script(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def test_readme_sharpening_from_python_runs_as_written(tmp_path):
+    code = readme_script("## Sharpening photographs")
+    (tmp_path / "weights").symlink_to(SHIPPED)
+    Image.fromarray(np.asarray(skdata.coffee())[:96, :128]).save(tmp_path / "photo.jpg")
+    shake = sharpen.random_motion_kernel(9, generator=gen())
+    sharpen.save_image((shake / shake.max()).expand(3, -1, -1), tmp_path / "psf.png")
+    out = run_script(code + "\nprint(exact.shape, auto.shape, told.shape)\n", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["torch.Size([3,", "96,", "128])"] * 3
+    assert (tmp_path / "photo_sharp.png").is_file()
+
+
 def test_readme_training_script_runs_as_written(tmp_path):
     code = readme_script()
     assert len(code.splitlines()) <= 60
