@@ -3349,7 +3349,7 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["protocol"]["conditioned"] == {"inputs": 1, "teacher_inputs": 1,
                                                  "unknown_share": train.UNKNOWN,
-                                                 "kernel_told": 0.0}
+                                                 "kernel_told": 0.0, "gaussian_told": 0.0}
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
@@ -3405,10 +3405,15 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert train.main(kernel_told) == 0  # a share of the blurred images told their kernel
     protocol = json.loads((tmp_path / "run6" / "report.json").read_text())["protocol"]
     assert protocol["conditioned"]["kernel_told"] == 0.5
+    assert protocol["conditioned"]["gaussian_told"] == train.GAUSSIAN_TOLD  # the default
     assert "25% unknown in training, 50% of the blurred told their kernel" in protocol["summary"]
     for bad, match in [(["--kernel-told", "2"], "--kernel-told must be in [0, 1], got 2.0"),
                        (["--conditioned", "1", "--kernel-told", "0.5"],
-                        "--kernel-told needs --conditioned 2, 3 or 4")]:
+                        "--kernel-told needs --conditioned 2, 3 or 4"),
+                       (["--conditioned", "3", "--gaussian-told", "0.2"],
+                        "--gaussian-told needs --conditioned 4 and a share in [0, 1], got 0.2 "
+                        "with --conditioned 3"),
+                       (["--gaussian-told", "-0.1"], "a share in [0, 1], got -0.1")]:
         with pytest.raises(SystemExit):
             train._parse_args([*TINY_RUN, "--blur", "real", "--conditioned", "4", *bad])
         assert match in capsys.readouterr().err

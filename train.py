@@ -133,6 +133,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "blurred so instead and told. Needs --blur gaussian or real and the U-Net; an "
                    "--init-teacher or --init-student with fewer inputs gets them added, "
                    "starting at zero")
+    p.add_argument("--gaussian-told", type=float, default=None, metavar="SHARE",
+                   help=f"with --conditioned 4: the share of the blurred training images "
+                   f"blurred by an isotropic Gaussian instead and told so (default "
+                   f"{GAUSSIAN_TOLD:g})")
     p.add_argument("--kernel-told", type=float, default=0.0, metavar="SHARE",
                    help="with --conditioned 2 to 4 and --blur real: this share of the blurred "
                    "training images that have a kernel (not resampled) are told it, and get its "
@@ -199,6 +203,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--conditioned needs --blur gaussian or real, --arch unet and no --real-blur")
     if not 0 <= args.kernel_told <= 1:
         p.error(f"--kernel-told must be in [0, 1], got {args.kernel_told}")
+    if args.gaussian_told is not None and (args.conditioned != 4
+                                           or not 0 <= args.gaussian_told <= 1):
+        p.error(f"--gaussian-told needs --conditioned 4 and a share in [0, 1], got "
+                f"{args.gaussian_told} with --conditioned {args.conditioned}")
+    if args.conditioned == 4 and args.gaussian_told is None:
+        args.gaussian_told = GAUSSIAN_TOLD
     if args.kernel_told and (args.conditioned < 2 or args.blur != "real"):
         p.error("--kernel-told needs --conditioned 2, 3 or 4 (a model given an estimate) and "
                 "--blur real")
@@ -845,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     train_degrade = functools.partial(
         _degrade_told, kind=args.blur, sigma=args.sigma, kernel_told=args.kernel_told,
-        gaussian_told=GAUSSIAN_TOLD if args.conditioned == 4 else 0.0) \
+        gaussian_told=args.gaussian_told or 0.0) \
         if args.conditioned else degrade
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -939,7 +949,8 @@ def main(argv: list[str] | None = None) -> int:
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch,
         "conditioned": {"inputs": args.conditioned, "teacher_inputs": teacher.conditioned,
-                        "unknown_share": UNKNOWN, "kernel_told": args.kernel_told}
+                        "unknown_share": UNKNOWN, "kernel_told": args.kernel_told,
+                        "gaussian_told": args.gaussian_told or 0.0}
         if args.conditioned else False,
         "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
