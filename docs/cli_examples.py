@@ -6,10 +6,12 @@ Writes six photos to docs/examples/ (native-resolution crops of scikit-image's p
 one as it is, one softened by a Gaussian blur of sigma 1.2, one blurred, noisy and saved as a
 JPEG of quality 60, one with a camera's grain (noise the same in every channel); and a crop of
 ``data/raccoon.png``, which is soft at the pixel level, as it is and noisy and saved as a JPEG
-of quality 60), runs ``python sharpen.py`` on them exactly as a user would, and puts each input
-beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
+of quality 60; and one shaken by a 15-pixel camera-shake path, whose kernel it also writes as
+``shaken_psf.png``), runs ``python sharpen.py`` on them exactly as a user would, and puts each
+input beside its output, with the PSNR against the untouched crop, in docs/cli_examples.png.
 For a conditioned model, a third column: ``python sharpen.py`` told what was done to each photo
-(``--blur``, ``--noise``, ``--jpeg``, and for a ``conditioned=4`` model ``--gaussian``).
+(``--blur``, ``--noise``, ``--jpeg``, and for a ``conditioned=4`` model ``--gaussian``; the
+shaken one ``--kernel shaken_psf.png``, for a model given an estimate).
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def main() -> None:
                  "grainy": crop(data.rocket(), 60, 200)}
     raccoon = sharpen.load_image(ROOT / "data" / "raccoon.png").permute(1, 2, 0).numpy() * 255
     full_size = crop(raccoon, 280, 440)
-    originals |= {"full_size": full_size, "full_size_noisy_jpeg": full_size}
+    originals |= {"full_size": full_size, "full_size_noisy_jpeg": full_size,
+                  "shaken": crop(data.stereo_motorcycle()[0], 100, 200)}
+    shake = sharpen.random_motion_kernel(15, generator=torch.Generator().manual_seed(4))
+    psf = out / "shaken_psf.png"
+    sharpen.save_image((shake / shake.max()).expand(3, -1, -1), psf)
     inputs = {"sharp": originals["sharp"],
               "soft": sharpen.gaussian_blur(originals["soft"], 1.2),
               "noisy_jpeg": sharpen.add_noise(sharpen.gaussian_blur(originals["noisy_jpeg"], 1.0),
@@ -54,7 +60,8 @@ def main() -> None:
               "grainy": originals["grainy"] + 0.02 * torch.randn(
                   (1, 320, 320), generator=torch.Generator().manual_seed(1)),
               "full_size": full_size,
-              "full_size_noisy_jpeg": sharpen.add_noise(full_size, 0.02, generator=g)}
+              "full_size_noisy_jpeg": sharpen.add_noise(full_size, 0.02, generator=g),
+              "shaken": sharpen.blur(originals["shaken"], shake)}
     files = []
     for name, img in inputs.items():
         img = img.clamp(0, 1)
@@ -66,13 +73,16 @@ def main() -> None:
             "noisy_jpeg": ["--blur", "1.0", "--gaussian", "--noise", "0.02", "--jpeg", "60"],
             "grainy": ["--blur", "0", "--noise", "0.02"],
             "full_size": ["--blur", "0"],
-            "full_size_noisy_jpeg": ["--blur", "0", "--noise", "0.02", "--jpeg", "60"]}
+            "full_size_noisy_jpeg": ["--blur", "0", "--noise", "0.02", "--jpeg", "60"],
+            "shaken": ["--kernel", str(psf)]}
     weights = ["--weights", args.weights] if args.weights else []
     cmds = [[*files, "--overwrite", *weights]]
     model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
     conditioned = getattr(model, "conditioned", 0)
     if conditioned != 4:  # only such a model is told the blur's shape
         told = {name: [a for a in flags if a != "--gaussian"] for name, flags in told.items()}
+    if conditioned < 2:  # only a model given an estimate is told a kernel
+        told["shaken"] = ["--blur", f"{float(sharpen.kernel_sigma(shake)):.2f}"]
     if conditioned:
         cmds += [[f, "-o", str(out / "told"), "--overwrite", *weights, *told[name]]
                  for name, f in zip(told, files)]
@@ -89,7 +99,8 @@ def main() -> None:
         shown = [("input", sharpen.load_image(path)),
                  ("python sharpen.py", sharpen.load_image(Path(path).with_name(stem)))]
         if conditioned:
-            shown.append((" ".join(told[name]), sharpen.load_image(out / "told" / stem)))
+            flags = " ".join(told[name]).replace(str(psf), psf.name)
+            shown.append((flags, sharpen.load_image(out / "told" / stem)))
         reference = (originals[name] * 255).round() / 255
         for c, (what, img) in enumerate(shown):
             top = r * (size + label_h)
