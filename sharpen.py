@@ -28,6 +28,7 @@ import os
 import pickle
 import secrets
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,8 @@ __all__ = [
     "PaperNet", "unet", "teacher", "student", "paper_teacher", "paper_student", "fast_bf16",
     "count_params", "count_macs", "LevelNet", "level_estimator", "scaled_levels",
     "estimate_levels",
-    "atomic_write", "save_model", "load_model", "load_image", "save_image", "sharpen", "main",
+    "atomic_write", "save_model", "load_model", "load_image", "load_kernel", "save_image",
+    "sharpen", "main",
 ]
 
 Device = torch.device | str | None
@@ -1604,6 +1606,52 @@ def load_image(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def load_kernel(path: str | os.PathLike) -> Tensor:
+    """Read a blur kernel from an image of it, for ``sharpen(..., kernel=)``: a measured point
+    spread function or a camera-shake path, as a point of light appears in the photo.
+
+    The image must be opaque, bright on a black background, of odd sides, with the blur's
+    centre at its centre pixel; its grey levels (the mean of the channels) are normalised to
+    sum 1. Save it losslessly (PNG): a JPEG's speckle widens the kernel.
+
+    Returns:
+        ``(kh, kw)`` float32, non-negative, summing to 1.
+
+    Warns:
+        UserWarning: If its centre of mass is more than 2 px from its centre pixel: a photo
+            sharpened with it is shifted by as much, unless the blur shifted the photo too.
+
+    Raises:
+        IsADirectoryError, FileNotFoundError: As ``load_image``.
+        ValueError: If the file is unreadable, has transparency, even sides, is black, or has
+            a background that is not black.
+    """
+    kernel = load_image(path).mean(0).double()
+    with Image.open(path) as img:
+        if "A" in img.getbands() or "transparency" in img.info:
+            raise ValueError(f"kernel {path} has transparency: save it as an opaque grey "
+                             "image, bright on black")
+    h, w = kernel.shape
+    if h % 2 == 0 or w % 2 == 0:
+        raise ValueError(f"kernel {path} must have odd sides (its centre pixel is the blur's "
+                         f"centre), got {w}x{h}: pad it by a row or column of black")
+    if not kernel.sum() > 0:
+        raise ValueError(f"kernel {path} is black: a blur kernel sums to more than 0")
+    ring = torch.cat([kernel[0], kernel[-1], kernel[1:-1, 0], kernel[1:-1, -1]])
+    if float(ring.median()) > 0.02 * float(kernel.max()):
+        raise ValueError(f"kernel {path} has a background that is not black (the median of its "
+                         f"border is {float(ring.median() / kernel.max()):.1%} of its peak): "
+                         "subtract the background, so that only the blur is left")
+    kernel = kernel / kernel.sum()
+    dy, dx = ((kernel.sum(1 - i) * torch.arange(n, dtype=kernel.dtype)).sum() - n // 2
+              for i, n in enumerate(kernel.shape))
+    if math.hypot(dy, dx) > 2:
+        warnings.warn(f"the centre of mass of kernel {path} is {float(dx):+.1f}, {float(dy):+.1f} "
+                      "px (x, y) from its centre pixel: a photo sharpened with it is shifted by "
+                      "as much, unless the blur shifted the photo too", stacklevel=2)
+    return kernel.float()
+
+
 def save_image(img: Tensor, path: str | os.PathLike) -> None:
     """Write ``img`` rounded to 8 bits, atomically, in the format of the suffix (JPEG: quality 95).
 
@@ -1752,7 +1800,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
             for unknown; for a ``conditioned=4`` model, a fourth, gaussian (1: the blur is an
             isotropic Gaussian). None: unknown (the model sharpens blind).
         kernel: For a model given a Wiener estimate (``conditioned`` 2 to 4), the blur itself
-            when it is known (a measured PSF, a motion path): ``(kh, kw)`` or ``(B, kh, kw)``,
+            when it is known (a measured PSF, a motion path; ``load_kernel`` reads one from an
+            image of it): ``(kh, kw)`` or ``(B, kh, kw)``,
             odd sides, non-negative, normalised here to sum 1. The estimate is then made with
             this kernel instead of a Gaussian, and a ``conditioned=4`` model is told that it
             is exact (gaussian 1). ``levels`` then default to ``(kernel_sigma(kernel), 0, 100)``
@@ -1821,38 +1870,6 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
 
 
 # -- Command line ----------------------------------------------------------------------------------
-
-
-def _read_psf(path: str) -> Tensor:
-    """``--kernel``'s blur kernel ``(kh, kw)`` from an image of it: an opaque grey image of odd
-    sides, bright on a black background, its grey levels (the mean of the channels)
-    normalised to sum 1. Warns on stderr when its centre of mass is more than 2 px off centre."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if "A" in img.getbands() or "transparency" in img.info:
-            raise ValueError(f"--kernel {path} has transparency: save the kernel as an opaque "
-                             "grey image, bright on black")
-    kernel = load_image(path).mean(0).double()
-    h, w = kernel.shape
-    if h % 2 == 0 or w % 2 == 0:
-        raise ValueError(f"--kernel {path} must have odd sides (its centre pixel is the "
-                         f"blur's centre), got {w}x{h}: pad it by a row or column of black")
-    if not kernel.sum() > 0:
-        raise ValueError(f"--kernel {path} is black: a blur kernel sums to more than 0")
-    ring = torch.cat([kernel[0], kernel[-1], kernel[1:-1, 0], kernel[1:-1, -1]])
-    if float(ring.median()) > 0.02 * float(kernel.max()):
-        raise ValueError(f"--kernel {path} has a background that is not black (the median of "
-                         f"its border is {float(ring.median() / kernel.max()):.1%} of its peak): "
-                         "subtract the background, so that only the blur is left")
-    kernel = kernel / kernel.sum()
-    dy, dx = ((kernel.sum(1 - i) * torch.arange(n, dtype=kernel.dtype)).sum() - n // 2
-              for i, n in enumerate(kernel.shape))
-    if math.hypot(dy, dx) > 2:
-        print(f"sharpen.py: warning: the centre of mass of --kernel {path} is {float(dx):+.1f}, "
-              f"{float(dy):+.1f} px (x, y) from its centre pixel: the output is shifted by as "
-              "much unless the blur shifted the photo too", file=sys.stderr)
-    return kernel.float()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1960,7 +1977,11 @@ def main(argv: list[str] | None = None) -> int:
     kernel = None
     try:
         if args.kernel is not None:
-            kernel = _read_psf(args.kernel)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                kernel = load_kernel(args.kernel)
+            for warning in caught:
+                print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
             levels = (float(kernel_sigma(kernel)), *levels[1:])
             if args.weights is None and levels[0] > _LEVEL_SCALE[0]:
                 raise ValueError(f"--kernel {args.kernel} spreads by {levels[0]:.2f} px "

@@ -1448,12 +1448,12 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
     sharpen.save_model(tmp_path / "one.pt", sharpen.unet(width=4, depth=2, blocks=1,
                                                          conditioned=1))
     for psf_file, weights, match in [
-        ("even.png", "m.pt", f"--kernel {tmp_path / 'even.png'} must have odd sides (its centre "
+        ("even.png", "m.pt", f"kernel {tmp_path / 'even.png'} must have odd sides (its centre "
                              "pixel is the blur's centre), got 5x4: pad it"),
-        ("black.png", "m.pt", f"--kernel {tmp_path / 'black.png'} is black"),
-        ("alpha.png", "m.pt", f"--kernel {tmp_path / 'alpha.png'} has transparency: save the "
-                              "kernel as an opaque grey image, bright on black"),
-        ("floor.png", "m.pt", f"--kernel {tmp_path / 'floor.png'} has a background that is not "
+        ("black.png", "m.pt", f"kernel {tmp_path / 'black.png'} is black"),
+        ("alpha.png", "m.pt", f"kernel {tmp_path / 'alpha.png'} has transparency: save it as "
+                              "an opaque grey image, bright on black"),
+        ("floor.png", "m.pt", f"kernel {tmp_path / 'floor.png'} has a background that is not "
                               "black (the median of its border is 10.2% of its peak)"),
         ("psf.png", "one.pt", "--kernel needs a model given a Wiener estimate (unet(conditioned"
                               f"=2 to 4)); {tmp_path / 'one.pt'} is conditioned=1"),
@@ -1472,8 +1472,14 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
     off[:, 2, 1:4] = 1  # 5 px above and 5 left of the centre: the output shifts
     sharpen.save_image(off, tmp_path / "off.png")
     assert sharpen.main([*args, "--kernel", str(tmp_path / "off.png"), "--noise", "0"]) == 0
-    assert f"warning: the centre of mass of --kernel {tmp_path / 'off.png'} is -5.0, -5.0 px " \
-        "(x, y) from its centre pixel" in capsys.readouterr().err
+    assert f"sharpen.py: warning: the centre of mass of kernel {tmp_path / 'off.png'} is -5.0, " \
+        "-5.0 px (x, y) from its centre pixel" in capsys.readouterr().err
+    torch.testing.assert_close(sharpen.load_kernel(tmp_path / "psf.png"), psf / psf.sum())
+    with pytest.warns(UserWarning, match=r"-5.0, -5.0 px \(x, y\) from its centre pixel"):
+        off_kernel = sharpen.load_kernel(tmp_path / "off.png")
+    assert off_kernel.shape == (15, 15) and off_kernel.sum().item() == pytest.approx(1)
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        sharpen.load_kernel(tmp_path / "missing.png")
 
 
 def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
