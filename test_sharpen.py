@@ -3079,11 +3079,12 @@ def ddp_student(setup: dict, features: bool) -> torch.nn.Module:
     return kd.AdaptedStudent(student, adapters)
 
 
-def _ddp_worker(rank: int, port: int, folder: str, features: bool) -> None:
+def _ddp_worker(rank: int, folder: str, features: bool) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)  # a file store, not a TCP port that another process may take
+    dist.init_process_group("gloo", init_method=f"file://{Path(folder) / 'store'}", rank=rank,
+                            world_size=2)
     try:
         setup = torch.load(Path(folder) / "setup.pt", weights_only=False)
         teacher = tiny(8, 1)
@@ -3101,8 +3102,6 @@ def _ddp_worker(rank: int, port: int, folder: str, features: bool) -> None:
 
 @pytest.mark.parametrize("features", [False, True], ids=["output", "adapted-features"])
 def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_path, features):
-    import socket
-
     teacher = trained_teacher()
     blurred, sharp = pair_batch(4)
     student = tiny(4, 2)
@@ -3113,10 +3112,7 @@ def test_distill_step_under_distributed_data_parallel_equals_one_big_step(tmp_pa
     setup = {"student": student.state_dict(), "adapters": adapters.state_dict(),
              "teacher": teacher.state_dict(), "blurred": blurred, "sharp": sharp}
     torch.save(setup, tmp_path / "setup.pt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path), features), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path), features), nprocs=2)
     model = ddp_student(setup, features)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     out = kd.distill_step(model, teacher, opt, blurred, sharp,
