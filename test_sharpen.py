@@ -3528,6 +3528,15 @@ def test_kernel_told_training_tells_that_share_of_the_blurred_images_their_kerne
         kd.train_loss(model, blurred, target, levels=lv, kernel=[1.0])
 
 
+def test_grid_writes_the_format_of_its_suffix(tmp_path):
+    img = torch.rand(3, 16, 16, generator=gen())
+    rows = [[("input", img, None), ("out", img, img)]]
+    for name, fmt in (("a.png", "PNG"), ("a.jpg", "JPEG")):
+        train._grid(tmp_path / name, rows)
+        with Image.open(tmp_path / name) as figure:
+            assert figure.format == fmt and figure.size == (32, 30)
+
+
 def test_main_seeds_the_feature_adapters(tmp_path):
     reports = []
     for run in ("a", "b"):

@@ -797,8 +797,9 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
 
 
 def _grid(path: Path, rows: list[list[tuple[str, torch.Tensor, torch.Tensor | None]]]) -> None:
-    """A PNG of labelled images: each cell ``(label, image, reference)``, the label followed by
-    the PSNR / SSIM against the reference when there is one."""
+    """A figure of labelled images, PNG or (for a ``.jpg`` path) JPEG of quality 90: each cell
+    ``(label, image, reference)``, the label followed by the PSNR / SSIM against the reference
+    when there is one."""
     from PIL import Image, ImageDraw
 
     label_h, size = 14, rows[0][0][1].shape[-1]
@@ -815,7 +816,8 @@ def _grid(path: Path, rows: list[list[tuple[str, torch.Tensor, torch.Tensor | No
                 label += f" {psnr:.2f} dB / {metrics.ssim(img, ref).item():.3f}" if \
                     math.isfinite(psnr) else " (identical)"
             draw.text((c * size + 3, top + 1), label, fill="black")
-    sharpen.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+    jpeg = {"format": "JPEG", "quality": 90} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    sharpen.atomic_write(path, lambda f: canvas.save(f, **(jpeg or {"format": "PNG"})))
 
 
 def _figures(out: Path, models: dict[str, nn.Module], pairs: list, photos: torch.Tensor | None,

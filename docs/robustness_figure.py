@@ -13,11 +13,9 @@ SSIM against the sharp photo. Writes docs/robustness_real.jpg.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,11 +52,8 @@ def main() -> None:
                        f"estimated {b:.1f} px, {n:.3f}, q{q:.0f}": sharpen.sharpen(
                            student, x, levels=levels, precision="fp32")}
             rows.append([(text, img[0], photo) for text, img in outputs.items()])
-    with tempfile.TemporaryDirectory() as tmp:
-        train._grid(Path(tmp) / "robustness.png", rows)
-        figure = Image.open(Path(tmp) / "robustness.png").convert("RGB")
     out = ROOT / "docs" / "robustness_real.jpg"
-    figure.save(out, quality=90)
+    train._grid(out, rows)
     print(f"wrote {out.relative_to(ROOT)}")
 
 
