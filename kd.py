@@ -105,32 +105,26 @@ def _check_levels(levels: object, blurred: torch.Tensor) -> None:
     sharpen.check_levels(levels, len(blurred))  # the values
 
 
-def _check_told(levels: torch.Tensor | None, **models: nn.Module) -> None:
-    """Levels only for conditioned models (``unet(conditioned=1)``), checked before any compute."""
+def _check_told(levels: torch.Tensor | None, kernel: object, blurred: torch.Tensor,
+                **models: nn.Module) -> None:
+    """Levels only for conditioned models (``unet(conditioned=1)``), and kernels ``(B, kh, kw)``
+    only with levels, for models given a Wiener estimate (``conditioned`` 2 to 4): checked
+    before any compute."""
+    if kernel is not None:
+        _check_float_tensor("kernel", kernel)
+        if levels is None:
+            raise ValueError("kernel given without levels: the estimate it makes needs them")
+        if kernel.dim() != 3 or len(kernel) != len(blurred):
+            raise ValueError(f"kernel must be (B, kh, kw) with B = {len(blurred)}, one per image "
+                             f"(all NaN where not told), got {tuple(kernel.shape)}")
     for name, model in models.items():
         model = _unwrapped(model)
         model = _unwrapped(getattr(model, "student", model))  # an AdaptedStudent's student
-        if levels is not None and not getattr(model, "conditioned", 0):
+        conditioned = getattr(model, "conditioned", 0)
+        if levels is not None and not conditioned:
             raise ValueError(f"levels given, but the {name} ({type(model).__name__}) was built "
                              f"without them (unet(conditioned=1) takes them)")
-
-
-def _check_kernel(kernel: object, levels: torch.Tensor | None, blurred: torch.Tensor,
-                  **models: nn.Module) -> None:
-    """Kernels ``(B, kh, kw)`` only with levels, for models given a Wiener estimate
-    (``unet(conditioned=2)`` to ``4``), checked before any compute."""
-    if kernel is None:
-        return
-    _check_float_tensor("kernel", kernel)
-    if levels is None:
-        raise ValueError("kernel given without levels: the estimate it makes needs them")
-    if kernel.dim() != 3 or len(kernel) != len(blurred):
-        raise ValueError(f"kernel must be (B, kh, kw) with B = {len(blurred)}, one per image "
-                         f"(all NaN where not told), got {tuple(kernel.shape)}")
-    for name, model in models.items():
-        model = _unwrapped(model)
-        model = _unwrapped(getattr(model, "student", model))  # an AdaptedStudent's student
-        if getattr(model, "conditioned", 0) < 2:
+        if kernel is not None and conditioned < 2:
             raise ValueError(f"kernel given, but the {name} ({type(model).__name__}) is given "
                              f"no Wiener estimate (unet(conditioned=2 to 4) takes one)")
 
@@ -328,8 +322,7 @@ def train_loss(
     _check_module("model", model)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
-    _check_told(levels, model=model)
-    _check_kernel(kernel, levels, blurred, model=model)
+    _check_told(levels, kernel, blurred, model=model)
     with _autocast(blurred, amp):
         pred = _run(model, blurred, levels, kernel)
     dtype = _loss_dtype(pred, sharp)
@@ -401,8 +394,7 @@ def distill_loss(
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
     run_teacher = {"teacher": teacher} if teacher_output is None or feature_weight else {}
-    _check_told(levels, student=student, **run_teacher)
-    _check_kernel(kernel, levels, blurred, student=student, **run_teacher)
+    _check_told(levels, kernel, blurred, student=student, **run_teacher)
     alpha = _check_number("alpha", alpha, high=1.0)
     feature_weight = _check_number("feature_weight", feature_weight)
     if teacher_output is not None:

@@ -198,6 +198,20 @@ def _shake_kernels(n: int, size: int, generator: Generator) -> Tensor:
 # -- Blur synthesis --------------------------------------------------------------------------------
 
 
+def _check_kernel(kernel: object, batch: int) -> tuple[int, int]:
+    """A blur kernel for ``batch`` images: a float tensor ``(kh, kw)`` or ``(batch, kh, kw)``
+    of odd sides, whose sides it returns."""
+    _check_tensor("kernel", kernel)
+    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != batch):
+        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={batch} and odd "
+                         f"sides, got {tuple(kernel.shape)}")
+    kh, kw = kernel.shape[-2:]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={batch} and odd "
+                         f"sides, got {tuple(kernel.shape)} (sides must be odd, got {kh}x{kw})")
+    return kh, kw
+
+
 def gaussian_kernel(sigma: float, *, truncate: float = 4.0, device: Device = None,
                     dtype: torch.dtype = torch.float32) -> Tensor:
     """Sampled, normalized 1-D Gaussian, truncated like ``scipy.ndimage.gaussian_filter``.
@@ -364,13 +378,7 @@ def blur(img: Tensor, kernel: Tensor) -> Tensor:
     """
     x, single = _as_batch("img", img)
     B, _, H, W = x.shape
-    _check_tensor("kernel", kernel)
-    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B):
-        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={B}, "
-                         f"got {tuple(kernel.shape)}")
-    kh, kw = kernel.shape[-2:]
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"kernel sides must be odd, got {kh}x{kw}")
+    kh, kw = _check_kernel(kernel, B)
     if kh // 2 >= H or kw // 2 >= W:
         raise ValueError(f"kernel {kh}x{kw} is too large for a reflect border on a {H}x{W} image")
     out = _filter(x, [kernel.reshape(-1, kh, kw).flip(-1, -2).to(x.device, x.dtype)])
@@ -523,11 +531,7 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     """
     x, single = _as_batch("img", img)
     B, C, H, W = x.shape
-    _check_tensor("kernel", kernel)
-    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B) \
-            or kernel.shape[-2] % 2 == 0 or kernel.shape[-1] % 2 == 0:
-        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={B} and odd "
-                         f"sides, got {tuple(kernel.shape)}")
+    _check_kernel(kernel, B)
     balance = _check_number("balance", balance, strict=False)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     p = min(max(kernel.shape[-2:]), H - 1, W - 1)
@@ -970,13 +974,8 @@ def _level_maps(levels: Tensor | None, h: Tensor, *, shape: bool = False) -> Ten
 def _told_kernel(kernel: object, x: Tensor, *, unknown: bool = False) -> Tensor:
     """A blur kernel told for images ``x (B, C, H, W)``, checked: ``(B, kh, kw)`` float32,
     each normalised to sum 1; with ``unknown``, a kernel all NaN stays so (not told)."""
-    _check_tensor("kernel", kernel)
     B, _, H, W = x.shape
-    if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != B) \
-            or kernel.shape[-2] % 2 == 0 or kernel.shape[-1] % 2 == 0:
-        raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={B} and odd "
-                         f"sides, got {tuple(kernel.shape)}")
-    kh, kw = kernel.shape[-2:]
+    kh, kw = _check_kernel(kernel, B)
     if kh // 2 >= H or kw // 2 >= W:
         raise ValueError(f"kernel {kh}x{kw} is too large for a {H}x{W} image")
     k = kernel.reshape(-1, kh, kw).float()
