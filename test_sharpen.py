@@ -1994,6 +1994,12 @@ def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path,
     assert list(train.CONDITIONS)[7] == "camera shake"
     assert rows["photos", "camera shake", "student_kernel"]["psnr"] == pytest.approx(
         metrics.psnr(out, photos).mean().item(), abs=1e-5)
+    for condition in ("gaussian 1.5", "noise 0.01"):  # the kernel tells no more: as told
+        assert rows["photos", condition, "student_kernel"] == {
+            **rows["photos", condition, "student_told"], "name": "student_kernel"}
+    assert [train._kernel_tells_more(c) for c in ("sharp", "gaussian 1.5", "defocus 2.0",
+                                                  "camera shake", "grey noise 0.03")] == [
+        False, False, True, True, False]
     assert report["protocol"]["models"]["student"]["sha256"] == hashlib.sha256(
         (tmp_path / "student.pt").read_bytes()).hexdigest()
     assert "| student, told the kernel |" in (tmp_path / "out" / "report.md").read_text()

@@ -730,6 +730,13 @@ def _condition_levels(name: str, kernels: torch.Tensor, *, gaussian: bool = Fals
     return torch.stack(columns, 1)
 
 
+def _kernel_tells_more(name: str) -> bool:
+    """Whether a condition's blur kernel tells a model more than its levels: not a Gaussian
+    (told exactly by its levels and the gaussian column) and not none."""
+    blur = {**CONDITIONS, **GRAIN_CONDITIONS}[name][0]
+    return blur is not None and blur[0] != "gaussian"
+
+
 def _baselines(x: torch.Tensor, kernels: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
     """The classical alternatives' outputs, clamped to [0, 1] like the networks'."""
     wiener = sharpen.wiener(x, kernels, balance=settings["wiener_balance"])
@@ -764,7 +771,8 @@ def _finite(value: float) -> float | None:
 def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> list[dict]:
     """Every model and baseline on every evaluation set under every condition (conditioned
     models blind, and again as ``<name>_told``, told the condition's levels, and those given a
-    Wiener estimate as ``<name>_kernel``, told the true blur kernel too): mean PSNR and
+    Wiener estimate as ``<name>_kernel``, told the true blur kernel too, which repeats the told
+    output where the kernel says no more than the levels): mean PSNR and
     SSIM, the worst image's PSNR, and the mean and worst-image PSNR gain over the input (None
     for ``sharp``, whose input is perfect). Infinite PSNRs (exact copies) are None in JSON."""
     rows = []
@@ -781,8 +789,8 @@ def _robustness(models: dict[str, nn.Module], sets: dict, settings: dict) -> lis
                 for m, model in models.items() if getattr(model, "conditioned", 0)}
             outputs |= {f"{m}_kernel": sharpen.sharpen(
                 model, x, precision="fp32", levels=_condition_levels(name, kernels),
-                kernel=kernels) for m, model in models.items()
-                if getattr(model, "conditioned", 0) >= 2}
+                kernel=kernels) if _kernel_tells_more(name) else outputs[f"{m}_told"]
+                for m, model in models.items() if getattr(model, "conditioned", 0) >= 2}
             base = metrics.psnr(x, sharp)
             for label, out in outputs.items():
                 psnr, ssim = metrics.psnr(out, sharp), metrics.ssim(out, sharp)

@@ -79,9 +79,10 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
                                        if conditioned else {})
             for mode, lv in modes.items():
                 out[m][mode][name] = gain(sharpen.sharpen(model, x, precision="fp32", levels=lv))
-            if conditioned >= 2:
-                out[m]["kernel"][name] = gain(sharpen.sharpen(model, x, precision="fp32",
-                                                              levels=levels, kernel=kernels))
+            if conditioned >= 2:  # where the kernel says no more than the levels, as told
+                out[m]["kernel"][name] = gain(sharpen.sharpen(
+                    model, x, precision="fp32", levels=levels, kernel=kernels)) \
+                    if train._kernel_tells_more(name) else out[m]["told"][name]
             if estimate and conditioned >= 2:
                 with torch.no_grad():
                     out[m]["estimate"][name] = gain((x + model._estimate(x, levels, None))
