@@ -10,7 +10,7 @@ given a Wiener estimate (``unet(conditioned=2)`` to ``4``) also told the true bl
 ``python train.py --blur real --train-photos --train-images 192`` run (weights/README.md's
 commands), so the blind and told rows of the shipped models equal those of the run that made
 them. Writes OUT/report.json (``robustness`` rows as train.py's report holds them, which
-``docs/compare_runs.py OUT`` reads) and OUT/report.md. About 7 minutes for the shipped teacher
+``docs/compare_runs.py OUT`` reads) and OUT/report.md. About 5 minutes for the shipped teacher
 and student on 2 cores.
 """
 
