@@ -3102,6 +3102,8 @@ def _ddp_worker(rank: int, folder: str, features: bool) -> None:
         kd.distill_step(ddp, teacher, opt, setup["blurred"][shard], setup["sharp"][shard],
                         feature_weight=0.5 if features else 0.0)
         torch.save(model.state_dict(), Path(folder) / f"rank{rank}.pt")
+        del ddp, opt  # DDP's reducer goes before the process group it uses
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
