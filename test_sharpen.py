@@ -2052,6 +2052,8 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
                        (["--size", "16"], "--size must be from 32 to 128"),
                        (["--grey-noise", "2"], r"--grey-noise must be in \[0, 1\], got 2.0"),
                        (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+                       (["--asymmetric-blur", "-0.5"], r"--asymmetric-blur must be in \[0, 1\], "
+                                                       r"got -0.5"),
                        (["--init", str(SHIPPED / "student.pt")], "student.pt is not a level est"),
                        (["--init", str(tmp_path / "none.pt")], "none.pt"),
                        (["--init", str(SHIPPED / "levels.pt"), "--width", "2"], "drop --width"),
@@ -2061,6 +2063,24 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
             train_levels.main([*tiny[:-2], *bad, "--out", str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
+
+
+def test_train_levels_reads_the_blur_of_a_shake_times_asymmetric_blur():
+    import train_levels
+
+    point = torch.zeros(60, 3, 33, 33)
+    point[..., 16, 16] = 1.0
+    _, _, kernels = sharpen.degrade(point, kind="real", generator=gen(5), return_levels=True,
+                                    return_kernels=True)
+    shaken = (kernels != torch.rot90(kernels, 2, (-2, -1))).flatten(1).any(1)  # NaN: resampled
+    shaken &= ~kernels.isnan().flatten(1).any(1)
+    assert 4 <= int(shaken.sum()) <= 16  # camera shake is 15% of the draws
+    x, true = train_levels._degrade(point, generator=gen(5), grey_noise=0.0)
+    y, read = train_levels._degrade(point, generator=gen(5), grey_noise=0.0,
+                                    asymmetric_blur=0.25)
+    assert torch.equal(x, y) and (true[shaken, 0] > 0).all()
+    torch.testing.assert_close(read[shaken, 0], 0.25 * true[shaken, 0])
+    assert torch.equal(read[~shaken], true[~shaken]) and torch.equal(read[:, 1:], true[:, 1:])
 
 
 def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path):

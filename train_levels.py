@@ -25,10 +25,15 @@ import sharpen
 import train
 
 
-def _degrade(sharp: torch.Tensor, *, generator: torch.Generator, grey_noise: float
-             ) -> tuple[torch.Tensor, ...]:
-    blurred, levels = sharpen.degrade(sharp, kind="real", generator=generator,
-                                      grey_noise=grey_noise, return_levels=True)
+def _degrade(sharp: torch.Tensor, *, generator: torch.Generator, grey_noise: float,
+             asymmetric_blur: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """Degraded 8-bit images and their target levels: the blur of an image whose kernel is not
+    point-symmetric (camera shake) times ``asymmetric_blur``."""
+    blurred, levels, kernels = sharpen.degrade(sharp, kind="real", generator=generator,
+                                               grey_noise=grey_noise, return_levels=True,
+                                               return_kernels=True)
+    asymmetric = (kernels - kernels.flip(-2, -1)).abs().flatten(1).sum(1) > 1e-3  # NaN: False
+    levels[asymmetric, 0] *= asymmetric_blur
     return train._8bit(blurred), levels
 
 
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grey-noise", type=float, default=0.0,
                    help="the share of noisy images whose noise is the same in every channel, "
                         "a grain of brightness (sharpen.degrade's grey_noise) (0.0)")
+    p.add_argument("--asymmetric-blur", type=float, default=1.0, metavar="FACTOR",
+                   help="read the blur of a kernel that is not point-symmetric (camera shake) as "
+                        "FACTOR times its spread: 0 teaches to read shake as no blur, which a "
+                        "model told one blur number cannot undo (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     args = p.parse_args(argv)
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--init starts from an estimator of its own width: drop --width")
     if not 0 <= args.grey_noise <= 1:
         p.error(f"--grey-noise must be in [0, 1], got {args.grey_noise}")
+    if not 0 <= args.asymmetric_blur <= 1:
+        p.error(f"--asymmetric-blur must be in [0, 1], got {args.asymmetric_blur}")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
         train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
-                      degrade=functools.partial(_degrade, grey_noise=args.grey_noise))
+                      degrade=functools.partial(_degrade, grey_noise=args.grey_noise,
+                                                asymmetric_blur=args.asymmetric_blur))
     opt = torch.optim.Adam(estimator.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
