@@ -1961,6 +1961,31 @@ def test_colour_validation_photos_are_8bit_colour_and_validate_keeps_them_off_sc
     assert "--colour adds validation photos" in capsys.readouterr().err
 
 
+def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, monkeypatch,
+                                                                    capsys):
+    bound = _docs_script("jpeg_bound")
+    sharp = torch.rand(6, 3, 32, 32, generator=gen())
+    x, levels = bound._jpeg(sharp, generator=gen(1))
+    quality = levels[:, 2].long()
+    assert ((quality >= 30) & (quality <= 95)).all() and not levels[:, :2].any()
+    for img, s, q in zip(x, sharp, quality.tolist()):
+        assert torch.equal(img, sharpen.jpeg(s, q))
+    monkeypatch.setattr(train, "_validation_photos", lambda size: sharp[:2])
+    monkeypatch.setattr(train, "_colour_validation_photos", lambda size: sharp[2:4])
+    monkeypatch.setattr(train, "_photo_tiles", lambda names, size: torch.rand(2, 3, 128, 128))
+    path = tmp_path / "m.pt"
+    sharpen.save_model(path, sharpen.unet(width=4, depth=2, blocks=1, conditioned=4))
+    assert bound.main([str(path), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("start: grey jpeg 50 ") and "step 2 (" in out and "colour jpeg 90" in out
+    sharpen.save_model(path, sharpen.unet(width=4, depth=2, blocks=1))
+    for bad, match in [([str(path)], "is not told levels"),
+                       ([str(path), "--steps", "0"], "--steps must be >= 1, got 0")]:
+        with pytest.raises(SystemExit):
+            bound.main(bad)
+        assert match in capsys.readouterr().err
+
+
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
                                                                       capsys):
     robustness, compare = _docs_script("robustness"), _docs_script("compare_runs")

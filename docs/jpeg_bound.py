@@ -1,0 +1,91 @@
+"""How much a model of a given size can gain on JPEG alone: a bound for the JPEG targets.
+
+    pip install -e ".[eval]" && python docs/jpeg_bound.py weights/student.pt --steps 1500
+
+Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
+images of ``train_levels.py`` (dead leaves and photo tiles), compressed at qualities 30-95 and
+told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate.
+Every 500 steps and at the start it prints the mean gain (worst image's in brackets) on the
+grey and colour validation photos under JPEG 50 and JPEG 90, told the quality, as
+``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
+bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import kd  # noqa: E402
+import metrics  # noqa: E402
+import sharpen  # noqa: E402
+import train  # noqa: E402
+
+
+def _jpeg(sharp: torch.Tensor, *, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image compressed at a quality drawn from 30-95, and its levels (0, 0, quality)."""
+    quality = torch.randint(30, 96, (len(sharp),), generator=generator)
+    x = torch.cat([sharpen.jpeg(s[None], int(q)) for s, q in zip(sharp, quality)])
+    zeros = torch.zeros(len(quality))
+    return x, torch.stack([zeros, zeros, quality.float()], 1)
+
+
+def _scores(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> str:
+    out = []
+    for set_name, sharp in sets.items():
+        for name in ("jpeg 50", "jpeg 90"):
+            x, _ = train._condition(sharp, name, train._validation_seed(name))
+            levels = torch.tensor([0.0, 0.0, float(train.CONDITIONS[name][2])]).expand(len(x), 3)
+            y = sharpen.sharpen(model, x, precision="fp32", levels=levels)
+            gain = metrics.psnr(y, sharp) - metrics.psnr(x, sharp)
+            out.append(f"{set_name} {name} {gain.mean():+.2f} ({gain.min():+.2f})")
+    return ", ".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python docs/jpeg_bound.py",
+                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("model", type=Path, help="a conditioned model file (sharpen.save_model)")
+    p.add_argument("--steps", type=int, default=1500, help="(1500)")
+    p.add_argument("--lr", type=float, default=5e-4, help="(0.0005)")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    try:
+        model = sharpen.load_model(args.model)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    if not getattr(model, "conditioned", 0):
+        p.error(f"{args.model} is not told levels (unet(conditioned=0)): it cannot be told the "
+                f"quality")
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    images = train._8bit(torch.cat([
+        sharpen.dead_leaves(192, 128, generator=generator, **train.LEAVES),
+        train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
+    data = kd.batches(images, size=64, batch_size=16, generator=generator, degrade=_jpeg)
+    sets = {"grey": train._validation_photos(256),
+            "colour": train._colour_validation_photos(256)}
+    print(f"start: {_scores(model, sets)}", flush=True)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    start = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        x, sharp, levels = next(data)
+        kd.train_step(model.train(), opt, x, sharp, levels=levels, loss_fn=kd.psnr_loss)
+        schedule.step()
+        if step % 500 == 0 or step == args.steps:
+            print(f"step {step} ({time.perf_counter() - start:.0f} s): "
+                  f"{_scores(model.eval(), sets)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
