@@ -3404,7 +3404,8 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["protocol"]["conditioned"] == {"inputs": 1, "teacher_inputs": 1,
                                                  "unknown_share": train.UNKNOWN,
-                                                 "kernel_told": 0.0, "gaussian_told": 0.0}
+                                                 "kernel_told": 0.0, "gaussian_told": 0.0,
+                                                 "estimated": 0.0, "estimator": None}
     assert "models told the levels (25% unknown in training)" in report["protocol"]["summary"]
     names = {r["name"] for r in report["robustness"]}
     assert {"teacher_told", "student_told", "student_nokd_told"} <= names
@@ -3462,13 +3463,24 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert protocol["conditioned"]["kernel_told"] == 0.5
     assert protocol["conditioned"]["gaussian_told"] == train.GAUSSIAN_TOLD  # the default
     assert "25% unknown in training, 50% of the blurred told their kernel" in protocol["summary"]
+    estimated = [*slow[:-1], str(tmp_path / "run7"), "--estimated", "0.5"]
+    assert train.main(estimated) == 0  # half the told images told what weights/levels.pt reads
+    protocol = json.loads((tmp_path / "run7" / "report.json").read_text())["protocol"]
+    assert protocol["conditioned"]["estimated"] == 0.5
+    assert protocol["conditioned"]["estimator"] == str(SHIPPED / "levels.pt")
+    assert "50% of the others told what levels.pt reads" in protocol["summary"]
+    assert train.main([*estimated, "--estimator", str(SHIPPED / "student.pt"), "--out",
+                       str(tmp_path / "run8")]) == 2
+    assert "student.pt is not a level estimator" in capsys.readouterr().err
+    assert not (tmp_path / "run8").exists()  # refused before any work
     for bad, match in [(["--kernel-told", "2"], "--kernel-told must be in [0, 1], got 2.0"),
                        (["--conditioned", "1", "--kernel-told", "0.5"],
                         "--kernel-told needs --conditioned 2, 3 or 4"),
                        (["--conditioned", "3", "--gaussian-told", "0.2"],
                         "--gaussian-told needs --conditioned 4 and a share in [0, 1], got 0.2 "
                         "with --conditioned 3"),
-                       (["--gaussian-told", "-0.1"], "a share in [0, 1], got -0.1")]:
+                       (["--gaussian-told", "-0.1"], "a share in [0, 1], got -0.1"),
+                       (["--estimated", "1.5"], "--estimated must be in [0, 1], got 1.5")]:
         with pytest.raises(SystemExit):
             train._parse_args([*TINY_RUN, "--blur", "real", "--conditioned", "4", *bad])
         assert match in capsys.readouterr().err
@@ -3488,6 +3500,9 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     with pytest.raises(SystemExit):
         train.main([*TINY_RUN, "--blur", "mixed", "--conditioned"])
     assert "--conditioned needs --blur gaussian or real" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main([*TINY_RUN, "--blur", "gaussian", "--conditioned", "1", "--estimated", "0.3"])
+    assert "--estimated needs --conditioned and --blur real" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("before", "after", "shuffle"), [(0, 1, 1), (0, 2, 2), (1, 2, 1),
@@ -3579,6 +3594,24 @@ def test_kernel_told_training_tells_that_share_of_the_blurred_images_their_kerne
             call()
     with pytest.raises(TypeError, match="kernel must be a floating-point"):
         kd.train_loss(model, blurred, target, levels=lv, kernel=[1.0])
+
+
+def test_estimated_training_tells_that_share_of_the_told_images_what_the_estimator_reads():
+    sharp = torch.rand(200, 3, 32, 32, generator=gen())
+    estimator = sharpen.load_model(SHIPPED / "levels.pt")
+    x, levels, kernels = train._degrade_told(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                                             kernel_told=0.3, generator=gen(2))
+    y, read, same = train._degrade_told(sharp, kind="real", sigma=1.5, gaussian_told=0.3,
+                                        kernel_told=0.3, estimated=0.5, estimator=estimator,
+                                        generator=gen(2))
+    assert torch.equal(x, y) and torch.equal(kernels.isnan(), same.isnan())  # the same draws
+    changed = (read != levels).any(1) & ~levels.isnan().any(1)
+    exact = levels[:, 3] == 1  # told an isotropic Gaussian or the kernel: never estimated
+    others = ~exact & ~levels.isnan().any(1)
+    assert not (changed & exact).any() and 0.35 < changed.sum() / others.sum() < 0.65
+    torch.testing.assert_close(read[changed, :3], sharpen.estimate_levels(estimator, x[changed]))
+    assert (read[changed, 3] == 0).all()  # the shape is not read
+    assert torch.equal(read[~changed].isnan(), levels[~changed].isnan())
 
 
 def test_grid_writes_the_format_of_its_suffix(tmp_path):

@@ -142,6 +142,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "training images that have a kernel (not resampled) are told it, and get its "
                    "Wiener estimate (and gaussian 1 with --conditioned 4, the estimate being "
                    "exact), as sharpen(..., kernel=) tells them (default 0)")
+    p.add_argument("--estimated", type=float, default=0.0, metavar="SHARE",
+                   help="with --conditioned and --blur real: this share of the training images "
+                   "told their levels (not unknown, not told their shape or kernel) are told "
+                   "the levels --estimator reads from them instead, as python sharpen.py "
+                   "photo.jpg tells a photo by default (default 0)")
+    p.add_argument("--estimator", type=Path, default=Path(__file__).resolve().parent / "weights"
+                   / "levels.pt", metavar="ESTIMATOR.pt",
+                   help="the level estimator of --estimated (default: weights/levels.pt)")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -212,6 +220,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.kernel_told and (args.conditioned < 2 or args.blur != "real"):
         p.error("--kernel-told needs --conditioned 2, 3 or 4 (a model given an estimate) and "
                 "--blur real")
+    if not 0 <= args.estimated <= 1:
+        p.error(f"--estimated must be in [0, 1], got {args.estimated}")
+    if args.estimated and (not args.conditioned or args.blur != "real"):
+        p.error("--estimated needs --conditioned and --blur real")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.train_photos and (args.data is not None or not _has_skimage()):
@@ -238,13 +250,16 @@ def _degrade_8bit(sharp: torch.Tensor, *, kind: str, sigma: float,
 
 
 def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told: float = 0.0,
-                  kernel_told: float = 0.0, generator: torch.Generator | None = None
+                  kernel_told: float = 0.0, estimated: float = 0.0,
+                  estimator: nn.Module | None = None, generator: torch.Generator | None = None
                   ) -> tuple[torch.Tensor, ...]:
     """``_degrade_8bit`` and the levels ``(B, 3)`` (``(B, 4)`` with ``gaussian_told``), a share
     ``UNKNOWN`` of them unknown (NaN), never one told Gaussian: the blind images are drawn from
     the mix as without ``gaussian_told``. With ``kernel_told``, that share of the blurred images
     that have a kernel are told it, and never unknown: also the kernels ``(B, k, k)``, all NaN
-    for the others (their gaussian level, if any, is then 1)."""
+    for the others (their gaussian level, if any, is then 1). With ``estimated``, that share of
+    the images told neither unknown nor exact are told the levels ``estimator`` reads from them
+    instead, as the CLI tells a photo by default."""
     degraded = sharpen.degrade(sharp, kind=kind, sigma=sigma, generator=generator,
                                gaussian_told=gaussian_told, return_levels=True,
                                return_kernels=kernel_told > 0)
@@ -264,7 +279,14 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told
         sharp) / max(1, int(others.sum()))
     unknown = unknown.cpu() & others
     levels = levels.masked_fill(unknown.to(levels.device)[:, None], math.nan)
-    return (_8bit(blurred), levels, *([kernels] if kernel_told else []))
+    blurred = _8bit(blurred)
+    if estimated:
+        read = others & ~unknown & (torch.rand(len(sharp), generator=generator,
+                                               device=device).cpu() < estimated)
+        if read.any():
+            read = read.to(levels.device)
+            levels[read, :3] = sharpen.estimate_levels(estimator, blurred[read]).to(levels)
+    return (blurred, levels, *([kernels] if kernel_told else []))
 
 
 def _told(model: nn.Module, conditioned: int) -> nn.Module:
@@ -865,9 +887,15 @@ def main(argv: list[str] | None = None) -> int:
     degrade = functools.partial(_degrade_8bit, kind=args.blur, sigma=args.sigma)
     train_degrade = functools.partial(
         _degrade_told, kind=args.blur, sigma=args.sigma, kernel_told=args.kernel_told,
-        gaussian_told=args.gaussian_told or 0.0) \
+        gaussian_told=args.gaussian_told or 0.0, estimated=args.estimated) \
         if args.conditioned else degrade
     try:
+        if args.estimated:  # before any work
+            estimator = sharpen.load_model(args.estimator, map_location=args.device)
+            if not isinstance(estimator, sharpen.LevelNet):
+                raise ValueError(f"--estimator {args.estimator} is not a level estimator "
+                                 f"(train_levels.py's)")
+            train_degrade = functools.partial(train_degrade, estimator=estimator.eval())
         args.out.mkdir(parents=True, exist_ok=True)
         given_teacher, init_teacher, init_student = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)
@@ -960,7 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch,
         "conditioned": {"inputs": args.conditioned, "teacher_inputs": teacher.conditioned,
                         "unknown_share": UNKNOWN, "kernel_told": args.kernel_told,
-                        "gaussian_told": args.gaussian_told or 0.0}
+                        "gaussian_told": args.gaussian_told or 0.0,
+                        "estimated": args.estimated,
+                        "estimator": str(args.estimator) if args.estimated else None}
         if args.conditioned else False,
         "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
@@ -988,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     kernels = f", {args.kernel_told:.0%} of the blurred told their kernel" \
         if args.kernel_told else ""
+    if args.estimated:
+        kernels += f", {args.estimated:.0%} of the others told what {args.estimator.name} reads"
     told = f"models told the levels ({UNKNOWN:.0%} unknown in training{kernels}); " \
         if args.conditioned else ""
     protocol["summary"] = (
