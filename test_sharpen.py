@@ -1975,12 +1975,17 @@ def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, mo
     monkeypatch.setattr(train, "_photo_tiles", lambda names, size: torch.rand(2, 3, 128, 128))
     path = tmp_path / "m.pt"
     sharpen.save_model(path, sharpen.unet(width=4, depth=2, blocks=1, conditioned=4))
+    saved = path.read_bytes()
     assert bound.main([str(path), "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("start: grey jpeg 50 ") and "step 2 (" in out and "colour jpeg 90" in out
+    assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
     sharpen.save_model(path, sharpen.unet(width=4, depth=2, blocks=1))
-    for bad, match in [([str(path)], "is not told levels"),
-                       ([str(path), "--steps", "0"], "--steps must be >= 1, got 0")]:
+    for bad, match in [([str(path)], "is not a U-Net told levels"),
+                       ([str(SHIPPED / "levels.pt")], "is not a U-Net told levels"),
+                       ([str(tmp_path / "none.pt")], "model: "),
+                       ([str(path), "--steps", "0"], "--steps must be >= 1, got 0"),
+                       ([str(path), "--lr", "-1"], "--lr must be >= 0, got -1.0")]:
         with pytest.raises(SystemExit):
             bound.main(bad)
         assert match in capsys.readouterr().err
@@ -3464,15 +3469,22 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert protocol["conditioned"]["gaussian_told"] == train.GAUSSIAN_TOLD  # the default
     assert "25% unknown in training, 50% of the blurred told their kernel" in protocol["summary"]
     estimated = [*slow[:-1], str(tmp_path / "run7"), "--estimated", "0.5"]
+    reads = []
+    monkeypatch.setattr(sharpen, "estimate_levels", lambda estimator, img: reads.append(
+        type(estimator)) or torch.tensor([1.0, 0.0, 100.0]).expand(len(img), 3))
     assert train.main(estimated) == 0  # half the told images told what weights/levels.pt reads
+    assert reads and set(reads) == {sharpen.LevelNet}
     protocol = json.loads((tmp_path / "run7" / "report.json").read_text())["protocol"]
     assert protocol["conditioned"]["estimated"] == 0.5
-    assert protocol["conditioned"]["estimator"] == str(SHIPPED / "levels.pt")
-    assert "50% of the others told what levels.pt reads" in protocol["summary"]
-    assert train.main([*estimated, "--estimator", str(SHIPPED / "student.pt"), "--out",
-                       str(tmp_path / "run8")]) == 2
-    assert "student.pt is not a level estimator" in capsys.readouterr().err
-    assert not (tmp_path / "run8").exists()  # refused before any work
+    assert protocol["conditioned"]["estimator"] == str(Path("weights") / "levels.pt")
+    assert "50% of those told neither their shape nor kernel told what levels.pt reads" in \
+        protocol["summary"]
+    for path, match in [(SHIPPED / "student.pt", "student.pt is not a level estimator"),
+                        (tmp_path / "none.pt", "--estimator: ")]:
+        assert train.main([*estimated, "--estimator", str(path), "--out",
+                           str(tmp_path / "run8")]) == 2
+        assert match in capsys.readouterr().err
+        assert not (tmp_path / "run8").exists()  # refused before any work
     for bad, match in [(["--kernel-told", "2"], "--kernel-told must be in [0, 1], got 2.0"),
                        (["--conditioned", "1", "--kernel-told", "0.5"],
                         "--kernel-told needs --conditioned 2, 3 or 4"),
@@ -3480,7 +3492,8 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
                         "--gaussian-told needs --conditioned 4 and a share in [0, 1], got 0.2 "
                         "with --conditioned 3"),
                        (["--gaussian-told", "-0.1"], "a share in [0, 1], got -0.1"),
-                       (["--estimated", "1.5"], "--estimated must be in [0, 1], got 1.5")]:
+                       (["--estimated", "1.5"], "--estimated must be in [0, 1], got 1.5"),
+                       (["--estimator", "e.pt"], "--estimator e.pt needs --estimated SHARE > 0")]:
         with pytest.raises(SystemExit):
             train._parse_args([*TINY_RUN, "--blur", "real", "--conditioned", "4", *bad])
         assert match in capsys.readouterr().err
@@ -3502,7 +3515,8 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert "--conditioned needs --blur gaussian or real" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.main([*TINY_RUN, "--blur", "gaussian", "--conditioned", "1", "--estimated", "0.3"])
-    assert "--estimated needs --conditioned and --blur real" in capsys.readouterr().err
+    assert "--estimated needs --conditioned and --blur real, got --conditioned 1 and --blur " \
+        "gaussian" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("before", "after", "shuffle"), [(0, 1, 1), (0, 2, 2), (1, 2, 1),
@@ -3612,6 +3626,12 @@ def test_estimated_training_tells_that_share_of_the_told_images_what_the_estimat
     torch.testing.assert_close(read[changed, :3], sharpen.estimate_levels(estimator, x[changed]))
     assert (read[changed, 3] == 0).all()  # the shape is not read
     assert torch.equal(read[~changed].isnan(), levels[~changed].isnan())
+    x, three = train._degrade_told(sharp, kind="real", sigma=1.5, generator=gen(2))
+    _, read = train._degrade_told(sharp, kind="real", sigma=1.5, estimated=1.0,
+                                  estimator=estimator, generator=gen(2))  # three levels
+    known = ~three.isnan().any(1)
+    assert read.shape == (200, 3) and torch.equal(read[~known].isnan(), three[~known].isnan())
+    torch.testing.assert_close(read[known], sharpen.estimate_levels(estimator, x[known]))
 
 
 def test_grid_writes_the_format_of_its_suffix(tmp_path):

@@ -35,6 +35,7 @@ POOL_REUSE = 4  # each precomputed teacher batch serves this many distillation s
 POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer runs draw new pools
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
 GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share of blurred images made isotropic Gaussians, told
+ESTIMATOR = Path("weights") / "levels.pt"  # --estimated: the level estimator, in this folder
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 PSNR_CLIP = 200.0  # the same with a PSNR term (--loss or --kd-loss psnr): norms of 10-100 in dB
 LOSSES = {"l1_ssim": kd.l1_ssim_loss, "psnr": kd.psnr_loss}
@@ -146,10 +147,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --conditioned and --blur real: this share of the training images "
                    "told their levels (not unknown, not told their shape or kernel) are told "
                    "the levels --estimator reads from them instead, as python sharpen.py "
-                   "photo.jpg tells a photo by default (default 0)")
-    p.add_argument("--estimator", type=Path, default=Path(__file__).resolve().parent / "weights"
-                   / "levels.pt", metavar="ESTIMATOR.pt",
-                   help="the level estimator of --estimated (default: weights/levels.pt)")
+                   "photo.jpg tells a photo by default; the teacher, where it is trained or "
+                   "distils, is told them too (default 0)")
+    p.add_argument("--estimator", type=Path, default=None, metavar="ESTIMATOR.pt",
+                   help="with --estimated: the level estimator (default: weights/levels.pt)")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
@@ -223,7 +224,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 <= args.estimated <= 1:
         p.error(f"--estimated must be in [0, 1], got {args.estimated}")
     if args.estimated and (not args.conditioned or args.blur != "real"):
-        p.error("--estimated needs --conditioned and --blur real")
+        p.error(f"--estimated needs --conditioned and --blur real, got --conditioned "
+                f"{args.conditioned} and --blur {args.blur}")
+    if args.estimator is not None and not args.estimated:
+        p.error(f"--estimator {args.estimator} needs --estimated SHARE > 0")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.train_photos and (args.data is not None or not _has_skimage()):
@@ -891,9 +895,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.conditioned else degrade
     try:
         if args.estimated:  # before any work
-            estimator = sharpen.load_model(args.estimator, map_location=args.device)
+            path = args.estimator or Path(__file__).resolve().parent / ESTIMATOR
+            try:
+                estimator = sharpen.load_model(path, map_location=args.device)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--estimator: {e}") from e
             if not isinstance(estimator, sharpen.LevelNet):
-                raise ValueError(f"--estimator {args.estimator} is not a level estimator "
+                raise ValueError(f"--estimator {path} is not a level estimator "
                                  f"(train_levels.py's)")
             train_degrade = functools.partial(train_degrade, estimator=estimator.eval())
         args.out.mkdir(parents=True, exist_ok=True)
@@ -990,7 +998,8 @@ def main(argv: list[str] | None = None) -> int:
                         "unknown_share": UNKNOWN, "kernel_told": args.kernel_told,
                         "gaussian_told": args.gaussian_told or 0.0,
                         "estimated": args.estimated,
-                        "estimator": str(args.estimator) if args.estimated else None}
+                        "estimator": str(args.estimator or ESTIMATOR) if args.estimated
+                        else None}
         if args.conditioned else False,
         "teacher_steps": 0 if args.teacher else args.steps,
         "teacher": str(args.teacher) if args.teacher else f"trained here{origin}",
@@ -1016,11 +1025,12 @@ def main(argv: list[str] | None = None) -> int:
                           **{k: round(v, 1) for k, v in seconds.items()}},
         "wall_seconds": round(time.perf_counter() - run_start, 1),
     }
-    kernels = f", {args.kernel_told:.0%} of the blurred told their kernel" \
+    extra = f", {args.kernel_told:.0%} of the blurred told their kernel" \
         if args.kernel_told else ""
     if args.estimated:
-        kernels += f", {args.estimated:.0%} of the others told what {args.estimator.name} reads"
-    told = f"models told the levels ({UNKNOWN:.0%} unknown in training{kernels}); " \
+        extra += (f", {args.estimated:.0%} of those told neither their shape nor kernel told "
+                  f"what {(args.estimator or ESTIMATOR).name} reads")
+    told = f"models told the levels ({UNKNOWN:.0%} unknown in training{extra}); " \
         if args.conditioned else ""
     protocol["summary"] = (
         f"{args.blur} blur (sigma {args.sigma}), {data_desc}; {told}teacher "

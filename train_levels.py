@@ -37,6 +37,14 @@ def _degrade(sharp: torch.Tensor, *, generator: torch.Generator, grey_noise: flo
     return train._8bit(blurred), levels
 
 
+def training_images(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The sharp training images: ``n`` dead-leaves images and ``train.py``'s photo tiles, all
+    128x128 and 8-bit."""
+    return train._8bit(torch.cat([
+        sharpen.dead_leaves(n, 128, generator=generator, **train.LEAVES),
+        train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
+
+
 def _errors(estimator: sharpen.LevelNet) -> None:
     """Mean estimate against the truth per condition, on the validation photos."""
     sharp = train._validation_photos(256)
@@ -72,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         "a grain of brightness (sharpen.degrade's grey_noise) (0.0)")
     p.add_argument("--asymmetric-blur", type=float, default=1.0, metavar="FACTOR",
                    help="read the blur of a kernel that is not point-symmetric (camera shake) as "
-                        "FACTOR times its spread: 0 teaches to read shake as no blur, which a "
-                        "model told one blur number cannot undo (1.0)")
+                        "FACTOR times its spread: 0 teaches it to read shake as no blur (a model "
+                        "told one blur number cannot undo a shake anyway) (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     args = p.parse_args(argv)
@@ -109,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(estimator, sharpen.LevelNet):
             p.error(f"--init {args.init} is not a level estimator (train_levels.py's)")
     generator = torch.Generator().manual_seed(args.seed)
-    images = train._8bit(torch.cat([
-        sharpen.dead_leaves(args.train_images, 128, generator=generator, **train.LEAVES),
-        train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
+    images = training_images(args.train_images, generator)
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
                       degrade=functools.partial(_degrade, grey_noise=args.grey_noise,
                                                 asymmetric_blur=args.asymmetric_blur))

@@ -4,7 +4,8 @@
 
 Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
 images of ``train_levels.py`` (dead leaves and photo tiles), compressed at qualities 30-95 and
-told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate.
+told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate, no
+gradient clipping.
 Every 500 steps and at the start it prints the mean gain (worst image's in brackets) on the
 grey and colour validation photos under JPEG 50 and JPEG 90, told the quality, as
 ``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
@@ -26,6 +27,7 @@ import kd  # noqa: E402
 import metrics  # noqa: E402
 import sharpen  # noqa: E402
 import train  # noqa: E402
+import train_levels  # noqa: E402
 
 
 def _jpeg(sharp: torch.Tensor, *, generator: torch.Generator
@@ -41,8 +43,8 @@ def _scores(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> str:
     out = []
     for set_name, sharp in sets.items():
         for name in ("jpeg 50", "jpeg 90"):
-            x, _ = train._condition(sharp, name, train._validation_seed(name))
-            levels = torch.tensor([0.0, 0.0, float(train.CONDITIONS[name][2])]).expand(len(x), 3)
+            x, kernels = train._condition(sharp, name, train._validation_seed(name))
+            levels = train._condition_levels(name, kernels)
             y = sharpen.sharpen(model, x, precision="fp32", levels=levels)
             gain = metrics.psnr(y, sharp) - metrics.psnr(x, sharp)
             out.append(f"{set_name} {name} {gain.mean():+.2f} ({gain.min():+.2f})")
@@ -58,18 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if not args.lr >= 0:
+        p.error(f"--lr must be >= 0, got {args.lr}")
     try:
         model = sharpen.load_model(args.model)
     except (OSError, ValueError) as e:
-        p.error(str(e))
+        p.error(f"model: {e}")
     if not getattr(model, "conditioned", 0):
-        p.error(f"{args.model} is not told levels (unet(conditioned=0)): it cannot be told the "
-                f"quality")
+        p.error(f"{args.model} is not a U-Net told levels (unet(conditioned>=1)): it cannot be "
+                f"told the quality")
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    images = train._8bit(torch.cat([
-        sharpen.dead_leaves(192, 128, generator=generator, **train.LEAVES),
-        train._photo_tiles(train.TRAIN_PHOTOS, 128)]))
+    images = train_levels.training_images(192, generator)
     data = kd.batches(images, size=64, batch_size=16, generator=generator, degrade=_jpeg)
     sets = {"grey": train._validation_photos(256),
             "colour": train._colour_validation_photos(256)}
