@@ -1978,11 +1978,18 @@ def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, mo
     saved = path.read_bytes()
     assert bound.main([str(path), "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("start: grey jpeg 50 ") and "step 2 (" in out and "colour jpeg 90" in out
+    assert "\nstart: grey jpeg 50 " in out and "step 2 (" in out and "colour jpeg 90" in out
     assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    def missing(size):
+        raise ImportError("No module named 'sklearn'")
+
+    monkeypatch.setattr(train, "_colour_validation_photos", missing)
+    with pytest.raises(SystemExit):
+        bound.main([str(path), "--steps", "2"])
+    assert "the photos need the eval extra" in capsys.readouterr().err
     sharpen.save_model(path, sharpen.unet(width=4, depth=2, blocks=1))
-    for bad, match in [([str(path)], "is not a U-Net told levels"),
-                       ([str(SHIPPED / "levels.pt")], "is not a U-Net told levels"),
+    for bad, match in [([str(path)], "is blind, not a sharpening model told levels"),
+                       ([str(SHIPPED / "levels.pt")], "is a level estimator, not a sharpening"),
                        ([str(tmp_path / "none.pt")], "model: "),
                        ([str(path), "--steps", "0"], "--steps must be >= 1, got 0"),
                        ([str(path), "--lr", "-1"], "--lr must be >= 0, got -1.0")]:

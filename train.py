@@ -147,8 +147,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --conditioned and --blur real: this share of the training images "
                    "told their levels (not unknown, not told their shape or kernel) are told "
                    "the levels --estimator reads from them instead, as python sharpen.py "
-                   "photo.jpg tells a photo by default; the teacher, where it is trained or "
-                   "distils, is told them too (default 0)")
+                   "photo.jpg tells a photo by default; the teacher, trained here or given by "
+                   "--teacher, is told them too (default 0)")
     p.add_argument("--estimator", type=Path, default=None, metavar="ESTIMATOR.pt",
                    help="with --estimated: the level estimator (default: weights/levels.pt)")
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
@@ -224,8 +224,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 <= args.estimated <= 1:
         p.error(f"--estimated must be in [0, 1], got {args.estimated}")
     if args.estimated and (not args.conditioned or args.blur != "real"):
-        p.error(f"--estimated needs --conditioned and --blur real, got --conditioned "
-                f"{args.conditioned} and --blur {args.blur}")
+        given = f"--conditioned {args.conditioned}" if args.conditioned else "no --conditioned"
+        p.error(f"--estimated needs --conditioned and --blur real, got {given} and --blur "
+                f"{args.blur}")
     if args.estimator is not None and not args.estimated:
         p.error(f"--estimator {args.estimator} needs --estimated SHARE > 0")
     if args.real_blur and args.data is None:

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         "a grain of brightness (sharpen.degrade's grey_noise) (0.0)")
     p.add_argument("--asymmetric-blur", type=float, default=1.0, metavar="FACTOR",
                    help="read the blur of a kernel that is not point-symmetric (camera shake) as "
-                        "FACTOR times its spread: 0 teaches it to read shake as no blur (a model "
-                        "told one blur number cannot undo a shake anyway) (1.0)")
+                        "FACTOR (0 to 1) times its spread: 0 teaches it to read shake as no "
+                        "blur (a model told one blur number cannot undo a shake anyway) (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     args = p.parse_args(argv)

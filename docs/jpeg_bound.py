@@ -5,8 +5,7 @@
 Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
 images of ``train_levels.py`` (dead leaves and photo tiles), compressed at qualities 30-95 and
 told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate, no
-gradient clipping.
-Every 500 steps and at the start it prints the mean gain (worst image's in brackets) on the
+gradient clipping. Every 500 steps and at the start it prints the mean gain (worst image's in brackets) on the
 grey and colour validation photos under JPEG 50 and JPEG 90, told the quality, as
 ``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
 bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
@@ -52,11 +51,13 @@ def _scores(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python docs/jpeg_bound.py",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("model", type=Path, help="a conditioned model file (sharpen.save_model)")
-    p.add_argument("--steps", type=int, default=1500, help="(1500)")
-    p.add_argument("--lr", type=float, default=5e-4, help="(0.0005)")
+    p = argparse.ArgumentParser(prog="python docs/jpeg_bound.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path,
+                   help="a conditioned sharpening model file, such as weights/student.pt")
+    p.add_argument("--steps", type=int, default=1500, help="fine-tuning steps (1500)")
+    p.add_argument("--lr", type=float, default=5e-4,
+                   help="Adam's learning rate, cosine-annealed to 0 (0.0005)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -67,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         p.error(f"model: {e}")
     if not getattr(model, "conditioned", 0):
-        p.error(f"{args.model} is not a U-Net told levels (unet(conditioned>=1)): it cannot be "
-                f"told the quality")
+        what = "a level estimator" if isinstance(model, sharpen.LevelNet) else "blind"
+        p.error(f"{args.model} is {what}, not a sharpening model told levels (such as "
+                f"weights/student.pt): it cannot be told the quality")
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    images = train_levels.training_images(192, generator)
+    try:
+        images = train_levels.training_images(192, generator)
+        sets = {"grey": train._validation_photos(256),
+                "colour": train._colour_validation_photos(256)}
+    except ImportError as e:
+        p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     data = kd.batches(images, size=64, batch_size=16, generator=generator, degrade=_jpeg)
-    sets = {"grey": train._validation_photos(256),
-            "colour": train._colour_validation_photos(256)}
+    print("mean gain in dB over the input (worst image's), told the quality", flush=True)
     print(f"start: {_scores(model, sets)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
