@@ -5,9 +5,9 @@
 Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
 images of ``train_levels.py`` (dead leaves and photo tiles), compressed at qualities 30-95 and
 told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate, no
-gradient clipping. Every 500 steps and at the start it prints the mean gain (worst image's in brackets) on the
-grey and colour validation photos under JPEG 50 and JPEG 90, told the quality, as
-``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
+gradient clipping. Every 500 steps and at the start it prints the mean gain (worst image's in
+brackets) on the grey and colour validation photos under JPEG 50 and JPEG 90, told the quality,
+as ``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
 bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
 """
 
