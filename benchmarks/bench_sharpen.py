@@ -11,9 +11,12 @@
    the teacher and the student, float32 and, where ``sharpen.fast_bf16`` says the hardware
    computes it natively, bf16, with input and weights channels_last (as ``sharpen()`` runs
    them) against weights left as built (the input alone channels_last); the student at 720p
-   under ``torch.compile`` (inductor, frozen weights), for video, with its compile time; the PSNR
-   between the bf16 and float32 outputs of trained models (the shipped weights, when present) on
-   a photograph.
+   under ``torch.compile`` (inductor, frozen weights), for video, with its compile time; with
+   torchao installed, the student quantized to int8 (torchao's PT2E flow, its x86 inductor
+   quantizer: static, weights per channel, calibrated on three blurred photographs), compiled,
+   interleaved with the compiled float32 and bf16 ones, and the PSNR between its output and
+   float32's at 720p; the PSNR between the bf16 and float32 outputs of trained models (the
+   shipped weights, when present) on a photograph.
 3. ``sharpen()`` on a 4000x3000 photo with the student: wall time and peak memory in fresh
    processes, with the overlap derived from the receptive field against the former fixed 128,
    and the CLI end to end (load PNG, sharpen, save PNG).
@@ -140,6 +143,7 @@ def bench_models(rounds: int) -> None:
         print(f"   student  {precision}, torch.compile: 720p {fps['compiled']:.2f} fps against "
               f"{fps['eager']:.2f} eager (channels_last), {fps['compiled'] / fps['eager']:.2f}x; "
               f"compiling took {compile_s:.0f} s")
+    bench_int8(models["student"], precisions, rounds)
     from skimage import data
 
     photo = torch.from_numpy(data.astronaut()[:256, :256]).permute(2, 0, 1).float() / 255
@@ -149,6 +153,63 @@ def bench_models(rounds: int) -> None:
         bf16 = sharpen.sharpen(model, blurred, precision="bf16")
         print(f"   {name}: PSNR between its bf16 and float32 outputs on a 256x256 photo: "
               f"{metrics.psnr(bf16, fp32).item():.1f} dB")
+
+
+def blurred_720p(name: str) -> torch.Tensor:
+    from skimage import data
+
+    photo = torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float()[None] / 255
+    photo = torch.nn.functional.interpolate(photo, size=(720, 1280), mode="bilinear")
+    return sharpen.gaussian_blur(photo, 1.5).contiguous(memory_format=torch.channels_last)
+
+
+def int8_student(student: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module | None:
+    """The student quantized to int8 by torchao's PT2E flow and compiled; None without torchao.
+
+    Static quantization by the x86 inductor quantizer (weights per channel), calibrated on three
+    blurred photographs at 720p, apart from the scored ``x``; compiled on ``x``.
+    """
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError:
+        return None
+    model = copy.deepcopy(student).eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+        for name in ("coffee", "chelsea", "rocket"):
+            prepared(blurred_720p(name))
+        int8 = torch.compile(convert_pt2e(prepared))
+        int8(x)
+    return int8
+
+
+def bench_int8(student: torch.nn.Module, precisions: list[str], rounds: int) -> None:
+    """The student in int8 (torchao's PT2E quantization) against compiled float32 and bf16."""
+    x = blurred_720p("astronaut")
+    start = time.perf_counter()
+    int8 = int8_student(student, x)
+    if int8 is None:
+        print("   torchao not installed: int8 skipped")
+        return
+    quantize_s = time.perf_counter() - start
+    compiled = torch.compile(copy.deepcopy(student).eval().to(memory_format=torch.channels_last))
+
+    def run(precision: str) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
+                                             enabled=precision == "bf16"):
+            return int8(x) if precision == "int8" else compiled(x)
+
+    outputs = {p: run(p).float() for p in ["int8", *precisions]}  # compiled once each
+    times = interleaved({p: functools.partial(run, p) for p in outputs}, rounds=rounds)
+    fps = {p: 1 / float(np.median(v)) for p, v in times.items()}
+    others = ", ".join(f"{fps[p]:.2f} compiled {p}" for p in precisions)
+    print(f"   student  int8, torch.compile: 720p {fps['int8']:.2f} fps against {others} "
+          f"(quantized and compiled in {quantize_s:.0f} s); PSNR between its int8 and float32 "
+          f"outputs on a blurred photo at 720p: "
+          f"{metrics.psnr(outputs['int8'].clamp(0, 1), outputs['fp32'].clamp(0, 1)).item():.1f} dB")
 
 
 SHARPEN_SCRIPT = """
@@ -209,7 +270,8 @@ def main():
     torch.set_num_threads(args.threads)
     cpu = torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, native bf16: "
-          f"{sharpen.fast_bf16()}; load {os.getloadavg()}")
+          f"{sharpen.fast_bf16()}; load {os.getloadavg()}; GLIBC_TUNABLES "
+          f"{os.environ.get('GLIBC_TUNABLES', 'unset')}")
     bench_blur(args.rounds)
     bench_models(max(3, args.rounds // 2))
     bench_big(args.threads, 3)
