@@ -42,7 +42,7 @@ from torch._inductor import config as inductor_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from timing import interleaved  # noqa: E402
+from timing import interleaved, machine  # noqa: E402
 
 import metrics  # noqa: E402
 import sharpen  # noqa: E402
@@ -143,7 +143,7 @@ def bench_models(rounds: int) -> None:
         print(f"   student  {precision}, torch.compile: 720p {fps['compiled']:.2f} fps against "
               f"{fps['eager']:.2f} eager (channels_last), {fps['compiled'] / fps['eager']:.2f}x; "
               f"compiling took {compile_s:.0f} s")
-    bench_int8(models["student"], precisions, rounds)
+    bench_int8(models["student"], precisions, rounds=rounds)
     from skimage import data
 
     photo = torch.from_numpy(data.astronaut()[:256, :256]).permute(2, 0, 1).float() / 255
@@ -156,6 +156,14 @@ def bench_models(rounds: int) -> None:
 
 
 def blurred_720p(name: str) -> torch.Tensor:
+    """A scikit-image photograph resized to 1280x720 and blurred by sigma 1.5.
+
+    Args:
+        name: the photograph's function in ``skimage.data`` (a colour one).
+
+    Returns:
+        (1, 3, 720, 1280) float32, channels_last.
+    """
     from skimage import data
 
     photo = torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float()[None] / 255
@@ -164,10 +172,17 @@ def blurred_720p(name: str) -> torch.Tensor:
 
 
 def int8_student(student: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module | None:
-    """The student quantized to int8 by torchao's PT2E flow and compiled; None without torchao.
+    """The student quantized to int8 by torchao's PT2E flow and compiled.
 
-    Static quantization by the x86 inductor quantizer (weights per channel), calibrated on three
-    blurred photographs at 720p, apart from the scored ``x``; compiled on ``x``.
+    Static quantization by torchao's x86 inductor quantizer (weights per channel), calibrated on
+    three blurred photographs at 720p apart from ``x``, compiled with frozen weights on ``x``.
+
+    Args:
+        student: the float32 model; a copy is quantized.
+        x: (1, 3, H, W) the input it will be called on.
+
+    Returns:
+        The compiled int8 model, or None where torchao's PT2E API cannot be imported.
     """
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -175,7 +190,7 @@ def int8_student(student: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module |
     except ImportError:
         return None
     model = copy.deepcopy(student).eval().to(memory_format=torch.channels_last)
-    with torch.no_grad():
+    with torch.no_grad(), inductor_config.patch(freezing=True):
         quantizer = xiq.X86InductorQuantizer()
         quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
@@ -186,13 +201,19 @@ def int8_student(student: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module |
     return int8
 
 
-def bench_int8(student: torch.nn.Module, precisions: list[str], rounds: int) -> None:
-    """The student in int8 (torchao's PT2E quantization) against compiled float32 and bf16."""
+def bench_int8(student: torch.nn.Module, precisions: list[str], *, rounds: int) -> None:
+    """Prints the student's 720p frames per second in int8 against compiled float32 and bf16.
+
+    Args:
+        student: the float32 model.
+        precisions: "fp32", and "bf16" where native, compiled for comparison.
+        rounds: interleaved timed rounds.
+    """
     x = blurred_720p("astronaut")
     start = time.perf_counter()
     int8 = int8_student(student, x)
     if int8 is None:
-        print("   torchao not installed: int8 skipped")
+        print("   torchao's PT2E quantization not importable (pip install torchao): int8 skipped")
         return
     quantize_s = time.perf_counter() - start
     compiled = torch.compile(copy.deepcopy(student).eval().to(memory_format=torch.channels_last))
@@ -270,7 +291,7 @@ def main():
     torch.set_num_threads(args.threads)
     cpu = torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, native bf16: "
-          f"{sharpen.fast_bf16()}; load {os.getloadavg()}; GLIBC_TUNABLES "
+          f"{sharpen.fast_bf16()}; {machine()}; load {os.getloadavg()}; GLIBC_TUNABLES "
           f"{os.environ.get('GLIBC_TUNABLES', 'unset')}")
     bench_blur(args.rounds)
     bench_models(max(3, args.rounds // 2))

@@ -1,22 +1,26 @@
-"""The compiled student's frames per second at 1280x720, fresh processes, allocator as is or tuned.
+"""The compiled student's frames per second at 1280x720, one precision per fresh process.
 
-    pip install -e ".[bench]" && python benchmarks/bench_video.py [--processes 3] [--frames 10]
+    pip install -e ".[bench]" && python benchmarks/bench_video.py [--processes 3] [--frames 20]
 
-The way "Many frames of one size" in the README runs a video: the shipped student (or a new one
-without ``weights/``), channels_last, compiled with frozen weights, called on one blurred 720p
-photograph again and again. In each process, float32, bf16 (where ``sharpen.fast_bf16`` says the
-hardware computes it natively) and, with torchao installed, int8 (``bench_sharpen.int8_student``)
-are compiled, then timed frame by frame, interleaved; the process prints the median frames per
-second of each, with the min-max over its frames. Processes alternate between glibc's allocator
-as it comes and the allocator told to keep freed memory (``GLIBC_TUNABLES`` below), which in one
-process can decide whether each frame's large buffers are mapped afresh; last, the median over
-the processes of each.
+The way "Many frames of one size" in the README runs a video, blind: the shipped student (or a
+new one without ``weights/``), channels_last, compiled with frozen weights, called on one
+blurred 720p photograph again and again, the frames in memory (no PNG reading or writing). Each
+process compiles one precision (float32; bf16 where ``sharpen.fast_bf16`` says the hardware
+computes it natively; int8 from ``bench_sharpen.int8_student`` with torchao installed) and times
+``--frames`` frames after the first, which compiles; it reports the median frames per second,
+the min-max over its frames, and the minor page faults per timed frame.
+
+Each precision runs in ``--processes`` processes with glibc's allocator as it comes and as many
+with the allocator told to keep the memory it frees (``TUNED``, set as ``GLIBC_TUNABLES``), the
+two alternating, which goes first swapped each round. Last, the median over the processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,10 +30,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNED = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+MARK = "RESULT "
 
 
-def one_process(frames: int, threads: int) -> None:
-    """Compiles the variants, times them over ``frames`` interleaved frames, prints one line."""
+def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float]:
+    """Times the student at one precision in this process.
+
+    Args:
+        precision: "fp32", "bf16" or "int8".
+        frames: timed frames, after one that compiles.
+        threads: torch threads.
+
+    Returns:
+        fps (median), slowest and fastest (frames per second), faults (minor page faults per
+        timed frame); empty if the precision cannot run here (bf16 not native, no torchao).
+    """
     import torch
     from torch._inductor import config as inductor_config
 
@@ -43,70 +58,91 @@ def one_process(frames: int, threads: int) -> None:
     inductor_config.freezing = True
     student = trained("student").eval().to(memory_format=torch.channels_last)
     x = blurred_720p("astronaut")
-    compiled = torch.compile(student)
-    variants = {"fp32": compiled}
-    if sharpen.fast_bf16():
-        variants["bf16"] = compiled
-    int8 = int8_student(student, x)
-    if int8 is not None:
-        variants["int8"] = int8
-    seconds = {name: [] for name in variants}
-    with torch.no_grad():
-        for i in range(frames + 1):  # frame 0 compiles
-            for name, model in variants.items():
-                with torch.autocast("cpu", torch.bfloat16, enabled=name == "bf16"):
-                    start = time.perf_counter()
-                    model(x)
-                    if i:
-                        seconds[name].append(time.perf_counter() - start)
-    print(" ".join(f"{name}={1 / np.median(s):.2f},{1 / max(s):.2f},{1 / min(s):.2f}"
-                   for name, s in seconds.items()))
+    if precision == "bf16" and not sharpen.fast_bf16():
+        return {}
+    model = int8_student(student, x) if precision == "int8" else torch.compile(student)
+    if model is None:
+        return {}
+    seconds = []
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        model(x)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(frames):
+            start = time.perf_counter()
+            model(x)
+            seconds.append(time.perf_counter() - start)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"fps": 1 / float(np.median(seconds)), "slowest": 1 / max(seconds),
+            "fastest": 1 / min(seconds), "faults": faults / frames}
+
+
+def child(*, precision: str, frames: int, threads: int, tuned: bool) -> dict[str, float]:
+    """Runs ``one_process`` in a fresh interpreter, the allocator as is or ``TUNED``."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tuned:
+        env["GLIBC_TUNABLES"] = TUNED
+    r = subprocess.run([sys.executable, __file__, "--child", precision, "--frames", str(frames),
+                        "--threads", str(threads)], env=env, capture_output=True, text=True)
+    lines = [line for line in r.stdout.splitlines() if line.startswith(MARK)]
+    if r.returncode or len(lines) != 1:
+        sys.exit(f"the {precision} process failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(lines[0][len(MARK):])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=3,
-                        help="fresh processes per allocator setting (default 3)")
-    parser.add_argument("--frames", type=int, default=10,
-                        help="timed frames per variant in each process (default 10)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+                        help="fresh processes per precision and allocator setting (default 3)")
+    parser.add_argument("--frames", type=int, default=20,
+                        help="timed frames in each process (default 20)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--child", choices=["fp32", "bf16", "int8"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.processes < 1 or args.frames < 1 or args.threads < 1:
         parser.error("--processes, --frames and --threads must be at least 1, got "
                      f"{args.processes}, {args.frames}, {args.threads}")
     if args.child:
-        one_process(args.frames, args.threads)
+        print(MARK + json.dumps(one_process(precision=args.child, frames=args.frames,
+                                            threads=args.threads)))
         return
     import torch
 
-    print(f"torch {torch.__version__}, {args.threads} threads, "
-          f"{torch.backends.cpu.get_cpu_capability()}; load {os.getloadavg()}")
-    print(f"student at 1280x720, compiled, {args.frames} frames per process; fps median "
-          "(min-max over its frames):")
-    settings = {"as is": None, "tuned": TUNED}
-    fps = {setting: {} for setting in settings}
-    for _ in range(args.processes):
-        for setting, tunables in settings.items():
-            env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-            if tunables:
-                env["GLIBC_TUNABLES"] = tunables
-            out = subprocess.run([sys.executable, __file__, "--child", "--frames",
-                                  str(args.frames), "--threads", str(args.threads)],
-                                 env=env, capture_output=True, text=True, check=True).stdout
-            cells = dict(cell.split("=") for cell in out.strip().splitlines()[-1].split())
-            line = []
-            for name, cell in cells.items():
-                med, lo, hi = (float(v) for v in cell.split(","))
-                fps[setting].setdefault(name, []).append(med)
-                line.append(f"{name} {med:5.2f} ({lo:.2f}-{hi:.2f})")
-            print(f"   allocator {setting:5s}: " + "   ".join(line), flush=True)
-    print(f"median over {args.processes} processes (min-max of their medians); "
-          f"tuned: GLIBC_TUNABLES={TUNED}")
-    for setting, by_name in fps.items():
-        print(f"   allocator {setting:5s}: " + "   ".join(
-            f"{name} {np.median(v):5.2f} ({min(v):.2f}-{max(v):.2f})"
-            for name, v in by_name.items()))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from timing import machine
+
+    try:
+        from importlib.metadata import version
+        torchao = f"torchao {version('torchao')}"
+    except Exception:
+        torchao = "no torchao"
+    print(f"torch {torch.__version__}, {torchao}, {args.threads} threads, "
+          f"{torch.backends.cpu.get_cpu_capability()}; {machine()}; load {os.getloadavg()}")
+    print(f"the compiled student at 1280x720, blind, {args.frames} frames per process: fps "
+          "median (min-max over its frames), minor page faults per frame")
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for precision in ("fp32", "bf16", "int8"):
+        for i in range(args.processes):
+            for tuned in (False, True) if i % 2 == 0 else (True, False):
+                r = child(precision=precision, frames=args.frames, threads=args.threads,
+                          tuned=tuned)
+                if not r:
+                    break
+                setting = "tuned" if tuned else "as is"
+                results.setdefault((precision, setting), []).append(r)
+                print(f"   {precision} allocator {setting:5s}: {r['fps']:6.2f} fps "
+                      f"({r['slowest']:.2f}-{r['fastest']:.2f}), {r['faults']:8.0f} faults",
+                      flush=True)
+            if not r:
+                print(f"   {precision}: not run here (bf16 not native, or no torchao)")
+                break
+    print(f"median over {args.processes} processes (min-max of their medians); tuned: "
+          f"GLIBC_TUNABLES={TUNED}")
+    for (precision, setting), rs in results.items():
+        fps = [r["fps"] for r in rs]
+        print(f"   {precision} allocator {setting:5s}: {np.median(fps):6.2f} fps "
+              f"({min(fps):.2f}-{max(fps):.2f}), "
+              f"{np.median([r['faults'] for r in rs]):8.0f} faults")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The timers the benchmark scripts share (each script's folder is on sys.path when run)."""
+"""The timers and the machine header that the benchmark scripts share (each script's folder is on
+sys.path when run)."""
 
 import time
 from collections.abc import Callable
@@ -16,3 +17,24 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: 
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def machine() -> str:
+    """The CPU's model name, its AMX and AVX-512 bf16 flags, and the C library, for a header."""
+    import platform
+
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f.startswith("amx") or f == "avx512_bf16")
+    libc = " ".join(platform.libc_ver()) or "unknown libc"
+    return f"{model}, flags {' '.join(wanted) or 'no amx or avx512_bf16'}, {libc}"
