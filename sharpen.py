@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import math
 import numbers
@@ -1355,7 +1356,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
 
     Images larger than ``tile`` x ``tile`` are read in tiles (memory stays bounded), whose
-    guesses are weighted over the whole image as if in one piece.
+    guesses are weighted over the whole image as if in one piece. A copy of the estimator runs,
+    in eval mode with tiles and weights laid out channels_last (as ``sharpen`` runs models).
 
     Args:
         estimator: A ``level_estimator`` (``LevelNet``), trained.
@@ -1381,14 +1383,15 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     if min(x.shape[-2:]) < _LEVEL_SIDE:
         raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
                          f"{tuple(x.shape[-2:])}")
-    first = next(estimator.eval().parameters())
+    estimator = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
+    first = next(estimator.parameters())
     top = torch.full((len(x), len(LEVELS)), -math.inf, device=x.device)  # running max logit
     weight, total = torch.zeros_like(top), torch.zeros_like(top)
     with torch.no_grad():
         for y0 in range(0, x.shape[-2], tile):
             for x0 in range(0, x.shape[-1], tile):
-                part = x[..., y0 : y0 + tile, x0 : x0 + tile]
-                out = estimator.parts(part.to(first.device, first.dtype))
+                part = x[..., y0 : y0 + tile, x0 : x0 + tile].to(first.device, first.dtype)
+                out = estimator.parts(part.contiguous(memory_format=torch.channels_last))
                 guess, logit = out.float().to(x.device).flatten(2).split(len(LEVELS), 1)
                 new_top = torch.maximum(top, logit.amax(-1))
                 shrink, w = (top - new_top).exp(), (logit - new_top[..., None]).exp()

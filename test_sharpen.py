@@ -2154,6 +2154,20 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     assert not torch.equal(whole, expected)
 
 
+def test_estimate_levels_leaves_the_estimator_as_it_was_and_reads_any_layout():
+    est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.3).train()
+    before = {k: v.clone() for k, v in est.state_dict().items()}
+    x = torch.rand(2, 3, 40, 50, generator=gen())
+    levels = sharpen.estimate_levels(est, x)  # run channels_last, as sharpen() runs models
+    assert est.training
+    assert all(torch.equal(v, before[k]) and v.is_contiguous() for k, v in est.state_dict().items())
+    with torch.no_grad():
+        scaled = est(x)
+    torch.testing.assert_close(levels[:, 0], 3 * scaled[:, 0].clamp_min(0))
+    last = sharpen.estimate_levels(est, x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(last, levels)
+
+
 LEVELS_SHARP = torch.tensor([[0.0, 0.0, 100.0]] * 2)  # two images, untouched
 
 

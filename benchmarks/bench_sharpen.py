@@ -18,8 +18,9 @@
    float32's at 720p; the PSNR between the bf16 and float32 outputs of trained models (the
    shipped weights, when present) on a photograph.
 3. ``sharpen()`` on a 4000x3000 photo with the student: wall time and peak memory in fresh
-   processes, with the overlap derived from the receptive field against the former fixed 128,
-   and the CLI end to end (load PNG, sharpen, save PNG).
+   processes, with the overlap derived from the receptive field against the former fixed 128;
+   ``estimate_levels`` with the level estimator on it; and the CLI end to end (load PNG,
+   estimate the levels, sharpen, save PNG).
 """
 
 from __future__ import annotations
@@ -266,6 +267,17 @@ def bench_big(threads: int, runs: int) -> None:
         what = "derived from the receptive field" if overlap == "None" else "128 (the former)"
         print(f"   overlap {what}: {np.median(seconds):.2f} s ({seconds[0]:.2f}-{seconds[-1]:.2f})"
               f", peak RSS {max(peak):.2f} GB (input alone: {max(base):.2f} GB)")
+    levels_path = ROOT / "weights" / "levels.pt"
+    estimator = (sharpen.load_model(levels_path) if levels_path.is_file()
+                 else sharpen.level_estimator())
+    img = torch.rand(1, 3, 3000, 4000)
+    seconds = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sharpen.estimate_levels(estimator, img)
+        seconds.append(time.perf_counter() - t)
+    print(f"   estimate_levels (the CLI's default) on it, in this process: {np.median(seconds):.2f}"
+          f" s ({min(seconds):.2f}-{max(seconds):.2f})")
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         small = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
@@ -279,8 +291,8 @@ def bench_big(threads: int, runs: int) -> None:
         subprocess.run(cmd, check=True, capture_output=True)
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    print(f"   CLI `python sharpen.py big.png` (load PNG, sharpen, save PNG): {seconds:.1f} s, "
-          f"peak RSS of the largest child process {peak:.2f} GB")
+    print(f"   CLI `python sharpen.py big.png` (load PNG, estimate, sharpen, save PNG): "
+          f"{seconds:.1f} s, peak RSS of the largest child process {peak:.2f} GB")
 
 
 def main():
