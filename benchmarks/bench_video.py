@@ -136,7 +136,7 @@ def main() -> None:
             if not r:
                 print(f"   {precision}: not run here (bf16 not native, or no torchao)")
                 break
-    print(f"median over {args.processes} processes (min-max of their medians); tuned: "
+    print(f"median over the processes ({args.processes} each; min-max of their medians); tuned: "
           f"GLIBC_TUNABLES={TUNED}")
     for (precision, setting), rs in results.items():
         fps = [r["fps"] for r in rs]
