@@ -2154,18 +2154,28 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     assert not torch.equal(whole, expected)
 
 
-def test_estimate_levels_leaves_the_estimator_as_it_was_and_reads_any_layout():
+def test_estimate_levels_runs_a_channels_last_copy_and_leaves_the_estimator_as_it_was(
+        monkeypatch):
     est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.3).train()
     before = {k: v.clone() for k, v in est.state_dict().items()}
-    x = torch.rand(2, 3, 40, 50, generator=gen())
-    levels = sharpen.estimate_levels(est, x)  # run channels_last, as sharpen() runs models
-    assert est.training
+    x = torch.rand(2, 3, 70, 90, generator=gen())
+    seen = []
+    parts = sharpen.LevelNet.parts
+
+    def spy(self, part):
+        seen.append((self is not est, self.training,
+                     part.is_contiguous(memory_format=torch.channels_last),
+                     self.body[0].weight.is_contiguous(memory_format=torch.channels_last)))
+        return parts(self, part)
+
+    monkeypatch.setattr(sharpen.LevelNet, "parts", spy)
+    levels = sharpen.estimate_levels(est, x, tile=64)  # 2 x 2 tiles
+    assert seen == [(True, False, True, True)] * 4
+    assert all(m.training for m in est.modules())
     assert all(torch.equal(v, before[k]) and v.is_contiguous() for k, v in est.state_dict().items())
-    with torch.no_grad():
-        scaled = est(x)
-    torch.testing.assert_close(levels[:, 0], 3 * scaled[:, 0].clamp_min(0))
-    last = sharpen.estimate_levels(est, x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(last, levels)
+    torch.testing.assert_close(
+        sharpen.estimate_levels(est, x.contiguous(memory_format=torch.channels_last), tile=64),
+        levels)
 
 
 LEVELS_SHARP = torch.tensor([[0.0, 0.0, 100.0]] * 2)  # two images, untouched

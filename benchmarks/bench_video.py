@@ -8,7 +8,8 @@ blurred 720p photograph again and again, the frames in memory (no PNG reading or
 process compiles one precision (float32; bf16 where ``sharpen.fast_bf16`` says the hardware
 computes it natively; int8 from ``bench_sharpen.int8_student`` with torchao installed) and times
 ``--frames`` frames after the first, which compiles; it reports the median frames per second,
-the min-max over its frames, and the minor page faults per timed frame.
+the min-max over its frames, the minor page faults per timed frame and its peak resident
+memory (the summary: the largest).
 
 Each precision runs in ``--processes`` processes with glibc's allocator as it comes and as many
 with the allocator told to keep the memory it frees (``TUNED``, set as ``GLIBC_TUNABLES``), the
@@ -38,12 +39,13 @@ def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float
 
     Args:
         precision: "fp32", "bf16" or "int8".
-        frames: timed frames, after one that compiles.
-        threads: torch threads.
+        frames: Timed frames, after one that compiles.
+        threads: Torch threads.
 
     Returns:
         fps (median), slowest and fastest (frames per second), faults (minor page faults per
-        timed frame); empty if the precision cannot run here (bf16 not native, no torchao).
+        timed frame) and peak_gb (the process's peak resident memory); empty if the precision
+        cannot run here (bf16 not native, or torchao's PT2E API not importable).
     """
     import torch
     from torch._inductor import config as inductor_config
@@ -54,12 +56,12 @@ def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float
 
     import sharpen
 
+    if precision == "bf16" and not sharpen.fast_bf16():
+        return {}
     torch.set_num_threads(threads)
     inductor_config.freezing = True
     student = trained("student").eval().to(memory_format=torch.channels_last)
     x = blurred_720p("astronaut")
-    if precision == "bf16" and not sharpen.fast_bf16():
-        return {}
     model = int8_student(student, x) if precision == "int8" else torch.compile(student)
     if model is None:
         return {}
@@ -73,11 +75,22 @@ def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float
             seconds.append(time.perf_counter() - start)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {"fps": 1 / float(np.median(seconds)), "slowest": 1 / max(seconds),
-            "fastest": 1 / min(seconds), "faults": faults / frames}
+            "fastest": 1 / min(seconds), "faults": faults / frames,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def child(*, precision: str, frames: int, threads: int, tuned: bool) -> dict[str, float]:
-    """Runs ``one_process`` in a fresh interpreter, the allocator as is or ``TUNED``."""
+def child(*, precision: str, frames: int, threads: int, tuned: bool) -> dict[str, float] | str:
+    """Runs ``one_process`` in a fresh interpreter.
+
+    Args:
+        precision: "fp32", "bf16" or "int8".
+        frames: Timed frames.
+        threads: Torch threads.
+        tuned: Whether glibc's allocator is told ``TUNED`` (else ``GLIBC_TUNABLES`` is unset).
+
+    Returns:
+        ``one_process``'s result, or the end of the process's stderr if it failed.
+    """
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if tuned:
         env["GLIBC_TUNABLES"] = TUNED
@@ -85,7 +98,7 @@ def child(*, precision: str, frames: int, threads: int, tuned: bool) -> dict[str
                         "--threads", str(threads)], env=env, capture_output=True, text=True)
     lines = [line for line in r.stdout.splitlines() if line.startswith(MARK)]
     if r.returncode or len(lines) != 1:
-        sys.exit(f"the {precision} process failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        return f"exit {r.returncode}: {r.stderr.strip()[-2000:]}"
     return json.loads(lines[0][len(MARK):])
 
 
@@ -126,13 +139,16 @@ def main() -> None:
             for tuned in (False, True) if i % 2 == 0 else (True, False):
                 r = child(precision=precision, frames=args.frames, threads=args.threads,
                           tuned=tuned)
-                if not r:
+                if not r or isinstance(r, str):
                     break
                 setting = "tuned" if tuned else "as is"
                 results.setdefault((precision, setting), []).append(r)
                 print(f"   {precision} allocator {setting:5s}: {r['fps']:6.2f} fps "
-                      f"({r['slowest']:.2f}-{r['fastest']:.2f}), {r['faults']:8.0f} faults",
-                      flush=True)
+                      f"({r['slowest']:.2f}-{r['fastest']:.2f}), {r['faults']:8.0f} faults, "
+                      f"peak {r['peak_gb']:.2f} GB", flush=True)
+            if isinstance(r, str):
+                print(f"   {precision}: the process failed, {r}")
+                break
             if not r:
                 print(f"   {precision}: not run here (bf16 not native, or no torchao)")
                 break
@@ -142,7 +158,8 @@ def main() -> None:
         fps = [r["fps"] for r in rs]
         print(f"   {precision} allocator {setting:5s}: {np.median(fps):6.2f} fps "
               f"({min(fps):.2f}-{max(fps):.2f}), "
-              f"{np.median([r['faults'] for r in rs]):8.0f} faults")
+              f"{np.median([r['faults'] for r in rs]):8.0f} faults, "
+              f"peak {max(r['peak_gb'] for r in rs):.2f} GB")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""The timers and the machine header that the benchmark scripts share (each script's folder is on
-sys.path when run)."""
+"""The timers and the machine header that the benchmark scripts share.
 
+Each script's folder is on sys.path when it runs, so they import this as ``timing``.
+"""
+
+import platform
 import time
 from collections.abc import Callable
 
@@ -21,8 +24,6 @@ def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int, warmup: 
 
 def machine() -> str:
     """The CPU's model name, its AMX and AVX-512 bf16 flags, and the C library, for a header."""
-    import platform
-
     model, flags = platform.processor() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -36,5 +37,5 @@ def machine() -> str:
     except OSError:
         pass
     wanted = sorted(f for f in flags if f.startswith("amx") or f == "avx512_bf16")
-    libc = " ".join(platform.libc_ver()) or "unknown libc"
+    libc = " ".join(filter(None, platform.libc_ver())) or "unknown libc"
     return f"{model}, flags {' '.join(wanted) or 'no amx or avx512_bf16'}, {libc}"
