@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(estimator, sharpen.LevelNet):
                 raise ValueError(f"--estimator {path} is not a level estimator "
                                  f"(train_levels.py's)")
-            train_degrade = functools.partial(train_degrade, estimator=estimator.eval())
+            train_degrade = functools.partial(train_degrade, estimator=estimator)
         args.out.mkdir(parents=True, exist_ok=True)
         given_teacher, init_teacher, init_student = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)
