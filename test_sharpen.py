@@ -1998,6 +1998,26 @@ def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, mo
         assert match in capsys.readouterr().err
 
 
+def test_docs_jpeg_bound_guided_chroma_restores_chroma_linear_in_luma(monkeypatch, capsys):
+    bound = _docs_script("jpeg_bound")
+    luma = torch.rand(2, 1, 32, 32, generator=gen()) * 0.5 + 0.25
+    chroma = torch.cat([0.3 * luma - 0.1, -0.2 * luma + 0.05], 1)  # a linear function of luma
+    sharp = bound._rgb(torch.cat([luma, chroma], 1))
+    subsampled = F.interpolate(F.avg_pool2d(chroma, 2), scale_factor=2, mode="bilinear")
+    x = bound._rgb(torch.cat([luma, subsampled], 1))  # 4:2:0 as libjpeg decodes it, unquantised
+    assert (x - sharp).abs().max() > 0.01
+    torch.testing.assert_close(bound.guided_chroma(x, eps=1e-12), sharp, atol=1e-5, rtol=0)
+    grey = luma.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(bound.guided_chroma(grey), grey, atol=1e-6, rtol=0)
+    photos = torch.rand(2, 3, 32, 32, generator=gen(1))
+    monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photos)
+    path = SHIPPED / "student.pt"
+    assert bound.main([str(path), "--where"]) == 0
+    out = capsys.readouterr().out
+    assert "jpeg 90 (input " in out and "true chroma +" in out
+    assert "guided chroma, then model told " in out
+
+
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
                                                                       capsys):
     robustness, compare = _docs_script("robustness"), _docs_script("compare_runs")

@@ -1,6 +1,7 @@
 """How much a model of a given size can gain on JPEG alone: a bound for the JPEG targets.
 
     pip install -e ".[eval]" && python docs/jpeg_bound.py weights/student.pt --steps 1500
+    python docs/jpeg_bound.py weights/student.pt --where
 
 Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
 images of ``train_levels.py`` (dead leaves and photo tiles), compressed at qualities 30-95 and
@@ -9,6 +10,11 @@ gradient clipping. Every 500 steps and at the start it prints the mean gain (wor
 brackets) on the grey and colour validation photos under JPEG 50 and JPEG 90, told the quality,
 as ``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
 bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
+
+``--where`` instead splits JPEG's loss on the colour validation photos between luma and chroma
+(each put back from the original), and scores a luma-guided chroma step, classical and
+untrained: the chroma gains the luma's detail that 4:2:0 subsampling took from it, scaled by the
+local slope of chroma on luma (guided-filter style), alone and in front of the model.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +57,53 @@ def _scores(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> str:
     return ", ".join(out)
 
 
+_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                     [0.5, -0.418688, -0.081312]])  # JPEG's RGB -> YCbCr, offsets left out
+
+
+def _ycc(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _YCC, x)
+
+
+def _rgb(y: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_YCC), y).clamp(0, 1)
+
+
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(x, (r,) * 4, mode="replicate"), 2 * r + 1, stride=1)
+
+
+def guided_chroma(x: torch.Tensor, *, radius: int = 2, eps: float = 1e-3) -> torch.Tensor:
+    """``x`` (B, 3, H, W) with each chroma plane given back the luma's detail that 4:2:0 loses
+    (luma minus luma 2x2-averaged and upsampled as libjpeg does), times the chroma's local
+    regression slope on that smoothed luma in (2 radius + 1)-pixel windows."""
+    y = _ycc(x)
+    luma, chroma = y[:, :1], y[:, 1:]
+    smooth = F.interpolate(F.avg_pool2d(luma, 2), scale_factor=2, mode="bilinear")
+    mean_l, mean_c = _box(smooth, radius), _box(chroma, radius)
+    slope = (_box(smooth * chroma, radius) - mean_l * mean_c) / (
+        _box(smooth * smooth, radius) - mean_l**2 + eps)
+    return _rgb(torch.cat([luma, chroma + _box(slope, radius) * (luma - smooth)], 1))
+
+
+def _where(model: torch.nn.Module, sharp: torch.Tensor) -> None:
+    print("colour validation photos, mean gain in dB over the input (worst image's)")
+    for name in ("jpeg 50", "jpeg 90"):
+        x, kernels = train._condition(sharp, name, train._validation_seed(name))
+        levels = train._condition_levels(name, kernels)
+        truth, given = _ycc(sharp), _ycc(x)
+        rows = {"true luma": _rgb(torch.cat([truth[:, :1], given[:, 1:]], 1)),
+                "true chroma": _rgb(torch.cat([given[:, :1], truth[:, 1:]], 1)),
+                "guided chroma": guided_chroma(x),
+                "model told": sharpen.sharpen(model, x, precision="fp32", levels=levels),
+                "guided chroma, then model told": sharpen.sharpen(
+                    model, guided_chroma(x), precision="fp32", levels=levels)}
+        base = metrics.psnr(x, sharp)
+        print(f"{name} (input {base.mean():.2f} dB): " + ", ".join(
+            f"{row} {(metrics.psnr(y, sharp) - base).mean():+.2f} "
+            f"({(metrics.psnr(y, sharp) - base).min():+.2f})" for row, y in rows.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python docs/jpeg_bound.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="fine-tuning steps (1500)")
     p.add_argument("--lr", type=float, default=5e-4,
                    help="Adam's learning rate, cosine-annealed to 0 (0.0005)")
+    p.add_argument("--where", action="store_true",
+                   help="split JPEG's loss between luma and chroma instead, and score the "
+                        "luma-guided chroma step (no training)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -71,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         what = "a level estimator" if isinstance(model, sharpen.LevelNet) else "blind"
         p.error(f"{args.model} is {what}, not a sharpening model told levels (such as "
                 f"weights/student.pt): it cannot be told the quality")
+    if args.where:
+        try:
+            _where(model.eval(), train._colour_validation_photos(256))
+        except ImportError as e:
+            p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
+        return 0
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     try:
