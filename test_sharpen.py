@@ -2017,6 +2017,14 @@ def test_docs_jpeg_bound_guided_chroma_restores_chroma_linear_in_luma(monkeypatc
     assert "jpeg 90 (input " in out and "true chroma +" in out
     assert "guided chroma, then model told " in out
 
+    def missing(size):
+        raise ImportError("No module named 'sklearn'")
+
+    monkeypatch.setattr(train, "_colour_validation_photos", missing)
+    with pytest.raises(SystemExit):
+        bound.main([str(path), "--where"])
+    assert "the photos need the eval extra" in capsys.readouterr().err
+
 
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
                                                                       capsys):
