@@ -2009,13 +2009,20 @@ def test_docs_jpeg_bound_guided_chroma_restores_chroma_linear_in_luma(monkeypatc
     torch.testing.assert_close(bound.guided_chroma(x, eps=1e-12), sharp, atol=1e-5, rtol=0)
     grey = luma.expand(-1, 3, -1, -1)
     torch.testing.assert_close(bound.guided_chroma(grey), grey, atol=1e-6, rtol=0)
+    odd = grey[..., :31, :29]
+    torch.testing.assert_close(bound.guided_chroma(odd), odd, atol=1e-6, rtol=0)
+    full, subsampled = bound._jpeg444(sharp, 90), sharpen.jpeg(sharp, 90)
+    assert full.shape == sharp.shape and full.dtype == torch.float32
+    chroma_error = [(bound._ycc(y) - bound._ycc(sharp))[:, 1:].abs().mean()
+                    for y in (full, subsampled)]
+    assert chroma_error[0] < 0.75 * chroma_error[1]  # 4:4:4 keeps more of the chroma
     photos = torch.rand(2, 3, 32, 32, generator=gen(1))
     monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photos)
     path = SHIPPED / "student.pt"
     assert bound.main([str(path), "--where"]) == 0
     out = capsys.readouterr().out
     assert "jpeg 90 (input " in out and "true chroma +" in out
-    assert "guided chroma, then model told " in out
+    assert "guided chroma, then model told " in out and "saved 4:4:4, against that JPEG" in out
 
     def missing(size):
         raise ImportError("No module named 'sklearn'")

@@ -14,18 +14,22 @@ bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
 ``--where`` instead splits JPEG's loss on the colour validation photos between luma and chroma
 (each put back from the original), and scores a luma-guided chroma step, classical and
 untrained: the chroma gains the luma's detail that 4:2:0 subsampling took from it, scaled by the
-local slope of chroma on luma (guided-filter style), alone and in front of the model.
+local slope of chroma on luma (guided-filter style), alone and in front of the model, and on a
+JPEG saved without chroma subsampling (4:4:4), which has no such loss.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,13 +81,25 @@ def guided_chroma(x: torch.Tensor, *, radius: int = 2, eps: float = 1e-3) -> tor
     """``x`` (B, 3, H, W) with each chroma plane given back the luma's detail that 4:2:0 loses
     (luma minus luma 2x2-averaged and upsampled as libjpeg does), times the chroma's local
     regression slope on that smoothed luma in (2 radius + 1)-pixel windows."""
-    y = _ycc(x)
+    h, w = x.shape[-2:]
+    y = _ycc(F.pad(x, (0, w % 2, 0, h % 2), mode="replicate"))  # odd sides padded, as libjpeg does
     luma, chroma = y[:, :1], y[:, 1:]
     smooth = F.interpolate(F.avg_pool2d(luma, 2), scale_factor=2, mode="bilinear")
     mean_l, mean_c = _box(smooth, radius), _box(chroma, radius)
     slope = (_box(smooth * chroma, radius) - mean_l * mean_c) / (
         _box(smooth * smooth, radius) - mean_l**2 + eps)
-    return _rgb(torch.cat([luma, chroma + _box(slope, radius) * (luma - smooth)], 1))
+    return _rgb(torch.cat([luma, chroma + _box(slope, radius) * (luma - smooth)], 1))[..., :h, :w]
+
+
+def _jpeg444(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``sharpen.jpeg`` without chroma subsampling (4:4:4), as some cameras and editors save."""
+    out = []
+    for img in x:
+        buf = io.BytesIO()
+        pixels = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=0)
+        out.append(torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1) / 255)
+    return torch.stack(out)
 
 
 def _where(model: torch.nn.Module, sharp: torch.Tensor) -> None:
@@ -98,10 +114,12 @@ def _where(model: torch.nn.Module, sharp: torch.Tensor) -> None:
                 "model told": sharpen.sharpen(model, x, precision="fp32", levels=levels),
                 "guided chroma, then model told": sharpen.sharpen(
                     model, guided_chroma(x), precision="fp32", levels=levels)}
-        base = metrics.psnr(x, sharp)
-        print(f"{name} (input {base.mean():.2f} dB): " + ", ".join(
-            f"{row} {(metrics.psnr(y, sharp) - base).mean():+.2f} "
-            f"({(metrics.psnr(y, sharp) - base).min():+.2f})" for row, y in rows.items()))
+        full = _jpeg444(sharp, int(name.split()[1]))
+        gains = {row: metrics.psnr(y, sharp) - metrics.psnr(x, sharp) for row, y in rows.items()}
+        gains["guided chroma on the photo saved 4:4:4, against that JPEG"] = (
+            metrics.psnr(guided_chroma(full), sharp) - metrics.psnr(full, sharp))
+        print(f"{name} (input {metrics.psnr(x, sharp).mean():.2f} dB): " + ", ".join(
+            f"{row} {gain.mean():+.2f} ({gain.min():+.2f})" for row, gain in gains.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
