@@ -85,6 +85,23 @@ def _check_module(name: str, value: object) -> None:
     _check_type(name, value, nn.Module, "an nn.Module")
 
 
+def _check_options(amp: object, **losses: object) -> None:
+    if not isinstance(amp, bool):
+        raise TypeError(f"amp must be a bool, got {type(amp).__name__} {amp!r}")
+    for name, fn in losses.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+
+
+def _check_dtype(blurred: torch.Tensor, amp: bool, **models: nn.Module) -> None:
+    """Without autocast, the batch must be in the dtype of each model's weights."""
+    for name, model in models.items():
+        p = next(model.parameters(), None)
+        if not amp and p is not None and p.is_floating_point() and p.dtype != blurred.dtype:
+            raise TypeError(f"blurred is {blurred.dtype} but the weights of {name} are "
+                            f"{p.dtype}: convert one to the other")
+
+
 def _check_pair(blurred: object, sharp: object) -> None:
     for name, t in (("blurred", blurred), ("sharp", sharp)):
         _check_float_tensor(name, t)
@@ -306,8 +323,9 @@ def train_loss(
         ``(loss, {"loss": float})``: the 0-dim loss tensor and its value.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or a batch or ``levels`` is not a
-            floating-point tensor.
+        TypeError: ``model`` is not an ``nn.Module``, a batch or ``levels`` is not a
+            floating-point tensor, the batch is not in the dtype of the model's weights
+            (without ``amp``), ``amp`` is not a bool, or ``loss_fn`` is not callable.
         ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ, ``levels`` is not
             ``(B, 3)``, the model takes no levels, or ``kernel`` is not ``(B, kh, kw)``, comes
             without levels or goes to a model given no estimate.
@@ -321,6 +339,8 @@ def train_loss(
     """
     _check_module("model", model)
     _check_pair(blurred, sharp)
+    _check_options(amp, loss_fn=loss_fn)
+    _check_dtype(blurred, amp, model=model)
     _check_levels(levels, blurred)
     _check_told(levels, kernel, blurred, model=model)
     with _autocast(blurred, amp):
@@ -383,7 +403,9 @@ def distill_loss(
 
     Raises:
         TypeError: a model is not an ``nn.Module``, a batch, ``teacher_output`` or ``levels``
-            is not a floating-point tensor, or ``alpha`` or ``feature_weight`` is not a number.
+            is not a floating-point tensor, the batch is not in the dtype of a model's weights
+            (without ``amp``), ``alpha`` or ``feature_weight`` is not a number, ``amp`` is not
+            a bool, or a loss is not callable.
         ValueError: bad batch shapes, ``alpha`` outside [0, 1], negative ``feature_weight``,
             teacher and student outputs of different shapes, features that do not match,
             ``levels`` not ``(B, 3)``, levels for a model that takes none, or a ``kernel`` as
@@ -393,7 +415,9 @@ def distill_loss(
     _check_module("teacher", teacher)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
+    _check_options(amp, loss_fn=loss_fn, kd_loss_fn=kd_loss_fn)
     run_teacher = {"teacher": teacher} if teacher_output is None or feature_weight else {}
+    _check_dtype(blurred, amp, student=student, **run_teacher)
     _check_told(levels, kernel, blurred, student=student, **run_teacher)
     alpha = _check_number("alpha", alpha, high=1.0)
     feature_weight = _check_number("feature_weight", feature_weight)

@@ -89,6 +89,19 @@ def _check_module(model: object) -> None:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
+def _check_path(name: str, path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        got = type(path).__name__ + ("" if path is None else f" {path!r}")
+        raise TypeError(f"{name} must be a str or os.PathLike, got {got}")
+    return Path(path)
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+
+
 def _image_channels(model: nn.Module) -> int:
     """The image channels a model takes: ``model.in_channels``, else its first conv's."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
@@ -895,6 +908,7 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
 
 LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
 _LEVEL_SIDE = 8  # estimate_levels reads images of at least this side
+_GRID_PEAK = 1.2  # a JPEG's block edges stand out by this much: chosen on the validation photos
 _LEVEL_SCALE = (3.0, 0.04, 70.0)  # blur, noise, 100 - jpeg: degrade(kind="real")'s largest
 
 
@@ -1351,40 +1365,29 @@ def scaled_levels(levels: Tensor) -> Tensor:
                         (100 - jpeg) / _LEVEL_SCALE[2]], 1)
 
 
-def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> Tensor:
-    """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
-    img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
+def _jpeg_grid(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows and columns ``(B,)`` to crop from each image of ``x`` ``(B, C, H, W)`` so that
+    a JPEG's 8x8 block grid starts at its corner: where the mean step between neighbouring
+    pixels, by position mod 8, peaks ``_GRID_PEAK`` times above both its median and the
+    position of a grid that already starts there; else 0."""
+    y = x.float().mean(1)
+    crops = []
+    for dim in (-2, -1):
+        n = y.shape[dim] - 1
+        step = (y.narrow(dim, 1, n) - y.narrow(dim, 0, n)).abs().mean(-1 if dim == -2 else -2)
+        if n < 16:
+            crops.append(torch.zeros(len(x), dtype=torch.long, device=x.device))
+            continue
+        phase = step[:, : n // 8 * 8].reshape(len(x), -1, 8).mean(1)  # (B, 8)
+        peak, where = phase.max(1)
+        clear = (peak > _GRID_PEAK * phase.median(1).values) & (peak > _GRID_PEAK * phase[:, 7])
+        crops.append(torch.where(clear, (where + 1) % 8, 0))
+    return crops[0], crops[1]
 
-    Images larger than ``tile`` x ``tile`` are read in tiles (memory stays bounded), whose
-    guesses are weighted over the whole image as if in one piece. A copy of the estimator runs
-    (the caller's is left as it is), in eval mode, with tiles and weights laid out channels_last
-    (1.9x faster on a CPU than as built).
 
-    Args:
-        estimator: A ``level_estimator`` (``LevelNet``), trained.
-        img: ``(B, C, H, W)`` or ``(C, H, W)`` in [0, 1], each side at least 8.
-        tile: Tile side in pixels, >= 64.
-
-    Returns:
-        ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
-        0-1, JPEG quality 1-100, as ``check_levels`` takes them.
-
-    Raises:
-        TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
-        ValueError: If ``img`` has the wrong shape, channels or size, or ``tile`` is too small.
-    """
-    if not isinstance(estimator, LevelNet):
-        raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
-                        f"{type(estimator).__name__}")
-    x, single = _as_batch("img", img)
-    tile = _check_int("tile", tile, low=64)
-    if x.shape[1] != estimator.in_channels:
-        raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
-                         f"{estimator.in_channels}")
-    if min(x.shape[-2:]) < _LEVEL_SIDE:
-        raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
-                         f"{tuple(x.shape[-2:])}")
-    estimator = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
+def _read_levels(estimator: LevelNet, x: Tensor, tile: int) -> Tensor:
+    """``estimator``'s levels ``(B, 3)`` for ``x`` ``(B, C, H, W)``, read in tiles whose guesses
+    are weighted over the whole image (``estimate_levels``)."""
     first = next(estimator.parameters())
     top = torch.full((len(x), len(LEVELS)), -math.inf, device=x.device)  # running max logit
     weight, total = torch.zeros_like(top), torch.zeros_like(top)
@@ -1402,7 +1405,58 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
                 top = new_top
     scaled = total / weight
     blur, noise, lost = (scaled[:, i] * _LEVEL_SCALE[i] for i in range(len(LEVELS)))
-    levels = torch.stack([blur.clamp_min(0), noise.clamp(0, 1), (100 - lost).clamp(1, 100)], 1)
+    return torch.stack([blur.clamp_min(0), noise.clamp(0, 1), (100 - lost).clamp(1, 100)], 1)
+
+
+def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> Tensor:
+    """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
+    img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
+
+    Images larger than ``tile`` x ``tile`` are read in tiles (memory stays bounded), whose
+    guesses are weighted over the whole image as if in one piece. Where a JPEG's 8x8 block
+    grid stands out but does not start at the image's corner (a cropped photo), the image is
+    read again from the first row and column of that grid, as the estimator learnt JPEG loss on
+    aligned grids, and that reading is kept if it finds more JPEG loss.
+    A copy of the estimator runs (the caller's is left as it is), in eval mode, with tiles and
+    weights laid out channels_last (1.9x faster on a CPU than as built).
+
+    Args:
+        estimator: A ``level_estimator`` (``LevelNet``), trained.
+        img: ``(B, C, H, W)`` or ``(C, H, W)`` in [0, 1], each side at least 8.
+        tile: Tile side in pixels, >= 64.
+
+    Returns:
+        ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
+        0-1, JPEG quality 1-100, as ``check_levels`` takes them.
+
+    Raises:
+        TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
+        ValueError: If ``img`` has the wrong shape, channels or size, or holds NaN or inf, or
+            ``tile`` is too small.
+    """
+    if not isinstance(estimator, LevelNet):
+        raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
+                        f"{type(estimator).__name__}")
+    x, single = _as_batch("img", img)
+    _check_finite("img", x)
+    tile = _check_int("tile", tile, low=64)
+    if x.shape[1] != estimator.in_channels:
+        raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
+                         f"{estimator.in_channels}")
+    if min(x.shape[-2:]) < _LEVEL_SIDE:
+        raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
+                         f"{tuple(x.shape[-2:])}")
+    estimator = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
+    levels = _read_levels(estimator, x, tile)
+    rows, cols = _jpeg_grid(x)  # a cropped JPEG: read it again from where its grid starts
+    h, w = x.shape[-2] - int(rows.max()), x.shape[-1] - int(cols.max())
+    moved = ((rows > 0) | (cols > 0)).nonzero()[:, 0].tolist()
+    if moved and min(h, w) >= _LEVEL_SIDE:
+        rows, cols = rows.tolist(), cols.tolist()
+        grid = _read_levels(estimator, torch.stack(
+            [x[i, :, rows[i] : rows[i] + h, cols[i] : cols[i] + w] for i in moved]), tile)
+        lossier = grid[:, 2] < levels[moved, 2]  # else periodic detail, not a JPEG's grid
+        levels[moved] = torch.where(lossier[:, None], grid, levels[moved])
     return levels[0] if single else levels
 
 
@@ -1488,9 +1542,10 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
     A model inside ``DistributedDataParallel`` or ``torch.compile`` is saved as the plain model.
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module``.
+        TypeError: If ``path`` is not a str or os.PathLike, or ``model`` not an ``nn.Module``.
         ValueError: If ``model`` has no ``config`` from one of this module's factories.
     """
+    _check_path("path", path)
     _check_module(model)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
@@ -1523,8 +1578,9 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         FileNotFoundError: If ``path`` does not exist.
         IsADirectoryError: If ``path`` is a folder.
         ValueError: If the file is not a fitting model file; the message names it and the cause.
+        TypeError: If ``path`` is not a str or os.PathLike.
     """
-    path = Path(path)
+    path = _check_path("path", path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():
@@ -1577,8 +1633,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
         IsADirectoryError: If ``path`` is a folder.
         FileNotFoundError: If ``path`` is not a file (missing, a broken link or a loop).
         ValueError: If the file is unreadable or of an unsupported mode; the message names it.
+        TypeError: If ``path`` is not a str or os.PathLike.
     """
-    path = Path(path)
+    path = _check_path("path", path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
@@ -1626,13 +1683,15 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
             sharpened with it is shifted by as much, unless the blur shifted the photo too.
 
     Raises:
-        IsADirectoryError, FileNotFoundError: As ``load_image``.
+        IsADirectoryError, FileNotFoundError, TypeError: As ``load_image``.
         ValueError: If the file is unreadable, has transparency, even sides, is black, or has
-            a background that is not black.
+            a background that is not black (checked on its border where both sides are 3 px or
+            more: a kernel cropped to one row or column is all blur).
     """
     kernel = load_image(path).mean(0).double()
     with Image.open(path) as img:
-        if "A" in img.getbands() or "transparency" in img.info:
+        if ("A" in img.getbands() or "transparency" in img.info) and \
+                img.convert("RGBA").getchannel("A").getextrema()[0] < 255:
             raise ValueError(f"kernel {path} has transparency: save it as an opaque grey "
                              "image, bright on black")
     h, w = kernel.shape
@@ -1642,7 +1701,7 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
     if not kernel.sum() > 0:
         raise ValueError(f"kernel {path} is black: a blur kernel sums to more than 0")
     ring = torch.cat([kernel[0], kernel[-1], kernel[1:-1, 0], kernel[1:-1, -1]])
-    if float(ring.median()) > 0.02 * float(kernel.max()):
+    if min(h, w) >= 3 and float(ring.median()) > 0.02 * float(kernel.max()):
         raise ValueError(f"kernel {path} has a background that is not black (the median of its "
                          f"border is {float(ring.median() / kernel.max()):.1%} of its peak): "
                          "subtract the background, so that only the blur is left")
@@ -1665,12 +1724,14 @@ def save_image(img: Tensor, path: str | os.PathLike) -> None:
         path: Destination, such as ``photo.png``.
 
     Raises:
+        TypeError: If ``img`` is not a floating-point tensor, or ``path`` not a str or
+            os.PathLike.
         ValueError: If the shape, the values or the suffix is wrong.
     """
     _check_tensor("img", img)
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[0] in (1, 3))) or img.numel() == 0:
         raise ValueError(f"img must be (3, H, W), (1, H, W) or (H, W), got {tuple(img.shape)}")
-    path = Path(path)
+    path = _check_path("path", path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
@@ -1816,16 +1877,22 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         Sharpened images, shaped like ``img``, on its device and dtype.
 
     Raises:
-        TypeError: If ``levels`` is neither numbers nor a floating-point tensor, or ``kernel``
-            is not a floating-point tensor.
-        ValueError: If ``img`` does not fit the model, ``tile`` or ``overlap`` is out of range
-            (``tile`` too small for the receptive field when ``overlap`` is None),
+        TypeError: If ``model`` is not a sharpening network (a level estimator is refused),
+            ``levels`` are neither numbers nor a floating-point tensor, or ``kernel`` is not a
+            floating-point tensor.
+        ValueError: If ``img`` holds NaN or inf or does not fit the model, ``tile`` or
+            ``overlap`` is out of range (``tile`` too small for the receptive field when
+            ``overlap`` is None),
             ``precision`` is unknown, ``levels`` are out of range or given to a model built
             without them, or ``kernel`` is malformed, given to a model without an estimate, or
             told with levels of another blur, unknown levels or gaussian 0.
     """
     _check_module(model)
+    if isinstance(model, LevelNet):
+        raise TypeError("model is a level estimator (LevelNet), not a sharpening network: it "
+                        "goes to estimate_levels, whose levels sharpen() takes")
     x, single = _as_batch("img", img)
+    _check_finite("img", x)
     if levels is not None:
         if not getattr(model, "conditioned", 0):
             raise ValueError("levels given, but the model was built without them "
@@ -1983,7 +2050,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.kernel is not None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                kernel = load_kernel(args.kernel)
+                try:
+                    kernel = load_kernel(args.kernel)
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"--kernel: {e}") from e
             for warning in caught:
                 print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
             levels = (float(kernel_sigma(kernel)), *levels[1:])
@@ -1999,7 +2069,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
         model = load_model(args.weights or shipped, map_location=args.device)
-        _tiling(model, args.tile, args.overlap)
+        if isinstance(model, LevelNet):
+            raise ValueError(f"--weights {args.weights} is a level estimator (LevelNet), not a "
+                             "sharpening model: give it as --levels")
+        try:
+            _tiling(model, args.tile, args.overlap)
+        except ValueError as e:
+            raise ValueError(f"--tile {args.tile}: {e}") from e
         conditioned = getattr(model, "conditioned", 0)
         if kernel is not None and conditioned < 2:
             raise ValueError(f"--kernel needs a model given a Wiener estimate (unet(conditioned="
@@ -2041,8 +2117,9 @@ def main(argv: list[str] | None = None) -> int:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
                                      f"{img.shape[-2]} high: levels are estimated from "
-                                     f"{_LEVEL_SIDE} x {_LEVEL_SIDE} or more; tell them (--blur, "
-                                     "--noise, --jpeg) or pass --blind")
+                                     f"{_LEVEL_SIDE} x {_LEVEL_SIDE} or more; tell them " + (
+                                         "(--noise, --jpeg)" if kernel is not None else
+                                         "(--blur, --noise, --jpeg) or pass --blind"))
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
                 if kernel is not None:
                     given = (levels[0], *given[1:])

@@ -1482,6 +1482,47 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
         sharpen.load_kernel(tmp_path / "missing.png")
 
 
+def test_load_kernel_reads_thin_kernels_and_opaque_alpha_and_the_cli_names_the_flag(tmp_path,
+                                                                                    capsys):
+    Image.fromarray(np.full((1, 9), 255, np.uint8)).save(tmp_path / "line.png")  # cropped tight
+    line = sharpen.load_kernel(tmp_path / "line.png")
+    torch.testing.assert_close(line, torch.full((1, 9), 1 / 9))
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tmp_path / "point.png")
+    assert sharpen.load_kernel(tmp_path / "point.png").tolist() == [[1.0]]
+    rgba = np.zeros((5, 5, 4), np.uint8)
+    rgba[..., 3], rgba[2, 1:4, :3] = 255, 255  # opaque, as editors export it
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    expected = torch.zeros(5, 5)
+    expected[2, 1:4] = 1 / 3
+    torch.testing.assert_close(sharpen.load_kernel(tmp_path / "opaque.png"), expected)
+    rgba[0, 0, 3] = 254
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "veiled.png")
+    with pytest.raises(ValueError, match="veiled.png has transparency"):
+        sharpen.load_kernel(tmp_path / "veiled.png")
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int 3"):
+        sharpen.load_kernel(3)
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.1)
+    sharpen.save_model(tmp_path / "m.pt", model)
+    sharpen.save_image(torch.rand(3, 40, 5, generator=gen()), tmp_path / "thin.png")
+    args = [str(tmp_path / "thin.png"), "--weights", str(tmp_path / "m.pt")]
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "missing.png")]) == 2
+    assert f"--kernel: image file not found: {tmp_path / 'missing.png'}" in capsys.readouterr().err
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "line.png")]) == 1
+    assert ("is 5 pixels wide and 40 high: levels are estimated from 8 x 8 or more; tell them "
+            "(--noise, --jpeg)") in capsys.readouterr().err
+    assert sharpen.main([*args, "--kernel", str(tmp_path / "line.png"), "--noise", "0"]) == 0
+
+
+def test_files_of_a_wrong_type_are_named():
+    for call in (sharpen.load_model, sharpen.load_image, sharpen.load_kernel):
+        with pytest.raises(TypeError, match="path must be a str or os.PathLike, got NoneType"):
+            call(None)
+    for call in (lambda p: sharpen.save_model(p, sharpen.student()),
+                 lambda p: sharpen.save_image(torch.zeros(3, 2, 2), p)):
+        with pytest.raises(TypeError, match="path must be a str or os.PathLike, got float 1.5"):
+            call(1.5)
+
+
 def test_cli_tells_a_conditioned_model_and_refuses_to_tell_a_blind_one(tmp_path, tiny_model_file,
                                                                        capsys):
     sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "a.png")
@@ -1763,14 +1804,37 @@ def test_sharpen_refuses_tiles_too_small_for_the_receptive_field_unless_overlap_
     assert sharpen.sharpen(model, x, tile=2 * need).shape == x.shape
 
 
+def test_sharpen_and_the_cli_refuse_a_level_estimator_as_the_model(tmp_path, capsys):
+    x = torch.rand(3, 16, 20, generator=gen())
+    with pytest.raises(TypeError, match="model is a level estimator .LevelNet., not a "
+                       "sharpening network: it goes to estimate_levels"):
+        sharpen.sharpen(sharpen.level_estimator(width=4, depth=2), x)
+    sharpen.save_image(x, tmp_path / "e.png")
+    assert sharpen.main([str(tmp_path / "e.png"), "--weights", str(SHIPPED / "levels.pt")]) == 2
+    assert f"--weights {SHIPPED / 'levels.pt'} is a level estimator (LevelNet), not a " \
+        "sharpening model: give it as --levels" in capsys.readouterr().err
+    assert not (tmp_path / "e_sharp.png").exists()
+
+
+def test_sharpen_and_estimate_levels_refuse_non_finite_images_before_running():
+    x = torch.rand(2, 3, 16, 16, generator=gen())
+    x[1, 0, 3, 3], x[0, 2, 0, 0] = math.nan, math.inf
+    with pytest.raises(ValueError, match=r"img has 2 non-finite values \(NaN or inf\)"):
+        sharpen.sharpen(sharpen.student(), x)
+    with pytest.raises(ValueError, match=r"img has 2 non-finite values \(NaN or inf\)"):
+        sharpen.estimate_levels(sharpen.level_estimator(width=4, depth=2), x)
+    with pytest.raises(ValueError, match=r"img has 1 non-finite value \(NaN or inf\)"):
+        sharpen.sharpen(sharpen.student(), x[1])
+
+
 @pytest.mark.parametrize("tile", ["10", "1"])
 def test_cli_tiles_too_small_for_the_model_are_a_usage_error_before_any_work(tmp_path, capsys,
                                                                             tile):
     sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "e.png")
     assert sharpen.main([str(tmp_path / "e.png"), "--tile", tile]) == 2
     need = sharpen._overlap(sharpen.load_model(SHIPPED / "student.pt").receptive_radius)
-    assert f"tile {tile} is too small for this model: tiles of {2 * need} px or more" in \
-        capsys.readouterr().err
+    assert f"--tile {tile}: tile {tile} is too small for this model: tiles of {2 * need} px " \
+        "or more" in capsys.readouterr().err
     assert not (tmp_path / "e_sharp.png").exists()
 
 
@@ -2033,6 +2097,29 @@ def test_docs_jpeg_bound_guided_chroma_restores_chroma_linear_in_luma(monkeypatc
     assert "the photos need the eval extra" in capsys.readouterr().err
 
 
+def test_docs_jpeg_grid_reads_cropped_jpegs_as_they_come_and_on_their_grid(monkeypatch,
+                                                                            capsys):
+    grid = _docs_script("jpeg_grid")
+    photo = torch.from_numpy(skdata.coffee()[:64, 100:164].copy()).permute(2, 0, 1) / 255
+    monkeypatch.setattr(train, "_validation_photos", lambda size: photo[None])
+    monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photo[None])
+    assert grid.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 2 * 4 * 4 and lines[1].startswith("grey JPEG 30 cropped by 0: ")
+    cropped = next(line for line in lines if line.startswith("colour JPEG 30 cropped by 3:"))
+    as_it_comes, found = (float(part.split("read")[1].split(",")[0])
+                          for part in cropped.split(" | "))
+    assert found < 60 < as_it_comes  # the grid found, the compression is seen
+
+    def missing(size):
+        raise ImportError("No module named 'sklearn'")
+
+    monkeypatch.setattr(train, "_colour_validation_photos", missing)
+    with pytest.raises(SystemExit):
+        grid.main([])
+    assert "the photos need the eval extra" in capsys.readouterr().err
+
+
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
                                                                       capsys):
     robustness, compare = _docs_script("robustness"), _docs_script("compare_runs")
@@ -2187,6 +2274,34 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     torch.testing.assert_close(sharpen.estimate_levels(est, x, tile=64), expected)
     whole = sharpen.estimate_levels(est, x)  # one tile: the tiles' borders differ a little
     assert not torch.equal(whole, expected)
+
+
+def test_estimate_levels_reads_a_cropped_jpeg_from_its_block_grid():
+    photo = torch.from_numpy(skdata.coffee()[:200, 100:380].copy()).permute(2, 0, 1) / 255
+    jpeg = sharpen.jpeg(photo, 40)
+    cropped = jpeg[:, 3:, 5:]  # the 8x8 grid now starts 5 rows and 3 columns in
+    assert [c.tolist() for c in sharpen._jpeg_grid(cropped[None])] == [[5], [3]]
+    assert [c.tolist() for c in sharpen._jpeg_grid(jpeg[None])] == [[0], [0]]
+    noise = torch.rand(2, 3, 64, 72, generator=gen())  # no grid: nothing cropped
+    assert [c.tolist() for c in sharpen._jpeg_grid(noise)] == [[0, 0], [0, 0]]
+    est = sharpen.load_model(SHIPPED / "levels.pt")
+    aligned = sharpen.estimate_levels(est, jpeg)
+    assert aligned[2] < 60  # read as compressed
+    torch.testing.assert_close(sharpen.estimate_levels(est, cropped), aligned, atol=2.0, rtol=0)
+    both = sharpen.estimate_levels(est, torch.stack([jpeg[:, :190, :270], cropped[:, :190, :270]]))
+    torch.testing.assert_close(both[1], both[0], atol=2.0, rtol=0)  # each image its own grid
+    tiny = sharpen.jpeg(torch.rand(3, 16, 16, generator=gen()), 30)[:, 3:, 3:]
+    assert sharpen.estimate_levels(est, tiny).shape == (3,)  # too small to crop: as it is
+
+
+def test_estimate_levels_keeps_its_reading_where_a_grid_it_finds_shows_less_jpeg(monkeypatch):
+    photo = torch.from_numpy(skdata.coffee()[:200, 100:380].copy()).permute(2, 0, 1) / 255
+    jpeg = sharpen.jpeg(photo, 40)
+    est = sharpen.load_model(SHIPPED / "levels.pt")
+    aligned = sharpen.estimate_levels(est, jpeg)
+    crops = torch.tensor([3]), torch.tensor([5])  # periodic detail taken for a grid
+    monkeypatch.setattr(sharpen, "_jpeg_grid", lambda x: crops)
+    assert torch.equal(sharpen.estimate_levels(est, jpeg), aligned)
 
 
 def test_estimate_levels_runs_a_channels_last_copy_and_leaves_the_estimator_as_it_was(
@@ -2840,6 +2955,20 @@ def test_step_input_validation():
     gray_teacher = torch.nn.Conv2d(3, 1, 1)
     with pytest.raises(ValueError, match=r"teacher output \(2, 1, 16, 16\) and student output"):
         kd.distill_step(student, gray_teacher, opt, blurred, sharp)
+    with pytest.raises(TypeError, match="amp must be a bool, got str 'yes'"):
+        kd.train_step(student, opt, blurred, sharp, amp="yes")
+    with pytest.raises(TypeError, match="amp must be a bool, got int 1"):
+        step(amp=1)
+    with pytest.raises(TypeError, match="loss_fn must be callable, got str"):
+        kd.train_step(student, opt, blurred, sharp, loss_fn="l1")
+    with pytest.raises(TypeError, match="kd_loss_fn must be callable, got int"):
+        step(kd_loss_fn=3)
+    with pytest.raises(TypeError, match="blurred is torch.float64 but the weights of model are "
+                       "torch.float32: convert one to the other"):
+        kd.train_step(student, opt, blurred.double(), sharp.double())
+    with pytest.raises(TypeError, match="blurred is torch.float64 but the weights of teacher "
+                       "are torch.float32"):
+        kd.distill_step(student.double(), teacher, opt, blurred.double(), sharp.double())
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,67 @@
+"""The command line's default on JPEGs cropped off their 8x8 block grid.
+
+    pip install -e ".[eval]" && python docs/jpeg_grid.py [--scored]
+
+A photo saved as JPEG and then cropped by a few pixels keeps its compression, but its 8x8
+block grid no longer starts at the image's corner, where the level estimator learnt to see it.
+For the validation photos (``--scored``: the scored sets, for reporting only) saved as JPEG of
+quality 30, 50, 75 and 90 and cropped by 0, 1, 3 and 6 rows and columns, this prints the JPEG
+quality read, and the mean gain in dB over the input (worst image's in brackets) of the shipped
+student told the levels read, as ``python sharpen.py photo.jpg`` runs it: once read as the
+image comes, and once by ``sharpen.estimate_levels``, which finds the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import metrics  # noqa: E402
+import sharpen  # noqa: E402
+import train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python docs/jpeg_grid.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scored", action="store_true",
+                   help="the scored photo sets instead of the validation photos")
+    args = p.parse_args(argv)
+    try:
+        sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {
+            "grey": train._validation_photos(256),
+            "colour": train._colour_validation_photos(256)}
+    except ImportError as e:
+        p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
+    student = sharpen.load_model(ROOT / "weights" / "student.pt")
+    estimator = sharpen.load_model(ROOT / "weights" / "levels.pt")
+    as_it_comes = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
+    readers = {"as it comes": lambda x: sharpen._read_levels(as_it_comes, x, 1024),
+               "grid found": lambda x: sharpen.estimate_levels(estimator, x)}
+    print("JPEG quality read, and the student's mean gain told the levels read (worst image's)")
+    for set_name, photos in sets.items():
+        for quality in (30, 50, 75, 90):
+            jpeg = sharpen.jpeg(photos, quality)
+            for crop in (0, 1, 3, 6):
+                x, sharp = jpeg[..., crop:, crop:], photos[..., crop:, crop:]
+                base = metrics.psnr(x, sharp)
+                cells = []
+                for name, read in readers.items():
+                    levels = read(x)
+                    y = sharpen.sharpen(student, x, precision="fp32", levels=levels)
+                    gain = metrics.psnr(y, sharp) - base
+                    cells.append(f"{name}: read {levels[:, 2].mean():5.1f}, "
+                                 f"{gain.mean():+.2f} ({gain.min():+.2f})")
+                print(f"{set_name} JPEG {quality} cropped by {crop}: " + " | ".join(cells),
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
