@@ -939,6 +939,9 @@ def check_levels(levels: object, n: int) -> Tensor:
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in levels):
             raise TypeError(f"levels must be numbers (blur, noise, jpeg), got {levels!r}")
         levels = torch.tensor(levels, dtype=torch.float32)
+    elif not isinstance(levels, Tensor):
+        raise TypeError(f"levels must be numbers (blur, noise, jpeg) or a floating-point "
+                        f"torch.Tensor, got {type(levels).__name__}")
     _check_tensor("levels", levels)
     c = levels.shape[-1] if levels.dim() else 0
     if c not in (3, 4) or levels.shape not in ((c,), (n, c)):

@@ -1292,6 +1292,10 @@ def test_sharpen_tells_a_conditioned_model_in_tiles(conditioned, shuffle):
                                        r"with gaussian\), got \(3, 3\)"),
         (("1", 0, 100), TypeError, r"levels must be numbers \(blur, noise, jpeg\)"),
         (torch.ones(3, dtype=torch.int64), TypeError, "levels must be a floating-point"),
+        ("1.5", TypeError, r"levels must be numbers \(blur, noise, jpeg\) or a floating-point "
+                           "torch.Tensor, got str"),
+        (np.ones(3), TypeError, "levels must be numbers .* or a floating-point torch.Tensor, "
+                                "got ndarray"),
         ((1.5, math.nan, 100), ValueError, r"a row of levels is either all NaN \(unknown\) or "
                                            r"all numbers, got \[1.5, nan, 100.0\]"),
     ]:
