@@ -1377,10 +1377,10 @@ def _jpeg_grid(x: Tensor) -> tuple[Tensor, Tensor]:
     crops = []
     for dim in (-2, -1):
         n = y.shape[dim] - 1
-        step = (y.narrow(dim, 1, n) - y.narrow(dim, 0, n)).abs().mean(-1 if dim == -2 else -2)
-        if n < 16:
+        if n < 16:  # fewer than two blocks: no grid to see
             crops.append(torch.zeros(len(x), dtype=torch.long, device=x.device))
             continue
+        step = (y.narrow(dim, 1, n) - y.narrow(dim, 0, n)).abs().mean(-1 if dim == -2 else -2)
         phase = step[:, : n // 8 * 8].reshape(len(x), -1, 8).mean(1)  # (B, 8)
         peak, where = phase.max(1)
         clear = (peak > _GRID_PEAK * phase.median(1).values) & (peak > _GRID_PEAK * phase[:, 7])
