@@ -23,6 +23,7 @@ Imports torch, numpy and pillow (through ``sharpen``) and the two sibling module
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import io
@@ -95,9 +96,11 @@ def _check_options(amp: object, **losses: object) -> None:
 
 def _check_dtype(blurred: torch.Tensor, amp: bool, **models: nn.Module) -> None:
     """Without autocast, the batch must be in the dtype of each model's weights."""
+    if amp or _autocasting(blurred.device.type):
+        return
     for name, model in models.items():
         p = next(model.parameters(), None)
-        if not amp and p is not None and p.is_floating_point() and p.dtype != blurred.dtype:
+        if p is not None and p.is_floating_point() and p.dtype != blurred.dtype:
             raise TypeError(f"blurred is {blurred.dtype} but the weights of {name} are "
                             f"{p.dtype}: convert one to the other")
 
@@ -171,8 +174,20 @@ def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.
 
 
 def _autocast(x: torch.Tensor, amp: bool):
-    """bf16 autocast on the tensor's device when ``amp``, else a no-op context."""
-    return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp)
+    """bf16 autocast on the tensor's device when ``amp``, else a no-op context: a caller's own
+    autocast (fp16 with a ``GradScaler``) stays on."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+
+
+def _autocasting(device_type: str) -> bool:
+    """Whether the caller runs under autocast on this device type."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return (torch.is_autocast_cpu_enabled() if device_type == "cpu"
+                else torch.is_autocast_enabled())
 
 
 def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -3075,6 +3075,26 @@ def test_a_grad_scaler_loop_trains_on_cpu():
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_losses_keep_the_callers_autocast_and_amp_adds_bf16(dtype):
+    teacher, student = trained_teacher(), tiny(4, 2)
+    blurred, sharp = pair_batch(2)
+    seen = []
+    for model in (teacher, student):  # a convolution's output: the residual sums are float32
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=dtype):  # the caller's, as with a GradScaler
+        kd.train_loss(student, blurred, sharp)
+        kd.distill_loss(student, teacher, blurred, sharp)
+    assert seen == [dtype] * 3
+    seen.clear()
+    kd.train_loss(student, blurred, sharp)
+    kd.train_loss(student, blurred, sharp, amp=True)
+    assert seen == [torch.float32, torch.bfloat16]
+    with torch.autocast("cpu", dtype=dtype):  # a half batch and float32 weights: autocast's
+        kd.train_loss(student, blurred.to(dtype), sharp.to(dtype))
+
+
 @cuda
 def test_a_grad_scaler_loop_trains_on_cuda():
     losses = grad_scaler_loop("cuda")
@@ -3906,6 +3926,24 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
     assert ckpt["step"] == 3 and {"student", "adapters", "optimizer", "generator"} <= set(ckpt)
     model = sharpen.load_model(tmp_path / "my_student.pt")
     assert all(torch.equal(v, ckpt["student"][k]) for k, v in model.state_dict().items())
+
+
+def test_readme_own_backward_pass_runs_as_written_after_the_loops_setup(tmp_path):
+    setup = readme_script("## Writing your own training loop")
+    setup = setup[: setup.index("for step in range")]
+    code = readme_script("**Your own backward pass.**")
+    small = {"STEPS = 2000\n": "STEPS = 1\n", "dead_leaves(64, 128,": "dead_leaves(4, 64,",
+             "size=64, batch_size=16,": "size=32, batch_size=2,",  # fp16 is slow on CPUs
+             'device = "cuda" if torch.cuda.is_available() else "cpu"': 'device = "cpu"'}
+    for a, b in small.items():
+        assert a in setup
+        setup = setup.replace(a, b)
+    (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
+    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=2), std=0.02)
+    sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
+    out = run_script(setup + code + "\nprint(sorted(terms), scaler.get_scale() > 0)\n", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "['feat', 'gt', 'kd', 'loss'] True"
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
