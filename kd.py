@@ -53,10 +53,14 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # -- Checks ----------------------------------------------------------------------------------------
 
 
-def _check_number(name: str, value: object, *, low: float = 0.0, high: float = math.inf) -> float:
-    """``value`` as a float; raise unless it is a real number in ``[low, high]``."""
+def _check_number(name: str, value: object, *, low: float = 0.0, high: float = math.inf,
+                  positive: bool = False) -> float:
+    """``value`` as a float; raise unless it is a real number in ``[low, high]`` (and > 0 if
+    ``positive``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if positive and not 0 < value < math.inf:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     if not (low <= value <= high and math.isfinite(value)):
         bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
         raise ValueError(f"{name} must be finite and {bounds}, got {value!r}")
@@ -159,11 +163,11 @@ def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.
     """The optimizer must hold every trainable parameter of ``trained``; the clip must be None
     or a finite number > 0 (NaN would fill the weights with NaN, 0 would stop learning)."""
     _check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    if clip_grad_norm == 0 and not isinstance(clip_grad_norm, bool):
+        raise ValueError("clip_grad_norm=0 would stop learning: pass a finite number > 0, "
+                         "or None for no clipping")
     if clip_grad_norm is not None:
-        clip_grad_norm = _check_number("clip_grad_norm", clip_grad_norm)
-        if clip_grad_norm == 0:
-            raise ValueError("clip_grad_norm=0 would stop learning: pass a finite number > 0, "
-                             "or None for no clipping")
+        _check_number("clip_grad_norm", clip_grad_norm, positive=True)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for module in trained if module is not None
                for name, p in module.named_parameters() if p.requires_grad and id(p) not in held]
@@ -259,12 +263,16 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
     """Charbonnier loss ``mean(sqrt((pred - target)^2 + eps^2))``: a smooth L1.
 
     Raises:
-        TypeError: ``eps`` is not a number.
-        ValueError: ``eps`` is not positive and finite.
+        TypeError: ``eps`` is not a number, or ``pred`` or ``target`` not a floating-point
+            tensor.
+        ValueError: ``eps`` is not positive and finite, or the shapes differ.
     """
-    eps = _check_number("eps", eps)
-    if eps == 0:
-        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    eps = _check_number("eps", eps, positive=True)
+    _check_float_tensor("pred", pred)
+    _check_float_tensor("target", target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
     return torch.sqrt((pred - target).square() + eps * eps).mean()
 
 
@@ -291,9 +299,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 3e-5) ->
         ValueError: ``eps`` is not finite and > 0, or the batches are not both
             ``(B, C, H, W)`` of one shape.
     """
-    eps = _check_number("eps", eps)
-    if eps == 0:
-        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    eps = _check_number("eps", eps, positive=True)
     _check_float_tensor("pred", pred)
     _check_float_tensor("target", target)
     if pred.dim() != 4 or pred.shape != target.shape:
@@ -360,6 +366,9 @@ def train_loss(
     _check_told(levels, kernel, blurred, model=model)
     with _autocast(blurred, amp):
         pred = _run(model, blurred, levels, kernel)
+    if pred.shape != sharp.shape:
+        raise ValueError(f"model output {tuple(pred.shape)} and sharp {tuple(sharp.shape)} "
+                         "differ in shape")
     dtype = _loss_dtype(pred, sharp)
     loss = loss_fn(pred.to(dtype), sharp.to(dtype))
     return loss, {"loss": loss.item()}
@@ -903,7 +912,8 @@ def batches(
     Raises:
         ValueError: an empty source, ``size`` or ``batch_size`` below 1, or an image smaller than
             ``size`` (raised when that image is drawn).
-        TypeError: a source of another kind, a non-float tensor, or a non-int size or batch_size.
+        TypeError: a source of another kind, a non-float tensor, a non-int size or batch_size,
+            a ``generator`` that is not a ``torch.Generator``, or a ``degrade`` not callable.
     """
     _check_int("size", size, low=1)
     _check_int("batch_size", batch_size, low=1)
@@ -919,8 +929,14 @@ def batches(
                         f"{type(source).__name__}")
     if len(source) == 0:
         raise ValueError("source holds no images")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    if not callable(degrade):
+        raise TypeError(f"degrade must be callable, got {type(degrade).__name__}")
     device = torch.device(device)
-    generator = generator or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
     # Blur noise on another device needs a generator there; it is reseeded from ``generator``
     # every batch, so that ``generator``'s state alone says where the stream is (exact resume).
     blur_generator = generator if device.type == "cpu" else torch.Generator(device)
@@ -931,20 +947,23 @@ def batches(
         files = source[i] if paired else [source[i]]
         return [sharpen.load_image(f) for f in files], source[i]
 
-    while True:
-        crops = [_random_crop(*load(i), size=size, generator=generator)
-                 for i in torch.randint(len(source), (batch_size,), generator=generator).tolist()]
-        stacked = [torch.stack(c).to(device, torch.float32) for c in zip(*crops)]
-        if paired:
-            yield stacked[0], stacked[1]
-            continue
-        if device.type != "cpu":
-            blur_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        blurred = degrade(stacked[0], generator=blur_generator)
-        if isinstance(blurred, tuple):  # (blurred, levels) or (blurred, levels, kernels)
-            yield blurred[0], stacked[0], *blurred[1:]
-        else:
-            yield blurred, stacked[0]
+    def stream() -> Iterator[tuple[torch.Tensor, ...]]:  # the checks above run at the call
+        while True:
+            crops = [_random_crop(*load(i), size=size, generator=generator) for i in
+                     torch.randint(len(source), (batch_size,), generator=generator).tolist()]
+            stacked = [torch.stack(c).to(device, torch.float32) for c in zip(*crops)]
+            if paired:
+                yield stacked[0], stacked[1]
+                continue
+            if device.type != "cpu":
+                blur_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            blurred = degrade(stacked[0], generator=blur_generator)
+            if isinstance(blurred, tuple):  # (blurred, levels) or (blurred, levels, kernels)
+                yield blurred[0], stacked[0], *blurred[1:]
+            else:
+                yield blurred, stacked[0]
+
+    return stream()
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -1047,9 +1066,12 @@ def _unwrapped(value: object) -> object:
 
 
 def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside nested dicts and lists, with a dotted name."""
+    """Every tensor (and float, as a tensor) inside nested dicts and lists, with a dotted
+    name."""
     if isinstance(obj, torch.Tensor):
         yield prefix, obj
+    elif isinstance(obj, float):
+        yield prefix, torch.tensor(obj)
     elif isinstance(obj, dict):
         for k, v in obj.items():
             yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
@@ -1084,9 +1106,10 @@ def save_checkpoint(path: str | os.PathLike, **state: object) -> None:
     written, so the file on disk always loads with :func:`load_checkpoint`.
 
     Raises:
-        ValueError: a tensor in the state holds NaN or infinity, or a value cannot be read back
-            (such as a numpy scalar or array, a ``Path`` or an ``argparse.Namespace``; the
-            message names it). Any file already at ``path`` is left untouched.
+        ValueError: a tensor or float in the state holds NaN or infinity, or a value cannot
+            be read back (such as a numpy scalar or array, a ``Path`` or an
+            ``argparse.Namespace``; the message names it). Any file already at ``path`` is left
+            untouched.
     """
     payload: dict[str, object] = {}
     for name, value in state.items():

@@ -1546,7 +1546,8 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
 
     Raises:
         TypeError: If ``path`` is not a str or os.PathLike, or ``model`` not an ``nn.Module``.
-        ValueError: If ``model`` has no ``config`` from one of this module's factories.
+        ValueError: If ``model`` has no ``config`` from one of this module's factories, or
+            weights that are not finite (``load_model`` would refuse the file).
     """
     _check_path("path", path)
     _check_module(model)
@@ -1559,6 +1560,10 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
         raise ValueError(f"model must be built by one of {sorted(_FACTORIES)} (they set "
                          f"model.config), got config={config!r}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # load_model would refuse the file
+        raise ValueError(f"model has weights that are not finite (NaN or inf), not saved: "
+                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     data = {"factory": config["factory"], "kwargs": dict(config["kwargs"]), "state_dict": state}
     atomic_write(path, lambda f: torch.save(data, f))
 

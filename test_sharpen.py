@@ -2214,18 +2214,32 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
     for bad, match in [(["--steps", "0"], "--steps must be >= 1, got 0"),
                        (["--size", "16"], "--size must be from 32 to 128"),
                        (["--grey-noise", "2"], r"--grey-noise must be in \[0, 1\], got 2.0"),
-                       (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+                       (["--lr", "-1"], "--lr must be finite and >= 0, got -1.0"),
                        (["--asymmetric-blur", "-0.5"], r"--asymmetric-blur must be in \[0, 1\], "
                                                        r"got -0.5"),
                        (["--init", str(SHIPPED / "student.pt")], "student.pt is not a level est"),
                        (["--init", str(tmp_path / "none.pt")], "none.pt"),
                        (["--init", str(SHIPPED / "levels.pt"), "--width", "2"], "drop --width"),
                        (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0"),
-                       (["--quantile", "0.3", "0.5"], r"one number or three \(blur, noise, jp")]:
+                       (["--quantile", "0.3", "0.5"], r"one number or three \(blur, noise, jp"),
+                       (["--lr", "inf"], "--lr must be finite and >= 0, got inf"),
+                       (["--width", "0"], "--width must be >= 1, got 0")]:
         with pytest.raises(SystemExit):
             train_levels.main([*tiny[:-2], *bad, "--out", str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "file").write_text("")
+    for out, match in [(tmp_path / "file", "is a file, not a folder"),
+                       (tmp_path / "run", "already holds an estimator.pt: give another folder, "
+                                          "or --overwrite")]:
+        with pytest.raises(SystemExit):
+            train_levels.main([*tiny, "--out", str(out)])
+        assert match in capsys.readouterr().err
+    assert train_levels.main([*tiny, "--out", str(tmp_path / "run"), "--overwrite"]) == 0
+    wild = [*tiny[2:], "--steps", "2", "--lr", "1e30", "--out", str(tmp_path / "wild")]
+    assert train_levels.main(wild) == 1
+    assert "error: the estimator diverged at step 2 " in capsys.readouterr().err
+    assert not (tmp_path / "wild" / "estimator.pt").exists()
 
 
 def test_train_levels_reads_the_blur_of_a_shake_times_asymmetric_blur():
@@ -2559,11 +2573,21 @@ def test_a_model_file_with_wrong_shapes_is_refused_before_building(tmp_path):
         sharpen.load_model(tmp_path / "shape.pt")
 
 
+def test_save_model_refuses_weights_that_are_not_finite(tmp_path):
+    model = sharpen.student()
+    with torch.no_grad():
+        model.head.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="not finite .NaN or inf., not saved: head.weight"):
+        sharpen.save_model(tmp_path / "m.pt", model)
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_model_file_with_non_finite_weights_is_refused(tmp_path):
     model = sharpen.unet(**TINY)
     with torch.no_grad():
         model.head.bias[1] = float("nan")
-    sharpen.save_model(tmp_path / "nan.pt", model)
+    torch.save({"factory": "unet", "kwargs": model.config["kwargs"],  # as save_model would not
+                "state_dict": model.state_dict()}, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match=r"nan.pt: non-finite weights in head.bias"):
         sharpen.load_model(tmp_path / "nan.pt")
     with pytest.raises(IsADirectoryError, match="is a folder, not a model file"):
@@ -2744,10 +2768,12 @@ def test_charbonnier_by_hand():
     assert kd.charbonnier_loss(pred, target).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="eps must be finite and > 0, got 0"):
         kd.charbonnier_loss(pred, target, eps=0)
-    with pytest.raises(ValueError, match="eps must be finite and >= 0, got nan"):
+    with pytest.raises(ValueError, match="eps must be finite and > 0, got nan"):
         kd.charbonnier_loss(pred, target, eps=float("nan"))
     with pytest.raises(TypeError, match="eps must be a number, got str"):
         kd.charbonnier_loss(pred, target, eps="1")
+    with pytest.raises(ValueError, match=r"one shape, got \(2,\) and \(1,\)"):
+        kd.charbonnier_loss(pred, target[:1])  # no silent broadcast
     with pytest.raises(ValueError, match="ssim_weight must be finite and >= 0, got -1"):
         kd.l1_ssim_loss(pred, target, ssim_weight=-1)
 
@@ -2959,6 +2985,10 @@ def test_step_input_validation():
     gray_teacher = torch.nn.Conv2d(3, 1, 1)
     with pytest.raises(ValueError, match=r"teacher output \(2, 1, 16, 16\) and student output"):
         kd.distill_step(student, gray_teacher, opt, blurred, sharp)
+    with pytest.raises(ValueError, match=r"model output \(2, 1, 16, 16\) and sharp "
+                       r"\(2, 3, 16, 16\) differ in shape"):
+        kd.train_step(gray_teacher, torch.optim.SGD(gray_teacher.parameters(), lr=0.1),
+                      blurred, sharp)
     with pytest.raises(TypeError, match="amp must be a bool, got str 'yes'"):
         kd.train_step(student, opt, blurred, sharp, amp="yes")
     with pytest.raises(TypeError, match="amp must be a bool, got int 1"):
@@ -2978,9 +3008,9 @@ def test_step_input_validation():
 @pytest.mark.parametrize(
     "clip,error,match",
     [
-        (float("nan"), ValueError, "clip_grad_norm must be finite and >= 0, got nan"),
-        (-1.0, ValueError, "clip_grad_norm must be finite and >= 0, got -1.0"),
-        (float("inf"), ValueError, "clip_grad_norm must be finite and >= 0, got inf"),
+        (float("nan"), ValueError, "clip_grad_norm must be finite and > 0, got nan"),
+        (-1.0, ValueError, "clip_grad_norm must be finite and > 0, got -1.0"),
+        (float("inf"), ValueError, "clip_grad_norm must be finite and > 0, got inf"),
         (0, ValueError, "clip_grad_norm=0 would stop learning"),
         ("1", TypeError, "clip_grad_norm must be a number, got str"),
         (True, TypeError, "clip_grad_norm must be a number, got bool"),
@@ -3205,6 +3235,18 @@ def test_batches_from_a_tensor_are_deterministic_and_degraded():
     )
 
 
+def test_batches_check_their_arguments_when_called_not_when_first_drawn():
+    images = torch.rand(2, 3, 16, 16, generator=gen())
+    for kwargs, error, match in [
+        ({"generator": 0}, TypeError, "generator must be a torch.Generator or None, got int"),
+        ({"generator": np.random.default_rng(0)}, TypeError, "got Generator"),
+        ({"degrade": "gaussian"}, TypeError, "degrade must be callable, got str"),
+        ({"size": 0}, ValueError, "size must be >= 1"),
+    ]:
+        with pytest.raises(error, match=match):
+            kd.batches(images, **{"size": 8, **kwargs})  # no next(): refused at the call
+
+
 def test_batches_stream_files_and_crop_pairs_identically(tmp_path):
     files = [write_png(tmp_path / f"{i}.png", torch.rand(3, 20 + i, 30)) for i in range(3)]
     pairs = [(f, f) for f in files]
@@ -3273,6 +3315,9 @@ def test_checkpoint_round_trip_is_atomic_and_refuses_non_finite_state(tmp_path):
         next(model.parameters())[0] = float("nan")
     with pytest.raises(ValueError, match=r"refusing to write .*ckpt.pt.*non-finite values in"):
         kd.save_checkpoint(path, model=model)
+    for value in (float("nan"), [1.0, float("inf")], {"best": float("-inf")}):  # plain floats
+        with pytest.raises(ValueError, match=r"non-finite values in \['best"):
+            kd.save_checkpoint(path, step=2, best=value)
     assert path.read_bytes() == good and len(list(path.parent.iterdir())) == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         kd.load_checkpoint(tmp_path / "none.pt")
@@ -3521,6 +3566,33 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
         with pytest.raises(SystemExit) as exit_info:
             train.main(bad)
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_main_refuses_an_estimator_as_a_model_a_file_as_out_and_a_run_already_there(tmp_path,
+                                                                                    capsys):
+    levels = str(SHIPPED / "levels.pt")
+    for flag in ("--teacher", "--init-teacher", "--init-student"):
+        assert train.main([*TINY_RUN, flag, levels, "--out", str(tmp_path / "x")]) == 2
+        assert f"{flag} {levels} is a level estimator" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any folder is made
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TINY_RUN, "--out", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    assert f"--out {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text("{}")  # a run of the user's
+    assert train.main([*TINY_RUN, "--out", str(run)]) == 2
+    assert f"--out {run} already holds a run (report.json): give another folder, or " \
+        "--overwrite" in capsys.readouterr().err
+    assert (run / "report.json").read_text() == "{}"
+    with pytest.raises(SystemExit) as exit_info:  # a wild learning rate: a clear line, no trace
+        train.main([*TINY_RUN, "--no-robustness", "--lr", "1e30", "--out", str(run),
+                    "--overwrite"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: teacher diverged at step " in err and "a lower --lr may help" in err
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,8 @@ POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer r
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
 GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share of blurred images made isotropic Gaussians, told
 ESTIMATOR = Path("weights") / "levels.pt"  # --estimated: the level estimator, in this folder
+RUN_FILES = [Path(f"{name}.pt") for name in ("teacher", "student", "student_nokd",
+                                              "student_nokd_time")] + [Path("report.json")]
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 PSNR_CLIP = 200.0  # the same with a PSNR term (--loss or --kd-loss psnr): norms of 10-100 in dB
 LOSSES = {"l1_ssim": kd.l1_ssim_loss, "psnr": kd.psnr_loss}
@@ -176,6 +178,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Adam's learning rate, decayed to zero over each model's steps "
                    "(2e-3; lower fine-tunes more gently)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, such a folder is refused)")
     p.add_argument("--data", type=Path, default=None,
                    help="a GoPro_Large folder: train on its sharp train frames resized to 256x256 "
                    "and blurred as --blur says (the paper's protocol), evaluate on its test split")
@@ -235,6 +239,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--train-photos needs scikit-image (pip install -e \".[eval]\") and no --data")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is available")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.clip = PSNR_CLIP if "psnr" in (args.loss, args.kd_loss) else CLIP
     args.amp = args.precision == "bf16" or (args.precision == "auto"
@@ -557,7 +563,12 @@ def _fit(model: nn.Module, steps: int, stage: str, args: argparse.Namespace, dat
     _sync(args.device)
     start = time.perf_counter()
     for i in range(1, steps + 1):
-        progress(i, step(model, opt, next(data))["loss"])
+        try:
+            progress(i, step(model, opt, next(data))["loss"])
+        except FloatingPointError as e:  # the weights are as they were before this step
+            print(f"error: {stage} diverged at step {i} ({e}): a lower --lr may help",
+                  file=sys.stderr)
+            raise SystemExit(1) from e
         schedule.step()
     _sync(args.device)
     return time.perf_counter() - start
@@ -905,10 +916,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--estimator {path} is not a level estimator "
                                  f"(train_levels.py's)")
             train_degrade = functools.partial(train_degrade, estimator=estimator)
-        args.out.mkdir(parents=True, exist_ok=True)
         given_teacher, init_teacher, init_student = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)
             for path in (args.teacher, args.init_teacher, args.init_student))
+        for flag, path, model in (("--teacher", args.teacher, given_teacher),
+                                  ("--init-teacher", args.init_teacher, init_teacher),
+                                  ("--init-student", args.init_student, init_student)):
+            if isinstance(model, sharpen.LevelNet):
+                raise ValueError(f"{flag} {path} is a level estimator (train_levels.py's), "
+                                 "not a sharpening model")
         if args.conditioned and given_teacher is not None and not getattr(
                 given_teacher, "conditioned", 0):
             raise ValueError(f"--conditioned needs a conditioned --teacher; {args.teacher} "
@@ -923,7 +939,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--conditioned needs a U-Net --init-student, {args.init_student}"
                                  f" is a {type(init_student).__name__}")
             init_student = _told(init_student, args.conditioned)
+        held = sorted(f.name for f in RUN_FILES if (args.out / f).exists())
+        if held and not args.overwrite:
+            raise ValueError(f"--out {args.out} already holds a run ({', '.join(held)}): "
+                             "give another folder, or --overwrite to replace it")
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
+        args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         "blur (a model told one blur number cannot undo a shake anyway) (1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the estimator.pt already in --out (else refused)")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "train_images"):
         if getattr(args, name) < 1:
@@ -96,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     for q in args.quantile:
         if not 0 < q < 1:
             p.error(f"--quantile must be in (0, 1), got {q}")
-    if not args.lr >= 0:
-        p.error(f"--lr must be >= 0, got {args.lr}")
+    if not 0 <= args.lr < math.inf:
+        p.error(f"--lr must be finite and >= 0, got {args.lr}")
+    if args.width is not None and args.width < 1:
+        p.error(f"--width must be >= 1, got {args.width}")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
+    if (args.out / "estimator.pt").exists() and not args.overwrite:
+        p.error(f"--out {args.out} already holds an estimator.pt: give another folder, or "
+                "--overwrite to replace it")
     if args.init is not None and args.width is not None:
         p.error("--init starts from an estimator of its own width: drop --width")
     if not 0 <= args.grey_noise <= 1:
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
     if args.init is None:
-        estimator = sharpen.level_estimator(width=args.width or 24)  # checks --width
+        estimator = sharpen.level_estimator(width=24 if args.width is None else args.width)
     else:
         try:
             estimator = sharpen.load_model(args.init)
@@ -128,13 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     quantile = args.quantile[0] if len(args.quantile) == 1 else tuple(args.quantile)
     for step in range(1, args.steps + 1):
         degraded, _, levels = next(data)
-        loss = kd.level_step(estimator, opt, degraded, levels, quantile=quantile)["loss"]
+        try:
+            loss = kd.level_step(estimator, opt, degraded, levels, quantile=quantile)["loss"]
+        except FloatingPointError as e:
+            print(f"error: the estimator diverged at step {step} ({e}): a lower --lr may help",
+                  file=sys.stderr)
+            return 1
         schedule.step()
         mean = loss if mean is None else 0.98 * mean + 0.02 * loss
         if step % 200 == 0 or step == args.steps:
             print(f"step {step}/{args.steps}: loss {mean:.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
-    sharpen.save_model(args.out / "estimator.pt", estimator)
+    try:
+        sharpen.save_model(args.out / "estimator.pt", estimator)
+    except ValueError as e:  # weights that are not finite: a file that would not load
+        print(f"error: {e}: a lower --lr may help", file=sys.stderr)
+        return 1
     print(f"wrote {args.out / 'estimator.pt'} ({sharpen.count_params(estimator):,} parameters, "
           f"{time.perf_counter() - start:.0f} s)")
     _errors(estimator.eval())
