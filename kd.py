@@ -117,12 +117,31 @@ def _check_pair(blurred: object, sharp: object) -> None:
     if blurred.shape != sharp.shape:
         raise ValueError(f"blurred and sharp must have the same shape, got "
                          f"{tuple(blurred.shape)} and {tuple(sharp.shape)}")
+    _check_device("sharp", sharp, blurred)
+
+
+def _check_device(name: str, t: torch.Tensor, blurred: torch.Tensor) -> None:
+    if t.device != blurred.device:
+        raise ValueError(f"{name} is on {t.device} and blurred on {blurred.device}: put them on "
+                         "one device")
+
+
+def _check_loss(name: str, loss: object) -> None:
+    """A loss function's result: a 0-dim tensor, with a graph where gradients are on."""
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else \
+            type(loss).__name__
+        raise ValueError(f"{name} must return a 0-dim tensor, got {got}")
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise ValueError(f"{name} returned a tensor without a graph (detached): no gradient "
+                         "would reach the model")
 
 
 def _check_levels(levels: object, blurred: torch.Tensor) -> None:
     if levels is None:
         return
     _check_float_tensor("levels", levels)
+    _check_device("levels", levels, blurred)
     if tuple(levels.shape) not in ((len(blurred), 3), (len(blurred), 4)):
         raise ValueError(f"levels must be (B, 3) = ({len(blurred)}, 3), one (blur, noise, jpeg) "
                          f"per image (or (B, 4), with gaussian), got {tuple(levels.shape)}")
@@ -347,9 +366,11 @@ def train_loss(
         TypeError: ``model`` is not an ``nn.Module``, a batch or ``levels`` is not a
             floating-point tensor, the batch is not in the dtype of the model's weights
             (without ``amp``), ``amp`` is not a bool, or ``loss_fn`` is not callable.
-        ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ, ``levels`` is not
-            ``(B, 3)``, the model takes no levels, or ``kernel`` is not ``(B, kh, kw)``, comes
-            without levels or goes to a model given no estimate.
+        ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ (or the model's
+            output differs from ``sharp``), ``sharp`` or ``levels`` is on another device than
+            ``blurred``, ``levels`` is not ``(B, 3)``, the model takes no levels, ``kernel`` is
+            not ``(B, kh, kw)``, comes without levels or goes to a model given no estimate, or
+            ``loss_fn`` returns other than a 0-dim tensor with a graph.
 
     Example:
         >>> model = sharpen.student()
@@ -371,6 +392,7 @@ def train_loss(
                          "differ in shape")
     dtype = _loss_dtype(pred, sharp)
     loss = loss_fn(pred.to(dtype), sharp.to(dtype))
+    _check_loss("loss_fn", loss)
     return loss, {"loss": loss.item()}
 
 
@@ -430,8 +452,10 @@ def distill_loss(
             is not a floating-point tensor, the batch is not in the dtype of a model's weights
             (without ``amp``), ``alpha`` or ``feature_weight`` is not a number, ``amp`` is not
             a bool, or a loss is not callable.
-        ValueError: bad batch shapes, ``alpha`` outside [0, 1], negative ``feature_weight``,
-            teacher and student outputs of different shapes, features that do not match,
+        ValueError: bad batch shapes, a tensor on another device than ``blurred``, ``alpha``
+            outside [0, 1], negative ``feature_weight``, a loss function that returns other than
+            a 0-dim tensor with a graph, teacher and student outputs of different shapes,
+            features that do not match,
             ``levels`` not ``(B, 3)``, levels for a model that takes none, or a ``kernel`` as
             :func:`train_loss` refuses it.
     """
@@ -447,6 +471,7 @@ def distill_loss(
     feature_weight = _check_number("feature_weight", feature_weight)
     if teacher_output is not None:
         _check_float_tensor("teacher_output", teacher_output)
+        _check_device("teacher_output", teacher_output, blurred)
     _check_adapters(adapters)
     features = feature_weight > 0
 
@@ -482,6 +507,8 @@ def distill_loss(
     out = out.to(dtype)
     kd = kd_loss_fn(out, teacher_output.to(dtype))
     gt = loss_fn(out, sharp.to(dtype))
+    _check_loss("kd_loss_fn", kd)
+    _check_loss("loss_fn", gt)
     feat = out.new_zeros(())
     if features:
         shapes_s = [tuple(f.shape[1:]) for f in s_feats]
@@ -1028,10 +1055,14 @@ def evaluate(
         their count.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, or ``pairs`` has no ``len()`` (a
+            generator: make it a list).
         ValueError: no pairs, or a pair whose images differ in shape.
     """
     _check_module("model", model)
+    if not hasattr(pairs, "__len__"):
+        raise TypeError(f"pairs must be a sequence of (blurred, sharp), such as a list, got "
+                        f"{type(pairs).__name__} (no len())")
     if len(pairs) == 0:
         raise ValueError("pairs is empty: nothing to evaluate")
     own = next(model.parameters()).device

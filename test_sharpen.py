@@ -2985,6 +2985,19 @@ def test_step_input_validation():
     gray_teacher = torch.nn.Conv2d(3, 1, 1)
     with pytest.raises(ValueError, match=r"teacher output \(2, 1, 16, 16\) and student output"):
         kd.distill_step(student, gray_teacher, opt, blurred, sharp)
+    with pytest.raises(ValueError, match="sharp is on meta and blurred on cpu"):
+        kd.train_step(student, opt, blurred, sharp.to("meta"))
+    with pytest.raises(ValueError, match="teacher_output is on meta and blurred on cpu"):
+        step(teacher_output=sharp.to("meta"))
+    for bad, match in [(lambda p, t: (p - t).abs().mean((1, 2, 3)), r"shape \(2,\)"),
+                       (lambda p, t: 0.5, "got float"),
+                       (lambda p, t: (p - t).abs().mean().detach(), "without a graph")]:
+        with pytest.raises(ValueError, match="loss_fn .*" + match):
+            kd.train_step(student, opt, blurred, sharp, loss_fn=bad)
+        with pytest.raises(ValueError, match="kd_loss_fn .*" + match):
+            step(kd_loss_fn=bad)
+    with pytest.raises(TypeError, match=r"pairs must be a sequence .*got generator \(no len"):
+        kd.evaluate(student, ((b, s) for b, s in zip(blurred, sharp)))
     with pytest.raises(ValueError, match=r"model output \(2, 1, 16, 16\) and sharp "
                        r"\(2, 3, 16, 16\) differ in shape"):
         kd.train_step(gray_teacher, torch.optim.SGD(gray_teacher.parameters(), lr=0.1),
