@@ -3801,6 +3801,12 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
         with pytest.raises(SystemExit):
             train._parse_args([*TINY_RUN, "--blur", "real", "--conditioned", "4", *bad])
         assert match in capsys.readouterr().err
+    fewer = [*TINY_RUN, "--blur", "real", "--conditioned", "1", "--no-robustness", "--out",
+             str(tmp_path / "run9"), "--teacher", str(tmp_path / "run" / "teacher.pt"),
+             "--init-student", str(tmp_path / "run4" / "student.pt")]
+    assert train.main(fewer) == 0  # a conditioned=4 student is kept as it is: reported so
+    protocol = json.loads((tmp_path / "run9" / "report.json").read_text())["protocol"]
+    assert protocol["conditioned"]["inputs"] == 4
     rows = json.loads((tmp_path / "run4" / "report.json").read_text())["robustness"]
     assert {"teacher_told", "student_told", "teacher_kernel", "student_kernel"} <= {
         r["name"] for r in rows}  # with an estimate: told the kernel too

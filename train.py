@@ -1016,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
         "metric": "PSNR (data_range 1) and SSIM with scikit-image's defaults (7x7 uniform "
                   "window, sample covariance), mean over whole images; outputs clamped to [0, 1]",
         "arch": args.arch,
-        "conditioned": {"inputs": args.conditioned, "teacher_inputs": teacher.conditioned,
+        "conditioned": {"inputs": models["student"].conditioned,  # an --init-student's own
+                        "teacher_inputs": teacher.conditioned,
                         "unknown_share": UNKNOWN, "kernel_told": args.kernel_told,
                         "gaussian_told": args.gaussian_told or 0.0,
                         "estimated": args.estimated,
