@@ -308,7 +308,8 @@ def ssim(
         TypeError: an input is not a floating-point tensor, the dtypes differ, or an option is
             of the wrong type (a bool where a number is expected, a float ``win_size``...).
         ValueError: bad or empty shapes, images smaller than the window, an even or too small
-            ``win_size``, a non-finite or non-positive ``data_range`` or ``sigma``, a negative
+            ``win_size``, a non-finite or non-positive ``data_range`` or ``sigma`` (or a
+            ``sigma`` under 1/7 with ``gaussian_weights``, whose window is 1 pixel), a negative
             or non-finite ``K1``/``K2``, ``crop_border`` too large or negative, or
             ``y_channel=True`` with other than 3 channels.
 
@@ -323,6 +324,9 @@ def ssim(
     _check_bool("use_sample_covariance", use_sample_covariance)
     if gaussian_weights:
         radius = int(3.5 * sigma + 0.5)  # scipy.ndimage's extent for truncate=3.5
+        if radius < 1:
+            raise ValueError(f"sigma={sigma} gives a {2 * radius + 1}x{2 * radius + 1} Gaussian "
+                             "window: SSIM needs 3x3 or more (sigma >= 1/7)")
         if win_size is not None and win_size != 2 * radius + 1:
             raise ValueError(
                 f"win_size={win_size!r} does not match the Gaussian window of sigma={sigma}, "

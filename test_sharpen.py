@@ -341,6 +341,8 @@ def test_bad_input_is_rejected_with_a_clear_message(fn, pred, target, kw, error,
         ({"gaussian_weights": True, "win_size": 7}, ValueError,
          "does not match the Gaussian window"),
         ({"gaussian_weights": True, "sigma": 3.0}, ValueError, "smaller than the 23x23 window"),
+        ({"gaussian_weights": True, "sigma": 0.1}, ValueError,
+         r"sigma=0.1 gives a 1x1 Gaussian window: SSIM needs 3x3 or more \(sigma >= 1/7\)"),
     ],
 )
 def test_bad_ssim_options_are_rejected(kw, error, match):
@@ -2122,6 +2124,29 @@ def test_docs_jpeg_grid_reads_cropped_jpegs_as_they_come_and_on_their_grid(monke
     with pytest.raises(SystemExit):
         grid.main([])
     assert "the photos need the eval extra" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["robustness_figure", "kernel_figure", "cli_examples"])
+def test_docs_figure_scripts_take_help_and_refuse_other_arguments_before_writing(name, capsys):
+    script = _docs_script(name)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in \
+        capsys.readouterr().err
+    if name == "cli_examples":
+        for weights, match in [(SHIPPED / "levels.pt", "is a level estimator"),
+                               ("nosuch.pt", "--weights: model file not found: nosuch.pt")]:
+            with pytest.raises(SystemExit):
+                script.main(["--weights", str(weights)])
+            assert match in capsys.readouterr().err
+
+
+def test_docs_validate_refuses_a_level_estimator_as_a_model(capsys):
+    validate = _docs_script("validate")
+    with pytest.raises(SystemExit):
+        validate.main([str(SHIPPED / "levels.pt")])
+    assert "levels.pt is a level estimator, not a sharpening model: give it as --levels" in \
+        capsys.readouterr().err
 
 
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,

@@ -35,10 +35,16 @@ def crop(img, top: int, left: int, size: int = 320) -> torch.Tensor:
     return torch.from_numpy(img[top : top + size, left : left + size]).permute(2, 0, 1) / 255.0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="model file (default: the CLI's, the shipped student)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
+    except (OSError, ValueError) as e:
+        parser.error(f"--weights: {e}")
+    if isinstance(model, sharpen.LevelNet):
+        parser.error(f"--weights {args.weights} is a level estimator, not a sharpening model")
     out = ROOT / "docs" / "examples"
     out.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -77,7 +83,6 @@ def main() -> None:
             "shaken": ["--kernel", str(psf)]}
     weights = ["--weights", args.weights] if args.weights else []
     cmds = [[*files, "--overwrite", *weights]]
-    model = sharpen.load_model(args.weights or ROOT / "weights" / "student.pt")
     conditioned = getattr(model, "conditioned", 0)
     if conditioned != 4:  # only such a model is told the blur's shape
         told = {name: [a for a in flags if a != "--gaussian"] for name, flags in told.items()}

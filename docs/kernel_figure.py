@@ -13,6 +13,7 @@ photo. Writes docs/kernel_told.jpg.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +28,10 @@ BLURS = ("camera shake", "anisotropic 2.0 x 0.7", "defocus 2.0")
 PICKED = (0, 2)  # of train.PHOTOS, as in docs/robustness_figure.py
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog=f"python docs/{Path(__file__).name}", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter
+                            ).parse_args(argv)  # --help, and nothing else
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
     settings = train._tune_baselines(train._validation_photos(256))
     photos = train._photo_sets(train.PHOTOS, 256)["photos"]  # the table's set 1

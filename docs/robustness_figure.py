@@ -12,6 +12,7 @@ SSIM against the sharp photo. Writes docs/robustness_real.jpg.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def _condition(photo: torch.Tensor, name: str | None) -> tuple[torch.Tensor, tor
     return sharpen.jpeg(x, 50), kernels, "gaussian 1.5 + jpeg 50"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog=f"python docs/{Path(__file__).name}", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter
+                            ).parse_args(argv)  # --help, and nothing else
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
     estimator = sharpen.load_model(ROOT / "weights" / "levels.pt")
     settings = train._tune_baselines(train._validation_photos(256))

@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if estimator is not None and not isinstance(estimator, sharpen.LevelNet):
         parser.error(f"--levels {args.levels} is not a level estimator (train_levels.py's)")
+    for path, model in models.items():
+        if isinstance(model, sharpen.LevelNet):
+            parser.error(f"{path} is a level estimator, not a sharpening model: give it as "
+                         "--levels")
     sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {"validation": None}
     if args.colour:
         try:
