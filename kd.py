@@ -126,13 +126,13 @@ def _check_device(name: str, t: torch.Tensor, blurred: torch.Tensor) -> None:
                          "one device")
 
 
-def _check_loss(name: str, loss: object) -> None:
-    """A loss function's result: a 0-dim tensor, with a graph where gradients are on."""
+def _check_loss(name: str, loss: object, pred: torch.Tensor) -> None:
+    """A loss function's result: a 0-dim tensor, with a graph where ``pred`` has one."""
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else \
             type(loss).__name__
         raise ValueError(f"{name} must return a 0-dim tensor, got {got}")
-    if torch.is_grad_enabled() and not loss.requires_grad:
+    if pred.requires_grad and not loss.requires_grad:
         raise ValueError(f"{name} returned a tensor without a graph (detached): no gradient "
                          "would reach the model")
 
@@ -141,7 +141,6 @@ def _check_levels(levels: object, blurred: torch.Tensor) -> None:
     if levels is None:
         return
     _check_float_tensor("levels", levels)
-    _check_device("levels", levels, blurred)
     if tuple(levels.shape) not in ((len(blurred), 3), (len(blurred), 4)):
         raise ValueError(f"levels must be (B, 3) = ({len(blurred)}, 3), one (blur, noise, jpeg) "
                          f"per image (or (B, 4), with gaussian), got {tuple(levels.shape)}")
@@ -182,10 +181,11 @@ def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.
     """The optimizer must hold every trainable parameter of ``trained``; the clip must be None
     or a finite number > 0 (NaN would fill the weights with NaN, 0 would stop learning)."""
     _check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
-    if clip_grad_norm == 0 and not isinstance(clip_grad_norm, bool):
-        raise ValueError("clip_grad_norm=0 would stop learning: pass a finite number > 0, "
-                         "or None for no clipping")
     if clip_grad_norm is not None:
+        if isinstance(clip_grad_norm, numbers.Real) and not isinstance(clip_grad_norm, bool) \
+                and clip_grad_norm == 0:
+            raise ValueError("clip_grad_norm=0 would stop learning: pass a finite number > 0, "
+                             "or None for no clipping")
         _check_number("clip_grad_norm", clip_grad_norm, positive=True)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for module in trained if module is not None
@@ -367,10 +367,11 @@ def train_loss(
             floating-point tensor, the batch is not in the dtype of the model's weights
             (without ``amp``), ``amp`` is not a bool, or ``loss_fn`` is not callable.
         ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ (or the model's
-            output differs from ``sharp``), ``sharp`` or ``levels`` is on another device than
-            ``blurred``, ``levels`` is not ``(B, 3)``, the model takes no levels, ``kernel`` is
-            not ``(B, kh, kw)``, comes without levels or goes to a model given no estimate, or
-            ``loss_fn`` returns other than a 0-dim tensor with a graph.
+            output differs from ``sharp``), ``sharp`` is on another device than ``blurred``,
+            ``levels`` is not ``(B, 3)``, the model takes no levels, ``kernel`` is not
+            ``(B, kh, kw)``, comes without levels or goes to a model given no estimate, or
+            ``loss_fn`` returns other than a 0-dim tensor (with a graph where the output has
+            one).
 
     Example:
         >>> model = sharpen.student()
@@ -392,7 +393,7 @@ def train_loss(
                          "differ in shape")
     dtype = _loss_dtype(pred, sharp)
     loss = loss_fn(pred.to(dtype), sharp.to(dtype))
-    _check_loss("loss_fn", loss)
+    _check_loss("loss_fn", loss, pred)
     return loss, {"loss": loss.item()}
 
 
@@ -507,8 +508,8 @@ def distill_loss(
     out = out.to(dtype)
     kd = kd_loss_fn(out, teacher_output.to(dtype))
     gt = loss_fn(out, sharp.to(dtype))
-    _check_loss("kd_loss_fn", kd)
-    _check_loss("loss_fn", gt)
+    _check_loss("kd_loss_fn", kd, out)
+    _check_loss("loss_fn", gt, out)
     feat = out.new_zeros(())
     if features:
         shapes_s = [tuple(f.shape[1:]) for f in s_feats]
@@ -1097,11 +1098,11 @@ def _unwrapped(value: object) -> object:
 
 
 def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor (and float, as a tensor) inside nested dicts and lists, with a dotted
+    """Every tensor (and NaN float, as a tensor) inside nested dicts and lists, with a dotted
     name."""
     if isinstance(obj, torch.Tensor):
         yield prefix, obj
-    elif isinstance(obj, float):
+    elif isinstance(obj, float) and math.isnan(obj):  # inf is a scheduler's "none yet"
         yield prefix, torch.tensor(obj)
     elif isinstance(obj, dict):
         for k, v in obj.items():
@@ -1137,7 +1138,8 @@ def save_checkpoint(path: str | os.PathLike, **state: object) -> None:
     written, so the file on disk always loads with :func:`load_checkpoint`.
 
     Raises:
-        ValueError: a tensor or float in the state holds NaN or infinity, or a value cannot
+        ValueError: a tensor in the state holds NaN or infinity, or a float is NaN (an
+            infinite float, as ``ReduceLROnPlateau`` keeps, is stored), or a value cannot
             be read back (such as a numpy scalar or array, a ``Path`` or an
             ``argparse.Namespace``; the message names it). Any file already at ``path`` is left
             untouched.

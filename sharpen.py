@@ -1426,7 +1426,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     Args:
         estimator: A ``level_estimator`` (``LevelNet``), trained.
         img: ``(B, C, H, W)`` or ``(C, H, W)`` in [0, 1], each side at least 8.
-        tile: Tile side in pixels, >= 64.
+        tile: Tile side in pixels, >= 64, a multiple of 8.
 
     Returns:
         ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
@@ -1435,7 +1435,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     Raises:
         TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
         ValueError: If ``img`` has the wrong shape, channels or size, or holds NaN or inf, or
-            ``tile`` is too small.
+            ``tile`` is too small or not a multiple of 8.
     """
     if not isinstance(estimator, LevelNet):
         raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
@@ -1443,6 +1443,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     x, single = _as_batch("img", img)
     _check_finite("img", x)
     tile = _check_int("tile", tile, low=64)
+    if tile % 8:
+        raise ValueError(f"tile must be a multiple of 8 (a JPEG's block grid), got {tile}")
     if x.shape[1] != estimator.in_channels:
         raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
                          f"{estimator.in_channels}")
@@ -1451,15 +1453,11 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
                          f"{tuple(x.shape[-2:])}")
     estimator = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
     levels = _read_levels(estimator, x, tile)
-    rows, cols = _jpeg_grid(x)  # a cropped JPEG: read it again from where its grid starts
-    h, w = x.shape[-2] - int(rows.max()), x.shape[-1] - int(cols.max())
-    moved = ((rows > 0) | (cols > 0)).nonzero()[:, 0].tolist()
-    if moved and min(h, w) >= _LEVEL_SIDE:
-        rows, cols = rows.tolist(), cols.tolist()
-        grid = _read_levels(estimator, torch.stack(
-            [x[i, :, rows[i] : rows[i] + h, cols[i] : cols[i] + w] for i in moved]), tile)
-        lossier = grid[:, 2] < levels[moved, 2]  # else periodic detail, not a JPEG's grid
-        levels[moved] = torch.where(lossier[:, None], grid, levels[moved])
+    for i, (r, c) in enumerate(zip(*(t.tolist() for t in _jpeg_grid(x)))):
+        if r or c:  # a cropped JPEG: read it again from where its grid starts, on its own
+            grid = _read_levels(estimator, x[i : i + 1, :, r:, c:], tile)[0]
+            if grid[2] < levels[i, 2]:  # else periodic detail, not a JPEG's grid
+                levels[i] = grid
     return levels[0] if single else levels
 
 

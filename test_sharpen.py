@@ -2261,6 +2261,10 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
             train_levels.main([*tiny, "--out", str(out)])
         assert match in capsys.readouterr().err
     assert train_levels.main([*tiny, "--out", str(tmp_path / "run"), "--overwrite"]) == 0
+    with pytest.raises(SystemExit):
+        train_levels.main([*tiny[:-2], "--init", str(tmp_path / "run" / "estimator.pt"),
+                           "--out", str(tmp_path / "run"), "--overwrite"])
+    assert "is the estimator.pt that --out would replace" in capsys.readouterr().err
     wild = [*tiny[2:], "--steps", "2", "--lr", "1e30", "--out", str(tmp_path / "wild")]
     assert train_levels.main(wild) == 1
     assert "error: the estimator diverged at step 2 " in capsys.readouterr().err
@@ -2333,6 +2337,14 @@ def test_estimate_levels_reads_a_cropped_jpeg_from_its_block_grid():
     torch.testing.assert_close(sharpen.estimate_levels(est, cropped), aligned, atol=2.0, rtol=0)
     both = sharpen.estimate_levels(est, torch.stack([jpeg[:, :190, :270], cropped[:, :190, :270]]))
     torch.testing.assert_close(both[1], both[0], atol=2.0, rtol=0)  # each image its own grid
+    other = jpeg[:, 6:196, 1:271]  # a second image off its grid by other offsets
+    pair = sharpen.estimate_levels(est, torch.stack([cropped[:, :190, :270], other]))
+    alone = torch.stack([sharpen.estimate_levels(est, cropped[:, :190, :270]),
+                         sharpen.estimate_levels(est, other)])
+    assert torch.equal(pair, alone)  # each read on its own, whatever the batch
+    with pytest.raises(ValueError, match="tile must be a multiple of 8 .a JPEG's block grid., "
+                       "got 100"):
+        sharpen.estimate_levels(est, jpeg, tile=100)
     tiny = sharpen.jpeg(torch.rand(3, 16, 16, generator=gen()), 30)[:, 3:, 3:]
     assert sharpen.estimate_levels(est, tiny).shape == (3,)  # too small to crop: as it is
 
@@ -3021,6 +3033,11 @@ def test_step_input_validation():
             kd.train_step(student, opt, blurred, sharp, loss_fn=bad)
         with pytest.raises(ValueError, match="kd_loss_fn .*" + match):
             step(kd_loss_fn=bad)
+    for model in (torch.nn.Identity(), tiny(4, 2).requires_grad_(False)):  # no graph: fine
+        loss, _ = kd.train_loss(model, blurred, sharp)
+        assert not loss.requires_grad
+    with pytest.raises(TypeError, match="clip_grad_norm must be a number, got Tensor"):
+        kd.train_step(student, opt, blurred, sharp, clip_grad_norm=torch.tensor(0.0))
     with pytest.raises(TypeError, match=r"pairs must be a sequence .*got generator \(no len"):
         kd.evaluate(student, ((b, s) for b, s in zip(blurred, sharp)))
     with pytest.raises(ValueError, match=r"model output \(2, 1, 16, 16\) and sharp "
@@ -3353,10 +3370,13 @@ def test_checkpoint_round_trip_is_atomic_and_refuses_non_finite_state(tmp_path):
         next(model.parameters())[0] = float("nan")
     with pytest.raises(ValueError, match=r"refusing to write .*ckpt.pt.*non-finite values in"):
         kd.save_checkpoint(path, model=model)
-    for value in (float("nan"), [1.0, float("inf")], {"best": float("-inf")}):  # plain floats
+    for value in (float("nan"), [1.0, float("nan")], {"loss": float("nan")}):  # plain floats
         with pytest.raises(ValueError, match=r"non-finite values in \['best"):
             kd.save_checkpoint(path, step=2, best=value)
     assert path.read_bytes() == good and len(list(path.parent.iterdir())) == 1
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # holds best=inf: "none yet"
+    kd.save_checkpoint(path, step=2, scheduler=plateau, best=math.inf)
+    assert kd.load_checkpoint(path)["scheduler"]["best"] == math.inf
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         kd.load_checkpoint(tmp_path / "none.pt")
 
@@ -3621,13 +3641,21 @@ def test_main_refuses_an_estimator_as_a_model_a_file_as_out_and_a_run_already_th
     run = tmp_path / "run"
     run.mkdir()
     (run / "report.json").write_text("{}")  # a run of the user's
+    (run / "robustness.png").write_bytes(b"")
+    sharpen.save_model(run / "teacher.pt", sharpen.unet(width=4, depth=3, blocks=1))
     assert train.main([*TINY_RUN, "--out", str(run)]) == 2
-    assert f"--out {run} already holds a run (report.json): give another folder, or " \
-        "--overwrite" in capsys.readouterr().err
-    assert (run / "report.json").read_text() == "{}"
+    assert f"--out {run} already holds a run (teacher.pt, report.json, robustness.png): give " \
+        "another folder, or --overwrite" in capsys.readouterr().err
+    assert train.main([*TINY_RUN, "--out", str(run), "--overwrite", "--init-teacher",
+                       str(run / "teacher.pt")]) == 2
+    assert f"--init-teacher {run / 'teacher.pt'} is a file of the run in --out, which " \
+        "--overwrite would replace" in capsys.readouterr().err
+    assert (run / "report.json").read_text() == "{}"  # refused: all kept
+    assert train.main([*TINY_RUN, "--no-robustness", "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "robustness.png").exists()  # nothing of the old run beside the new one
+    assert json.loads((run / "report.json").read_text())["rows"]
     with pytest.raises(SystemExit) as exit_info:  # a wild learning rate: a clear line, no trace
-        train.main([*TINY_RUN, "--no-robustness", "--lr", "1e30", "--out", str(run),
-                    "--overwrite"])
+        train.main([*TINY_RUN, "--no-robustness", "--lr", "1e30", "--out", str(tmp_path / "w")])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "error: teacher diverged at step " in err and "a lower --lr may help" in err

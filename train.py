@@ -36,8 +36,9 @@ POOL_BYTES = 2**30  # teacher outputs held at once, with their batches: longer r
 UNKNOWN = 0.25  # --conditioned: the share of training images whose levels are not told
 GAUSSIAN_TOLD = 0.3  # --conditioned 4: the share of blurred images made isotropic Gaussians, told
 ESTIMATOR = Path("weights") / "levels.pt"  # --estimated: the level estimator, in this folder
-RUN_FILES = [Path(f"{name}.pt") for name in ("teacher", "student", "student_nokd",
-                                              "student_nokd_time")] + [Path("report.json")]
+RUN_FILES = [f"{name}.pt" for name in ("teacher", "student", "student_nokd",
+                                       "student_nokd_time")] + [
+    "report.json", "report.md", "comparison.png", "robustness.png"]  # what a run writes
 CLIP = 1.0  # gradient-norm clip: typical norms are 0.1-0.5, rare bf16 spikes reach 100
 PSNR_CLIP = 200.0  # the same with a PSNR term (--loss or --kd-loss psnr): norms of 10-100 in dB
 LOSSES = {"l1_ssim": kd.l1_ssim_loss, "psnr": kd.psnr_loss}
@@ -179,7 +180,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(2e-3; lower fine-tunes more gently)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (without it, such a folder is refused)")
+                   help="replace the run already in --out: its models, reports and figures are "
+                        "deleted first (without it, such a folder is refused)")
     p.add_argument("--data", type=Path, default=None,
                    help="a GoPro_Large folder: train on its sharp train frames resized to 256x256 "
                    "and blurred as --blur says (the paper's protocol), evaluate on its test split")
@@ -939,11 +941,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--conditioned needs a U-Net --init-student, {args.init_student}"
                                  f" is a {type(init_student).__name__}")
             init_student = _told(init_student, args.conditioned)
-        held = sorted(f.name for f in RUN_FILES if (args.out / f).exists())
+        held = [args.out / f for f in RUN_FILES if (args.out / f).exists()]
         if held and not args.overwrite:
-            raise ValueError(f"--out {args.out} already holds a run ({', '.join(held)}): "
-                             "give another folder, or --overwrite to replace it")
+            raise ValueError(f"--out {args.out} already holds a run ("
+                             f"{', '.join(f.name for f in held)}): give another folder, or "
+                             "--overwrite to replace it")
+        for flag in ("--teacher", "--init-teacher", "--init-student", "--estimator"):
+            given = getattr(args, flag[2:].replace("-", "_"))
+            if given is not None and any(given.resolve() == f.resolve() for f in held):
+                raise ValueError(f"{flag} {given} is a file of the run in --out, which "
+                                 "--overwrite would replace: copy it elsewhere first")
         train, eval_sets, data_desc = _datasets(args, degrade, generator)
+        for f in held:  # --overwrite: nothing of the old run is left beside the new one
+            f.unlink()
         args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / "estimator.pt").exists() and not args.overwrite:
         p.error(f"--out {args.out} already holds an estimator.pt: give another folder, or "
                 "--overwrite to replace it")
+    if args.init is not None and args.init.resolve() == (args.out / "estimator.pt").resolve():
+        p.error(f"--init {args.init} is the estimator.pt that --out would replace: copy it "
+                "elsewhere first")
     if args.init is not None and args.width is not None:
         p.error("--init starts from an estimator of its own width: drop --width")
     if not 0 <= args.grey_noise <= 1:
