@@ -535,6 +535,9 @@ def _finish_step(loss: torch.Tensor, terms: dict[str, float], optimizer: torch.o
     if not torch.isfinite(loss):
         listed = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
         raise FloatingPointError(f"non-finite loss, the optimizer did not step ({listed})")
+    if not loss.requires_grad:
+        raise ValueError("the loss has no graph, so no gradient: is the model frozen "
+                         "(requires_grad False), or run under torch.no_grad()?")
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]
               if p.grad is not None]
@@ -605,7 +608,7 @@ def level_step(estimator: nn.Module, optimizer: torch.optim.Optimizer, degraded:
 
     Raises:
         TypeError, ValueError: as :func:`level_loss`, and as :func:`train_step` for the
-            optimizer and the clip.
+            optimizer, the clip and a loss without a graph.
         FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
 
     Example:
@@ -647,7 +650,8 @@ def train_step(
 
     Raises:
         TypeError, ValueError: as :func:`train_loss`, and for a ``clip_grad_norm`` that is not
-            finite and > 0, or an optimizer that misses trainable parameters.
+            finite and > 0, an optimizer that misses trainable parameters, or a loss without a
+            graph (a frozen model, or ``torch.no_grad()``).
         FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
 
     Example:
@@ -697,7 +701,8 @@ def distill_step(
 
     Raises:
         TypeError, ValueError: as :func:`distill_loss`, and for a ``clip_grad_norm`` that is
-            not finite and > 0, or an optimizer that misses trainable parameters.
+            not finite and > 0, an optimizer that misses trainable parameters, or a loss without
+            a graph (a frozen student, or ``torch.no_grad()``).
         FloatingPointError: the loss or the gradient is not finite; the weights are untouched.
     """
     _check_module("student", student)

@@ -1373,7 +1373,7 @@ def _jpeg_grid(x: Tensor) -> tuple[Tensor, Tensor]:
     a JPEG's 8x8 block grid starts at its corner: where the mean step between neighbouring
     pixels, by position mod 8, peaks ``_GRID_PEAK`` times above both its median and the
     position of a grid that already starts there; else 0."""
-    y = x.float().mean(1)
+    y = x.mean(1, dtype=torch.float32)
     crops = []
     for dim in (-2, -1):
         n = y.shape[dim] - 1

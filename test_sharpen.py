@@ -3036,6 +3036,10 @@ def test_step_input_validation():
     for model in (torch.nn.Identity(), tiny(4, 2).requires_grad_(False)):  # no graph: fine
         loss, _ = kd.train_loss(model, blurred, sharp)
         assert not loss.requires_grad
+    frozen = tiny(4, 2).requires_grad_(False)  # but a step needs one
+    with pytest.raises(ValueError, match="the loss has no graph, so no gradient: is the model "
+                       "frozen"):
+        kd.train_step(frozen, torch.optim.SGD(frozen.parameters(), lr=0.1), blurred, sharp)
     with pytest.raises(TypeError, match="clip_grad_norm must be a number, got Tensor"):
         kd.train_step(student, opt, blurred, sharp, clip_grad_norm=torch.tensor(0.0))
     with pytest.raises(TypeError, match=r"pairs must be a sequence .*got generator \(no len"):
@@ -3651,6 +3655,11 @@ def test_main_refuses_an_estimator_as_a_model_a_file_as_out_and_a_run_already_th
     assert f"--init-teacher {run / 'teacher.pt'} is a file of the run in --out, which " \
         "--overwrite would replace" in capsys.readouterr().err
     assert (run / "report.json").read_text() == "{}"  # refused: all kept
+    (run / "report.md").mkdir()  # a folder with a run file's name: refused before deleting
+    assert train.main([*TINY_RUN, "--out", str(run), "--overwrite"]) == 2
+    assert f"--overwrite: {run / 'report.md'} is a folder" in capsys.readouterr().err
+    assert (run / "teacher.pt").exists() and (run / "report.json").read_text() == "{}"
+    (run / "report.md").rmdir()
     assert train.main([*TINY_RUN, "--no-robustness", "--out", str(run), "--overwrite"]) == 0
     assert not (run / "robustness.png").exists()  # nothing of the old run beside the new one
     assert json.loads((run / "report.json").read_text())["rows"]

@@ -941,14 +941,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--conditioned needs a U-Net --init-student, {args.init_student}"
                                  f" is a {type(init_student).__name__}")
             init_student = _told(init_student, args.conditioned)
-        held = [args.out / f for f in RUN_FILES if (args.out / f).exists()]
+        held = [args.out / f for f in RUN_FILES if os.path.lexists(args.out / f)]
         if held and not args.overwrite:
             raise ValueError(f"--out {args.out} already holds a run ("
                              f"{', '.join(f.name for f in held)}): give another folder, or "
                              "--overwrite to replace it")
+        for f in held:
+            if f.is_dir() and not f.is_symlink():
+                raise ValueError(f"--overwrite: {f} is a folder, not a file of a run")
         for flag in ("--teacher", "--init-teacher", "--init-student", "--estimator"):
             given = getattr(args, flag[2:].replace("-", "_"))
-            if given is not None and any(given.resolve() == f.resolve() for f in held):
+            if given is not None and given.exists() and any(
+                    f.exists() and os.path.samefile(given, f) for f in held):
                 raise ValueError(f"{flag} {given} is a file of the run in --out, which "
                                  "--overwrite would replace: copy it elsewhere first")
         train, eval_sets, data_desc = _datasets(args, degrade, generator)

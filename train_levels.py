@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -105,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--width must be >= 1, got {args.width}")
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file, not a folder")
-    if (args.out / "estimator.pt").exists() and not args.overwrite:
-        p.error(f"--out {args.out} already holds an estimator.pt: give another folder, or "
-                "--overwrite to replace it")
-    if args.init is not None and args.init.resolve() == (args.out / "estimator.pt").resolve():
+    target = args.out / "estimator.pt"
+    if args.init is not None and args.init.exists() and target.exists() and \
+            os.path.samefile(args.init, target):
         p.error(f"--init {args.init} is the estimator.pt that --out would replace: copy it "
                 "elsewhere first")
+    if os.path.lexists(target) and not args.overwrite:
+        p.error(f"--out {args.out} already holds an estimator.pt: give another folder, or "
+                "--overwrite to replace it")
     if args.init is not None and args.width is not None:
         p.error("--init starts from an estimator of its own width: drop --width")
     if not 0 <= args.grey_noise <= 1:
