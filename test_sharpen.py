@@ -4062,16 +4062,21 @@ def test_readme_training_script_runs_as_written(tmp_path):
     assert "student:" in out.stdout and (tmp_path / "student.pt").is_file()
 
 
-def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp_path):
-    code = readme_script("## Writing your own training loop")
-    small = {"STEPS = 2000\n": "STEPS = 3\n",
-             "dead_leaves(64, 128,": "dead_leaves(4, 64,"}
+def shrunk_with_a_small_teacher(code: str, small: dict[str, str], folder: Path) -> str:
+    """``code`` with each of ``small``'s texts (which must be there) replaced, and a small
+    stand-in for the shipped teacher in ``folder/weights``."""
     for a, b in small.items():
         assert a in code
         code = code.replace(a, b)
-    (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
+    (folder / "weights").mkdir()
     teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=2), std=0.02)
-    sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
+    sharpen.save_model(folder / "weights" / "teacher.pt", teacher)
+    return code
+
+
+def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp_path):
+    code = shrunk_with_a_small_teacher(readme_script("## Writing your own training loop"), {
+        "STEPS = 2000\n": "STEPS = 3\n", "dead_leaves(64, 128,": "dead_leaves(4, 64,"}, tmp_path)
     out = run_script(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("3 {'loss':")
@@ -4083,17 +4088,11 @@ def test_readme_own_training_loop_runs_as_written_and_checkpoints_the_stream(tmp
 
 def test_readme_own_backward_pass_runs_as_written_after_the_loops_setup(tmp_path):
     setup = readme_script("## Writing your own training loop")
-    setup = setup[: setup.index("for step in range")]
+    setup = shrunk_with_a_small_teacher(setup[: setup.index("for step in range")], {
+        "STEPS = 2000\n": "STEPS = 1\n", "dead_leaves(64, 128,": "dead_leaves(4, 64,",
+        "size=64, batch_size=16,": "size=32, batch_size=2,",  # fp16 is slow on CPUs
+        'device = "cuda" if torch.cuda.is_available() else "cpu"': 'device = "cpu"'}, tmp_path)
     code = readme_script("**Your own backward pass.**")
-    small = {"STEPS = 2000\n": "STEPS = 1\n", "dead_leaves(64, 128,": "dead_leaves(4, 64,",
-             "size=64, batch_size=16,": "size=32, batch_size=2,",  # fp16 is slow on CPUs
-             'device = "cuda" if torch.cuda.is_available() else "cpu"': 'device = "cpu"'}
-    for a, b in small.items():
-        assert a in setup
-        setup = setup.replace(a, b)
-    (tmp_path / "weights").mkdir()  # a small stand-in for the shipped teacher
-    teacher = randomize(sharpen.unet(width=8, depth=3, blocks=1, conditioned=2), std=0.02)
-    sharpen.save_model(tmp_path / "weights" / "teacher.pt", teacher)
     out = run_script(setup + code + "\nprint(sorted(terms), scaler.get_scale() > 0)\n", tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[-2] == "['feat', 'gt', 'kd', 'loss'] True"
