@@ -11,9 +11,11 @@ computes it natively; int8 from ``bench_sharpen.int8_student`` with torchao inst
 the min-max over its frames, the minor page faults per timed frame and its peak resident
 memory (the summary: the largest).
 
-Each precision runs in ``--processes`` processes with glibc's allocator as it comes and as many
-with the allocator told to keep the memory it frees (``TUNED``, set as ``GLIBC_TUNABLES``), the
-two alternating, which goes first swapped each round. Last, the median over the processes.
+Each precision runs in ``--processes`` processes with glibc's allocator as it comes, as many
+with the allocator told to keep the memory it frees before Python starts (``TUNED``, set as
+``GLIBC_TUNABLES``), and as many told so from inside the process (``keep_freed_memory``, as the
+README's video recipe does), the three in turn, which goes first rotated each round. Last, the
+median over the processes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TUNED = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 MARK = "RESULT "
+
+
+def keep_freed_memory() -> bool:
+    """glibc's ``mallopt``, from inside the process: buffers under 32 MiB (a 720p frame's in
+    bf16) come from the heap, which is not trimmed back to the system between frames. Returns
+    whether glibc took both settings (False elsewhere)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    mmap_threshold, trim_threshold = -3, -1  # glibc's malloc.h
+    return bool(libc.mallopt(mmap_threshold, 32 << 20)) & bool(libc.mallopt(trim_threshold,
+                                                                            1 << 30))
 
 
 def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float]:
@@ -79,23 +96,26 @@ def one_process(*, precision: str, frames: int, threads: int) -> dict[str, float
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def child(*, precision: str, frames: int, threads: int, tuned: bool) -> dict[str, float] | str:
+def child(*, precision: str, frames: int, threads: int, setting: str) -> dict[str, float] | str:
     """Runs ``one_process`` in a fresh interpreter.
 
     Args:
         precision: "fp32", "bf16" or "int8".
         frames: Timed frames.
         threads: Torch threads.
-        tuned: Whether glibc's allocator is told ``TUNED`` (else ``GLIBC_TUNABLES`` is unset).
+        setting: glibc's allocator "as is" (``GLIBC_TUNABLES`` unset), "tuned" (told
+            ``TUNED``) or "mallopt" (``keep_freed_memory`` called in the process first).
 
     Returns:
         ``one_process``'s result, or the end of the process's stderr if it failed.
     """
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if tuned:
+    if setting == "tuned":
         env["GLIBC_TUNABLES"] = TUNED
+    mallopt = ["--mallopt"] if setting == "mallopt" else []
     r = subprocess.run([sys.executable, __file__, "--child", precision, "--frames", str(frames),
-                        "--threads", str(threads)], env=env, capture_output=True, text=True)
+                        "--threads", str(threads), *mallopt], env=env, capture_output=True,
+                       text=True)
     lines = [line for line in r.stdout.splitlines() if line.startswith(MARK)]
     if r.returncode or len(lines) != 1:
         return f"exit {r.returncode}: {r.stderr.strip()[-2000:]}"
@@ -111,11 +131,14 @@ def main() -> None:
                         help="timed frames in each process (default 20)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--child", choices=["fp32", "bf16", "int8"], help=argparse.SUPPRESS)
+    parser.add_argument("--mallopt", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.processes < 1 or args.frames < 1 or args.threads < 1:
         parser.error("--processes, --frames and --threads must be at least 1, got "
                      f"{args.processes}, {args.frames}, {args.threads}")
     if args.child:
+        if args.mallopt and not keep_freed_memory():
+            raise SystemExit("mallopt: not glibc, or it refused the settings")
         print(MARK + json.dumps(one_process(precision=args.child, frames=args.frames,
                                             threads=args.threads)))
         return
@@ -134,16 +157,16 @@ def main() -> None:
     print(f"the compiled student at 1280x720, blind, {args.frames} frames per process: fps "
           "median (min-max over its frames), minor page faults per frame")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    settings = ["as is", "tuned", "mallopt"]
     for precision in ("fp32", "bf16", "int8"):
         for i in range(args.processes):
-            for tuned in (False, True) if i % 2 == 0 else (True, False):
+            for setting in settings[i % 3:] + settings[: i % 3]:
                 r = child(precision=precision, frames=args.frames, threads=args.threads,
-                          tuned=tuned)
+                          setting=setting)
                 if not r or isinstance(r, str):
                     break
-                setting = "tuned" if tuned else "as is"
                 results.setdefault((precision, setting), []).append(r)
-                print(f"   {precision} allocator {setting:5s}: {r['fps']:6.2f} fps "
+                print(f"   {precision} allocator {setting:7s}: {r['fps']:6.2f} fps "
                       f"({r['slowest']:.2f}-{r['fastest']:.2f}), {r['faults']:8.0f} faults, "
                       f"peak {r['peak_gb']:.2f} GB", flush=True)
             if isinstance(r, str):
@@ -153,10 +176,10 @@ def main() -> None:
                 print(f"   {precision}: not run here (bf16 not native, or no torchao)")
                 break
     print(f"median over the processes ({args.processes} each; min-max of their medians); tuned: "
-          f"GLIBC_TUNABLES={TUNED}")
+          f"GLIBC_TUNABLES={TUNED}; mallopt: keep_freed_memory() in the process")
     for (precision, setting), rs in results.items():
         fps = [r["fps"] for r in rs]
-        print(f"   {precision} allocator {setting:5s}: {np.median(fps):6.2f} fps "
+        print(f"   {precision} allocator {setting:7s}: {np.median(fps):6.2f} fps "
               f"({min(fps):.2f}-{max(fps):.2f}), "
               f"{np.median([r['faults'] for r in rs]):8.0f} faults, "
               f"peak {max(r['peak_gb'] for r in rs):.2f} GB")
