@@ -728,24 +728,28 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     They are initialised from torch's global generator, like any ``nn.Conv2d``.
 
     Returns:
-        ``nn.ModuleList`` of ``nn.Conv2d(c_student, c_teacher, 1)``, on the student's device.
+        ``nn.ModuleList`` of ``nn.Conv2d(c_student, c_teacher, 1)``, on the student's device
+        and in its dtype.
 
     Raises:
         TypeError: a model is not an ``nn.Module``.
-        ValueError: the two models give different numbers of levels or resolutions.
+        ValueError: a model has no weights, or the two give different numbers of levels or
+            resolutions.
     """
     _check_module("student", student)
     _check_module("teacher", teacher)
-    device = next(student.parameters()).device
+    weights = [next(m.parameters(), None) for m in (student, teacher)]
+    if None in weights:
+        raise ValueError("student and teacher must have weights: their features are matched")
+    (device, dtype), (t_device, t_dtype) = ((w.device, w.dtype) for w in weights)
     channels = getattr(student, "in_channels", None) or next(
         m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels
-    probe = torch.zeros(1, channels, 32, 32, device=device)
+    probe = torch.zeros(1, channels, 32, 32, device=device, dtype=dtype)
     modes = [(m, m.training) for m in (student, teacher)]
     try:
         with torch.no_grad():
             _, fs = student.eval()(probe, return_features=True)
-            t_device = next(teacher.parameters()).device
-            _, ft = teacher.eval()(probe.to(t_device), return_features=True)
+            _, ft = teacher.eval()(probe.to(t_device, t_dtype), return_features=True)
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -756,7 +760,7 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
                          f"{shapes_s}, teacher levels {shapes_t} (for a 32x32 input)")
     return nn.ModuleList(
         nn.Conv2d(s.shape[1], t.shape[1], kernel_size=1) for s, t in zip(fs, ft)
-    ).to(device)
+    ).to(device, dtype)
 
 
 class AdaptedStudent(nn.Module):
@@ -1005,7 +1009,8 @@ class PairDataset(torch.utils.data.Dataset):
     ``dataset[i]`` reads pair ``i`` and returns ``(blurred, sharp)`` crops ``(3, size, size)``
     with the same window and flips. Crops are drawn from torch's default generator, which the
     DataLoader seeds in each worker from its own ``generator`` argument: pass one for
-    reproducible runs::
+    reproducible runs (with ``num_workers=0`` the crops come from the main process's default
+    generator, which the DataLoader does not seed: call ``torch.manual_seed`` first)::
 
         loader = DataLoader(PairDataset(gopro_pairs(root, split="train"), size=256),
                             batch_size=8, shuffle=True, num_workers=4,

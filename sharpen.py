@@ -306,9 +306,10 @@ def resample_blur(img: Tensor, scale: float, *, mode: str = "bilinear") -> Tenso
     h, w = round(H / scale), round(W / scale)
     if h < 1 or w < 1:
         raise ValueError(f"scale={scale} shrinks a {H}x{W} image to nothing ({h}x{w})")
+    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # CPUs lack them
     with _no_autocast(x):
-        small = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
-        out = F.interpolate(small, size=(H, W), mode=mode, align_corners=False)
+        small = F.interpolate(wide, size=(h, w), mode=mode, antialias=True, align_corners=False)
+        out = F.interpolate(small, size=(H, W), mode=mode, align_corners=False).to(x.dtype)
     return out[0] if single else out
 
 
@@ -541,7 +542,8 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
         Deconvolved images, shaped like ``img``, in its dtype and on its device.
 
     Raises:
-        ValueError: If ``kernel`` has the wrong rank, batch or even sides, or ``balance < 0``.
+        ValueError: If ``kernel`` has the wrong rank, batch or even sides, is larger than the
+            padded images, or ``balance < 0``.
     """
     x, single = _as_batch("img", img)
     B, C, H, W = x.shape
@@ -549,6 +551,9 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     balance = _check_number("balance", balance, strict=False)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     p = min(max(kernel.shape[-2:]), H - 1, W - 1)
+    if kernel.shape[-2] > H + 2 * p or kernel.shape[-1] > W + 2 * p:
+        raise ValueError(f"kernel {tuple(kernel.shape[-2:])} is too large for {H}x{W} images "
+                         f"(padded by {p}, as far as reflection reaches)")
     padded = F.pad(x.to(dtype), (p, p, p, p), mode="reflect") if p else x.to(dtype)
     size = padded.shape[-2:]
     lap = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=dtype, device=x.device)
@@ -564,14 +569,16 @@ def kernel_sigma(kernel: Tensor) -> Tensor:
     normalised to sum 1, about its own centroid (a Gaussian of std s gives s).
 
     Args:
-        kernel: ``(k, k)`` or ``(N, k, k)``, non-negative, each summing to more than 0.
+        kernel: ``(kh, kw)`` or ``(N, kh, kw)``, finite, non-negative, each summing to more
+            than 0.
 
     Returns:
         ``()`` or ``(N,)``, float32 on the kernel's device.
 
     Raises:
         TypeError: If ``kernel`` is not a floating-point tensor.
-        ValueError: If it is not ``(k, k)`` or ``(N, k, k)``, or a kernel does not sum to > 0.
+        ValueError: If it is not ``(kh, kw)`` or ``(N, kh, kw)``, holds a negative, NaN or inf
+            value, or a kernel does not sum to > 0.
 
     Example:
         >>> round(kernel_sigma(disk_kernel(2.0)).item(), 2)  # a disk of radius r: about r / 2
@@ -579,8 +586,11 @@ def kernel_sigma(kernel: Tensor) -> Tensor:
     """
     _check_tensor("kernel", kernel)
     if kernel.ndim not in (2, 3) or kernel.numel() == 0:
-        raise ValueError(f"kernel must be (k, k) or (N, k, k), got {tuple(kernel.shape)}")
+        raise ValueError(f"kernel must be (kh, kw) or (N, kh, kw), got {tuple(kernel.shape)}")
     k = kernel.double()
+    if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
+        raise ValueError(f"kernel values must be finite and >= 0, got min {k.min().item():g}, "
+                         f"max {k.max().item():g}")
     total = k.sum((-2, -1), keepdim=True)
     if not bool((total > 0).all()):
         raise ValueError("every kernel must sum to more than 0")
@@ -736,7 +746,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     Raises:
         TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a number.
         ValueError: If ``kind``, ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is
-            out of range, the blur too large, levels asked of ``"motion"`` or ``"mixed"``,
+            out of range (for ``"real"``, ``sigma >= 0.6``, and 1 or 3 channels), the blur too
+            large, levels asked of ``"motion"`` or ``"mixed"``,
             kernels without levels, or grey noise or told Gaussians of a kind other than
             ``"real"``.
     """
@@ -758,6 +769,12 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"gaussian_told must be in [0, 1], got {gaussian_told:g}")
     if gaussian_told > 0 and kind != "real":
         raise ValueError(f"gaussian_told is for kind 'real', got kind {kind!r}")
+    if kind == "real" and sigma < 0.6:
+        raise ValueError(f"kind 'real' draws its blurs up to 2 sigma, and resampling from 1.2: "
+                         f"sigma must be >= 0.6, got {sigma:g}")
+    if kind == "real" and x.shape[1] not in (1, 3):
+        raise ValueError(f"kind 'real' saves images as JPEG: sharp must have 1 or 3 channels, "
+                         f"got {tuple(sharp.shape)}")
     dev = _check_generator(generator)
     s_max = {"mixed": 1.5, "real": 2.0}.get(kind, 1.0) * sigma  # the largest kernel, up front
     radius = max(math.floor(4 * s_max + 0.5) if kind != "motion" else 0, math.ceil(3 * s_max))
@@ -768,8 +785,10 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
-    elif kind == "real":
-        out, levels, kernels = _realistic(x, sigma, generator, grey_noise, gaussian_told)
+    elif kind == "real":  # in float32 at least: the FFT and JPEG take no half precision
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        out, levels, kernels = _realistic(wide, sigma, generator, grey_noise, gaussian_told)
+        out = out.to(x.dtype)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
         if not return_levels:

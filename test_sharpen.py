@@ -743,10 +743,34 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
     assert sharpen._log_uniform(0.3, 3.0, 0.5) == pytest.approx(0.9 ** 0.5, rel=1e-12)
     assert sharpen._log_uniform(0.3, 3.0, 0.0) == 0.3
     assert sharpen._log_uniform(0.3, 3.0, 1.0) == pytest.approx(3.0, rel=1e-12)
-    single = sharpen.degrade(sharp[0], kind="real", sigma=0.5, generator=gen(1))
+    single = sharpen.degrade(sharp[0], kind="real", sigma=0.6, generator=gen(1))
     assert single.shape == sharp[0].shape
     with pytest.raises(ValueError, match=r"sigma=6 blurs with kernels up to .* \(real\)"):
         sharpen.degrade(sharp, kind="real", sigma=6.0)
+    with pytest.raises(ValueError, match="sigma must be >= 0.6, got 0.5"):  # resampling by < 1
+        sharpen.degrade(sharp, kind="real", sigma=0.5)
+    with pytest.raises(ValueError, match=r"1 or 3 channels, got \(2, 4, 48, 48\)"):
+        sharpen.degrade(torch.rand(2, 4, 48, 48), kind="real")
+    for kind in ("real", "mixed"):  # half precision: computed wider, returned as given
+        half = sharpen.degrade(sharp[:4].bfloat16(), kind=kind, generator=gen(2))
+        assert half.dtype == torch.bfloat16 and half.shape == (4, 3, 48, 48)
+    assert sharpen.resample_blur(sharp[:1].half(), 2.0).dtype == torch.float16
+
+
+def test_kernel_sigma_wiener_and_adapters_refuse_what_they_cannot_use():
+    with pytest.raises(ValueError, match="kernel values must be finite and >= 0, got min -1"):
+        sharpen.kernel_sigma(torch.tensor([[0.0, 0, 0], [-1, 3, -1], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="finite and >= 0, got min 0, max inf"):
+        sharpen.kernel_sigma(torch.tensor([[0.0, math.inf, 0]]))
+    line = sharpen.kernel_sigma(torch.full((1, 5), 0.2))  # a one-row kernel, as load_kernel reads
+    assert line.item() == pytest.approx((2.0 / 2) ** 0.5, rel=1e-6)  # var_x 2, var_y 0
+    with pytest.raises(ValueError, match=r"kernel \(31, 31\) is too large for 4x4 images"):
+        sharpen.wiener(torch.rand(3, 4, 4), torch.ones(31, 31) / 961)
+    student, teacher = sharpen.student().double(), sharpen.teacher().double()
+    adapters = kd.feature_adapters(student, teacher)
+    assert {p.dtype for p in adapters.parameters()} == {torch.float64}
+    with pytest.raises(ValueError, match="student and teacher must have weights"):
+        kd.feature_adapters(torch.nn.Identity(), teacher)
 
 
 def test_degrade_real_grey_noise_is_the_same_in_every_channel():
@@ -849,7 +873,7 @@ def test_kernel_sigma_of_hand_computed_kernels():
     assert sharpen.kernel_sigma(sharpen.disk_kernel(2.0)).item() == pytest.approx(1.08, abs=0.01)
     with pytest.raises(TypeError, match="kernel must be a floating-point torch.Tensor, got dtype"):
         sharpen.kernel_sigma(torch.ones(3, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"kernel must be \(k, k\) or \(N, k, k\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"kernel must be \(kh, kw\) or \(N, kh, kw\), got \(3,\)"):
         sharpen.kernel_sigma(torch.ones(3))
     with pytest.raises(ValueError, match="every kernel must sum to more than 0"):
         sharpen.kernel_sigma(torch.zeros(2, 3, 3))
