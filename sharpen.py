@@ -89,6 +89,17 @@ def _check_module(model: object) -> None:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
+_MAX_SIDE = 4097  # the widest 2-D kernel a factory builds (a 2 x 4096 px blur)
+_MAX_ELEMENTS = 1 << 31  # the most values dead_leaves allocates for its images or disks
+
+
+def _check_side(what: str, side: int, *, limit: int = _MAX_SIDE) -> None:
+    """Refuse a kernel or image ``side`` pixels wide above ``limit``, before allocating it."""
+    if side > limit:
+        raise ValueError(f"{what} makes a kernel {side} px wide, over the {limit} px this "
+                         "builds")
+
+
 def _check_path(name: str, path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         got = type(path).__name__ + ("" if path is None else f" {path!r}")
@@ -242,6 +253,7 @@ def gaussian_kernel(sigma: float, *, truncate: float = 4.0, device: Device = Non
         ValueError: If ``sigma`` or ``truncate`` is not finite and positive.
     """
     sigma, truncate = _check_number("sigma", sigma), _check_number("truncate", truncate)
+    _check_side(f"sigma={sigma:g}", 2 * int(truncate * sigma + 0.5) + 1, limit=1 << 20)
     s = torch.tensor([sigma], dtype=torch.float64, device=device)
     return _gaussians(s, truncate)[0].to(dtype)
 
@@ -331,6 +343,7 @@ def motion_kernel(length: float, angle: float, *, device: Device = None,
     length = _check_number("length", length)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
     size = 2 * math.ceil(length / 2) + 3
+    _check_side(f"length={length:g}", size)
     t = torch.linspace(-0.5, 0.5, max(2, math.ceil(4 * length) + 1), dtype=torch.float64)
     c = (size - 1) / 2
     xs, ys = c + length * t * math.cos(rad), c - length * t * math.sin(rad)
@@ -354,6 +367,7 @@ def random_motion_kernel(size: int, *, generator: Generator = None, device: Devi
     """
     if (size := _check_int("size", size, low=5)) % 2 == 0:
         raise ValueError(f"size must be odd, got {size}")
+    _check_side(f"size={size}", size)
     return _shake_kernels(1, size, generator)[0].to(device=device, dtype=dtype)
 
 
@@ -372,6 +386,7 @@ def disk_kernel(radius: float, *, device: Device = None,
         ValueError: If ``radius`` is not finite and positive.
     """
     radius = _check_number("radius", radius)
+    _check_side(f"radius={radius:g}", 2 * math.ceil(radius) + 1)
     g = torch.arange(-math.ceil(radius), math.ceil(radius) + 1, dtype=torch.float64)
     k = (radius + 0.5 - torch.sqrt(g[:, None] ** 2 + g[None, :] ** 2)).clamp(0, 1)
     return (k / k.sum()).to(device=device, dtype=dtype)
@@ -426,6 +441,7 @@ def anisotropic_gaussian_kernel(sigma_u: float, sigma_v: float, angle: float, *,
     su, sv = _check_number("sigma_u", sigma_u), _check_number("sigma_v", sigma_v)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
     R = math.floor(_check_number("truncate", truncate) * max(su, sv) + 0.5)
+    _check_side(f"sigma={max(su, sv):g}", 2 * R + 1)
     grid = torch.arange(-R, R + 1, dtype=torch.float64)
     y, x = grid[:, None], grid[None, :]  # rows go down the screen
     u, v = x * math.cos(rad) - y * math.sin(rad), x * math.sin(rad) + y * math.cos(rad)
@@ -866,6 +882,10 @@ def dead_leaves(n: int, size: int, *, r_min: float = 0.01, r_max: float = 0.3,
     a, b = r_min * size, r_max * size
     mean_area = math.pi * 2 * math.log(b / a) / (a**-2 - b**-2)  # E[pi r^2] for p(r) ~ r^-3
     k = math.ceil(_LEAF_COVER * size * size / mean_area)
+    for what, count in (("images", n * size * size * 4), ("disks", n * k * 6)):
+        if count > _MAX_ELEMENTS:  # indices and colours, or radii, centres and colours
+            raise ValueError(f"n={n}, size={final}, supersample={supersample}, r_min={r_min:g} "
+                             f"need {count:,} values for the {what}, over {_MAX_ELEMENTS:,}")
     u = torch.rand(n, k, generator=generator, device=dev)
     radius = ((a**-2 - u * (a**-2 - b**-2)) ** -0.5).to(device)  # inverse CDF of p(r)
     centre = (torch.rand(n, k, 2, generator=generator, device=dev) * size).to(device)

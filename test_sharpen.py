@@ -757,6 +757,22 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
     assert sharpen.resample_blur(sharp[:1].half(), 2.0).dtype == torch.float16
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda: sharpen.gaussian_kernel(1e12), "sigma=1e.12 makes a kernel 8000000000001 px wide"),
+    (lambda: sharpen.anisotropic_gaussian_kernel(1e6, 1, 0), "sigma=1e.06 makes a kernel"),
+    (lambda: sharpen.disk_kernel(1e6), r"radius=1e\+06 makes a kernel 2000001 px wide, over "
+                                       "the 4097"),
+    (lambda: sharpen.motion_kernel(1e9, 0), "length=1e.09 makes a kernel 1000000003 px wide"),
+    (lambda: sharpen.random_motion_kernel(200001), "size=200001 makes a kernel"),
+    (lambda: sharpen.dead_leaves(1, 10**6), "4,000,000,000,000 values for the images"),
+    (lambda: sharpen.dead_leaves(1, 64, supersample=10**4), "values for the images, over"),
+    (lambda: sharpen.dead_leaves(1, 32, r_min=1e-12), "r_min=1e-12 need .* values for the disks"),
+])
+def test_factories_refuse_sizes_that_would_exhaust_memory_before_allocating(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_kernel_sigma_wiener_and_adapters_refuse_what_they_cannot_use():
     with pytest.raises(ValueError, match="kernel values must be finite and >= 0, got min -1"):
         sharpen.kernel_sigma(torch.tensor([[0.0, 0, 0], [-1, 3, -1], [0, 0, 0]]))
