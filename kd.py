@@ -739,8 +739,10 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     _check_module("student", student)
     _check_module("teacher", teacher)
     weights = [next(m.parameters(), None) for m in (student, teacher)]
-    if None in weights:
-        raise ValueError("student and teacher must have weights: their features are matched")
+    for name, model, w in zip(("student", "teacher"), (student, teacher), weights):
+        if w is None:
+            raise ValueError(f"{name} ({type(model).__name__}) has no weights: features are "
+                             "matched between two networks")
     (device, dtype), (t_device, t_dtype) = ((w.device, w.dtype) for w in weights)
     channels = getattr(student, "in_channels", None) or next(
         m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels

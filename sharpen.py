@@ -93,10 +93,11 @@ _MAX_SIDE = 4097  # the widest 2-D kernel a factory builds (a 2 x 4096 px blur)
 _MAX_ELEMENTS = 1 << 31  # the most values dead_leaves allocates for its images or disks
 
 
-def _check_side(what: str, side: int, *, limit: int = _MAX_SIDE) -> None:
-    """Refuse a kernel or image ``side`` pixels wide above ``limit``, before allocating it."""
+def _check_side(what: str, side: float, *, limit: int = _MAX_SIDE) -> None:
+    """Refuse a kernel ``side`` pixels wide (a float: no overflow) above ``limit``, before
+    allocating it."""
     if side > limit:
-        raise ValueError(f"{what} makes a kernel {side} px wide, over the {limit} px this "
+        raise ValueError(f"{what} makes a kernel {side:.6g} px wide, over the {limit} px this "
                          "builds")
 
 
@@ -253,7 +254,8 @@ def gaussian_kernel(sigma: float, *, truncate: float = 4.0, device: Device = Non
         ValueError: If ``sigma`` or ``truncate`` is not finite and positive.
     """
     sigma, truncate = _check_number("sigma", sigma), _check_number("truncate", truncate)
-    _check_side(f"sigma={sigma:g}", 2 * int(truncate * sigma + 0.5) + 1, limit=1 << 20)
+    _check_side(f"sigma={sigma:g}, truncate={truncate:g}", 2 * truncate * sigma + 1,
+                limit=1 << 20)
     s = torch.tensor([sigma], dtype=torch.float64, device=device)
     return _gaussians(s, truncate)[0].to(dtype)
 
@@ -342,8 +344,8 @@ def motion_kernel(length: float, angle: float, *, device: Device = None,
     """
     length = _check_number("length", length)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
+    _check_side(f"length={length:g}", length + 3)
     size = 2 * math.ceil(length / 2) + 3
-    _check_side(f"length={length:g}", size)
     t = torch.linspace(-0.5, 0.5, max(2, math.ceil(4 * length) + 1), dtype=torch.float64)
     c = (size - 1) / 2
     xs, ys = c + length * t * math.cos(rad), c - length * t * math.sin(rad)
@@ -386,7 +388,7 @@ def disk_kernel(radius: float, *, device: Device = None,
         ValueError: If ``radius`` is not finite and positive.
     """
     radius = _check_number("radius", radius)
-    _check_side(f"radius={radius:g}", 2 * math.ceil(radius) + 1)
+    _check_side(f"radius={radius:g}", 2 * radius + 1)
     g = torch.arange(-math.ceil(radius), math.ceil(radius) + 1, dtype=torch.float64)
     k = (radius + 0.5 - torch.sqrt(g[:, None] ** 2 + g[None, :] ** 2)).clamp(0, 1)
     return (k / k.sum()).to(device=device, dtype=dtype)
@@ -440,8 +442,10 @@ def anisotropic_gaussian_kernel(sigma_u: float, sigma_v: float, angle: float, *,
     """
     su, sv = _check_number("sigma_u", sigma_u), _check_number("sigma_v", sigma_v)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
-    R = math.floor(_check_number("truncate", truncate) * max(su, sv) + 0.5)
-    _check_side(f"sigma={max(su, sv):g}", 2 * R + 1)
+    truncate = _check_number("truncate", truncate)
+    _check_side(f"sigma_u={su:g}, sigma_v={sv:g}, truncate={truncate:g}",
+                2 * truncate * max(su, sv) + 1)
+    R = math.floor(truncate * max(su, sv) + 0.5)
     grid = torch.arange(-R, R + 1, dtype=torch.float64)
     y, x = grid[:, None], grid[None, :]  # rows go down the screen
     u, v = x * math.cos(rad) - y * math.sin(rad), x * math.sin(rad) + y * math.cos(rad)
@@ -762,7 +766,7 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     Raises:
         TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a number.
         ValueError: If ``kind``, ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is
-            out of range (for ``"real"``, ``sigma >= 0.6``, and 1 or 3 channels), the blur too
+            out of range (for ``"real"``, ``sigma >= 0.5``, and 1 or 3 channels), the blur too
             large, levels asked of ``"motion"`` or ``"mixed"``,
             kernels without levels, or grey noise or told Gaussians of a kind other than
             ``"real"``.
@@ -785,9 +789,9 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"gaussian_told must be in [0, 1], got {gaussian_told:g}")
     if gaussian_told > 0 and kind != "real":
         raise ValueError(f"gaussian_told is for kind 'real', got kind {kind!r}")
-    if kind == "real" and sigma < 0.6:
-        raise ValueError(f"kind 'real' draws its blurs up to 2 sigma, and resampling from 1.2: "
-                         f"sigma must be >= 0.6, got {sigma:g}")
+    if kind == "real" and sigma < 0.5:
+        raise ValueError(f"kind 'real' resamples by factors from 1.2 to 2 sigma, which must be "
+                         f"over 1: sigma must be >= 0.5, got {sigma:g}")
     if kind == "real" and x.shape[1] not in (1, 3):
         raise ValueError(f"kind 'real' saves images as JPEG: sharp must have 1 or 3 channels, "
                          f"got {tuple(sharp.shape)}")

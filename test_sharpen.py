@@ -743,26 +743,28 @@ def test_degrade_real_is_a_deterministic_mix_of_photo_degradations():
     assert sharpen._log_uniform(0.3, 3.0, 0.5) == pytest.approx(0.9 ** 0.5, rel=1e-12)
     assert sharpen._log_uniform(0.3, 3.0, 0.0) == 0.3
     assert sharpen._log_uniform(0.3, 3.0, 1.0) == pytest.approx(3.0, rel=1e-12)
-    single = sharpen.degrade(sharp[0], kind="real", sigma=0.6, generator=gen(1))
+    single = sharpen.degrade(sharp[0], kind="real", sigma=0.5, generator=gen(1))
     assert single.shape == sharp[0].shape
     with pytest.raises(ValueError, match=r"sigma=6 blurs with kernels up to .* \(real\)"):
         sharpen.degrade(sharp, kind="real", sigma=6.0)
-    with pytest.raises(ValueError, match="sigma must be >= 0.6, got 0.5"):  # resampling by < 1
-        sharpen.degrade(sharp, kind="real", sigma=0.5)
+    with pytest.raises(ValueError, match="sigma must be >= 0.5, got 0.45"):  # resampling by < 1
+        sharpen.degrade(sharp, kind="real", sigma=0.45)
     with pytest.raises(ValueError, match=r"1 or 3 channels, got \(2, 4, 48, 48\)"):
         sharpen.degrade(torch.rand(2, 4, 48, 48), kind="real")
-    for kind in ("real", "mixed"):  # half precision: computed wider, returned as given
+    for kind in ("real", "mixed"):  # half precision (resampled and JPEG'd wider) comes back so
         half = sharpen.degrade(sharp[:4].bfloat16(), kind=kind, generator=gen(2))
         assert half.dtype == torch.bfloat16 and half.shape == (4, 3, 48, 48)
     assert sharpen.resample_blur(sharp[:1].half(), 2.0).dtype == torch.float16
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: sharpen.gaussian_kernel(1e12), "sigma=1e.12 makes a kernel 8000000000001 px wide"),
-    (lambda: sharpen.anisotropic_gaussian_kernel(1e6, 1, 0), "sigma=1e.06 makes a kernel"),
-    (lambda: sharpen.disk_kernel(1e6), r"radius=1e\+06 makes a kernel 2000001 px wide, over "
+    (lambda: sharpen.gaussian_kernel(1e12), "sigma=1e.12, truncate=4 makes a kernel 8e.12 px"),
+    (lambda: sharpen.gaussian_kernel(1e308), "sigma=1e.308, truncate=4 makes a kernel inf px"),
+    (lambda: sharpen.gaussian_kernel(1.0, truncate=1e12), "truncate=1e.12 makes a kernel"),
+    (lambda: sharpen.anisotropic_gaussian_kernel(1e308, 1, 0), "sigma_u=1e.308, sigma_v=1,"),
+    (lambda: sharpen.disk_kernel(1e6), r"radius=1e\+06 makes a kernel 2e\+06 px wide, over "
                                        "the 4097"),
-    (lambda: sharpen.motion_kernel(1e9, 0), "length=1e.09 makes a kernel 1000000003 px wide"),
+    (lambda: sharpen.motion_kernel(1e9, 0), r"length=1e\+09 makes a kernel 1e\+09 px wide"),
     (lambda: sharpen.random_motion_kernel(200001), "size=200001 makes a kernel"),
     (lambda: sharpen.dead_leaves(1, 10**6), "4,000,000,000,000 values for the images"),
     (lambda: sharpen.dead_leaves(1, 64, supersample=10**4), "values for the images, over"),
@@ -785,7 +787,7 @@ def test_kernel_sigma_wiener_and_adapters_refuse_what_they_cannot_use():
     student, teacher = sharpen.student().double(), sharpen.teacher().double()
     adapters = kd.feature_adapters(student, teacher)
     assert {p.dtype for p in adapters.parameters()} == {torch.float64}
-    with pytest.raises(ValueError, match="student and teacher must have weights"):
+    with pytest.raises(ValueError, match=r"student \(Identity\) has no weights"):
         kd.feature_adapters(torch.nn.Identity(), teacher)
 
 
