@@ -1017,12 +1017,23 @@ class PairDataset(torch.utils.data.Dataset):
         loader = DataLoader(PairDataset(gopro_pairs(root, split="train"), size=256),
                             batch_size=8, shuffle=True, num_workers=4,
                             generator=torch.Generator().manual_seed(0))
+
+    Raises:
+        TypeError: ``pairs`` is not a list, or ``size`` not an int.
+        ValueError: ``pairs`` is empty or holds other than (blurred, sharp) pairs, or
+            ``size < 1``; an image smaller than ``size`` when it is read.
     """
 
     def __init__(self, pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], *,
                  size: int = 256) -> None:
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(f"pairs must be a list of (blurred, sharp) files, got "
+                            f"{type(pairs).__name__}")
         if not pairs:
             raise ValueError("pairs is empty")
+        bad = next((p for p in pairs if not isinstance(p, (list, tuple)) or len(p) != 2), None)
+        if bad is not None:
+            raise ValueError(f"pairs must hold (blurred, sharp) file pairs, got {bad!r}")
         self.pairs, self.size = list(pairs), _check_int("size", size, low=1)
 
     def __len__(self) -> int:

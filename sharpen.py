@@ -764,7 +764,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         ``(B, k, k)`` or ``(k, k)`` float32 on the images' device.
 
     Raises:
-        TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a number.
+        TypeError: If ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is not a
+            number, or ``return_levels`` or ``return_kernels`` not a bool.
         ValueError: If ``kind``, ``sigma``, ``noise``, ``grey_noise`` or ``gaussian_told`` is
             out of range (for ``"real"``, ``sigma >= 0.5``, and 1 or 3 channels), the blur too
             large, levels asked of ``"motion"`` or ``"mixed"``,
@@ -776,6 +777,9 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         raise ValueError(f"kind must be one of {kinds}, got {kind!r}")
     if return_levels and kind not in ("gaussian", "real"):
         raise ValueError(f"return_levels needs kind 'gaussian' or 'real', got {kind!r}")
+    for name, flag in (("return_levels", return_levels), ("return_kernels", return_kernels)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     if return_kernels and not return_levels:
         raise ValueError("return_kernels needs return_levels: the kernels come with the levels")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
@@ -970,14 +974,16 @@ def check_levels(levels: object, n: int) -> Tensor:
         The levels as an ``(n, 3)`` or ``(n, 4)`` tensor (a view where one row was given).
 
     Raises:
-        TypeError: If ``levels`` is neither numbers nor a floating-point tensor.
-        ValueError: If the shape is wrong, a value is out of range or infinite, or a row is
-            partly NaN.
+        TypeError: If ``levels`` is neither numbers nor a floating-point tensor, or ``n`` not
+            an int.
+        ValueError: If ``n < 1``, the shape is wrong, a value is out of range or infinite, or a
+            row is partly NaN.
 
     Example:
         >>> check_levels((1.5, 0.0, 100), 2).tolist()
         [[1.5, 0.0, 100.0], [1.5, 0.0, 100.0]]
     """
+    n = _check_int("n", n, low=1)
     if isinstance(levels, (tuple, list)):
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in levels):
             raise TypeError(f"levels must be numbers (blur, noise, jpeg), got {levels!r}")

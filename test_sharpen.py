@@ -775,6 +775,23 @@ def test_factories_refuse_sizes_that_would_exhaust_memory_before_allocating(call
         call()
 
 
+def test_degrade_check_levels_and_pair_dataset_check_their_arguments_when_called(tmp_path):
+    x = torch.rand(2, 3, 32, 32, generator=gen())
+    with pytest.raises(TypeError, match="return_levels must be True or False, got 'no'"):
+        sharpen.degrade(x, return_levels="no")
+    with pytest.raises(TypeError, match="return_kernels must be True or False, got 1"):
+        sharpen.degrade(x, kind="real", return_levels=True, return_kernels=1)
+    for n, error, match in [(-1, ValueError, "n must be >= 1, got -1"),
+                            (2.0, TypeError, "n must be an int, got float")]:
+        with pytest.raises(error, match=match):
+            sharpen.check_levels((1.0, 0.0, 100.0), n)
+    for pairs, error, match in [(None, TypeError, "pairs must be a list .* got NoneType"),
+                                ([tmp_path / "a.png"], ValueError, "file pairs, got PosixPath"),
+                                ([("a", "b", "c")], ValueError, r"got \('a', 'b', 'c'\)")]:
+        with pytest.raises(error, match=match):
+            kd.PairDataset(pairs)
+
+
 def test_kernel_sigma_wiener_and_adapters_refuse_what_they_cannot_use():
     with pytest.raises(ValueError, match="kernel values must be finite and >= 0, got min -1"):
         sharpen.kernel_sigma(torch.tensor([[0.0, 0, 0], [-1, 3, -1], [0, 0, 0]]))
