@@ -101,6 +101,17 @@ def _check_side(what: str, side: float, *, limit: int = _MAX_SIDE) -> None:
                          "builds")
 
 
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in float32 where it is half precision, which CPU resampling, FFTs and JPEG lack."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _non_finite(state: dict) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [k for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
+
+
 def _check_path(name: str, path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         got = type(path).__name__ + ("" if path is None else f" {path!r}")
@@ -320,9 +331,8 @@ def resample_blur(img: Tensor, scale: float, *, mode: str = "bilinear") -> Tenso
     h, w = round(H / scale), round(W / scale)
     if h < 1 or w < 1:
         raise ValueError(f"scale={scale} shrinks a {H}x{W} image to nothing ({h}x{w})")
-    wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # CPUs lack them
     with _no_autocast(x):
-        small = F.interpolate(wide, size=(h, w), mode=mode, antialias=True, align_corners=False)
+        small = F.interpolate(_wide(x), size=(h, w), mode=mode, antialias=True, align_corners=False)
         out = F.interpolate(small, size=(H, W), mode=mode, align_corners=False).to(x.dtype)
     return out[0] if single else out
 
@@ -809,9 +819,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
         out = gaussian_blur(x, sigma)
     elif kind == "motion":
         out = blur(x, _shake_kernels(len(x), 2 * math.ceil(3 * sigma) + 1, generator))
-    elif kind == "real":  # in float32 at least: the FFT and JPEG take no half precision
-        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        out, levels, kernels = _realistic(wide, sigma, generator, grey_noise, gaussian_told)
+    elif kind == "real":
+        out, levels, kernels = _realistic(_wide(x), sigma, generator, grey_noise, gaussian_told)
         out = out.to(x.dtype)
     if kind != "mixed":
         out = add_noise(out, noise, generator=generator) if noise > 0 else out
@@ -1470,7 +1479,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     read again from the first row and column of that grid, as the estimator learnt JPEG loss on
     aligned grids, and that reading is kept if it finds more JPEG loss.
     A copy of the estimator runs (the caller's is left as it is), in eval mode, with tiles and
-    weights laid out channels_last (1.9x faster on a CPU than as built).
+    weights laid out channels_last (faster with oneDNN: see the README's Performance).
 
     Args:
         estimator: A ``level_estimator`` (``LevelNet``), trained.
@@ -1607,8 +1616,7 @@ def save_model(path: str | os.PathLike, model: nn.Module) -> None:
         raise ValueError(f"model must be built by one of {sorted(_FACTORIES)} (they set "
                          f"model.config), got config={config!r}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:  # load_model would refuse the file
+    if bad := _non_finite(state):  # load_model would refuse the file
         raise ValueError(f"model has weights that are not finite (NaN or inf), not saved: "
                          f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     data = {"factory": config["factory"], "kwargs": dict(config["kwargs"]), "state_dict": state}
@@ -1655,8 +1663,7 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
     factory, kwargs, state = data["factory"], data["kwargs"], data["state_dict"]
     if factory not in _FACTORIES:
         raise ValueError(f"{path}: unknown factory {factory!r}; known: {sorted(_FACTORIES)}")
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)
-           or (v.is_floating_point() and not bool(torch.isfinite(v).all()))]
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)] + _non_finite(state)
     if bad:
         raise ValueError(f"{path}: non-finite weights in {', '.join(map(str, bad[:3]))}")
     try:
