@@ -2170,11 +2170,22 @@ def test_docs_jpeg_grid_reads_cropped_jpegs_as_they_come_and_on_their_grid(monke
     monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photo[None])
     assert grid.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + 2 * 4 * 4 and lines[1].startswith("grey JPEG 30 cropped by 0: ")
+    assert len(lines) == 2 + 2 * 4 * 4 and lines[1].startswith("grey JPEG 30 cropped by 0: ")
     cropped = next(line for line in lines if line.startswith("colour JPEG 30 cropped by 3:"))
     as_it_comes, found = (float(part.split("read")[1].split(",")[0])
                           for part in cropped.split(" | "))
     assert found < 60 < as_it_comes  # the grid found, the compression is seen
+    gains = [[float(part.split(", ")[1].split()[0]) for part in line.split(" | ")]
+             for line in lines[1:-1] if " by 0: " not in line]  # (as it comes, found) per crop
+    summary = re.fullmatch(r"mean gain over the cropped JPEGs: as it comes ([-+.\d]+) dB, "
+                           r"grid found ([-+.\d]+) dB", lines[-1])
+    for i in range(2):
+        assert float(summary[i + 1]) == pytest.approx(sum(g[i] for g in gains) / 24, abs=0.006)
+    for bad, match in [(SHIPPED / "student.pt", "student.pt is not a level estimator"),
+                       (Path("none.pt"), "--estimator: .*none.pt")]:
+        with pytest.raises(SystemExit):
+            grid.main(["--estimator", str(bad)])
+        assert re.search(match, capsys.readouterr().err)
 
     def missing(size):
         raise ImportError("No module named 'sklearn'")
@@ -2307,7 +2318,8 @@ def test_train_levels_writes_an_estimator_and_refuses_bad_options(tmp_path, caps
                        (["--quantile", "1"], r"--quantile must be in \(0, 1\), got 1.0"),
                        (["--quantile", "0.3", "0.5"], r"one number or three \(blur, noise, jp"),
                        (["--lr", "inf"], "--lr must be finite and >= 0, got inf"),
-                       (["--width", "0"], "--width must be >= 1, got 0")]:
+                       (["--width", "0"], "--width must be >= 1, got 0"),
+                       (["--off-grid", "1.5"], r"--off-grid must be in \[0, 1\], got 1.5")]:
         with pytest.raises(SystemExit):
             train_levels.main([*tiny[:-2], *bad, "--out", str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
@@ -2346,6 +2358,29 @@ def test_train_levels_reads_the_blur_of_a_shake_times_asymmetric_blur():
     assert torch.equal(x, y) and (true[shaken, 0] > 0).all()
     torch.testing.assert_close(read[shaken, 0], 0.25 * true[shaken, 0])
     assert torch.equal(read[~shaken], true[~shaken]) and torch.equal(read[:, 1:], true[:, 1:])
+
+
+def test_train_levels_off_grid_cuts_a_share_of_crops_from_a_random_row_and_column():
+    import train_levels
+
+    x = torch.rand(400, 1, 20, 21, generator=gen())
+    y = train_levels._off_grid(x, 0.5, gen(1))
+    assert y.shape == (400, 1, 12, 13)
+    starts = []
+    for img, cut in zip(x, y):
+        found = [(r, c) for r in range(8) for c in range(8)
+                 if torch.equal(img[:, r : r + 12, c : c + 13], cut)]
+        assert len(found) == 1
+        starts.append(found[0])
+    moved = [rc for rc in starts if rc != (0, 0)]
+    assert 160 <= len(moved) <= 240  # half, less the 1/64 of draws at (0, 0)
+    assert {r for r, _ in moved} == set(range(8)) and {c for _, c in moved} == set(range(8))
+    assert torch.equal(train_levels._off_grid(x, 0.0, gen(1)), x[..., :12, :13])
+    assert torch.equal(train_levels._off_grid(x, 0.5, gen(1)), y)  # the generator decides
+    point = torch.zeros(4, 3, 40, 40)
+    a, levels = train_levels._degrade(point, generator=gen(5), grey_noise=0.0)
+    b, same = train_levels._degrade(point, generator=gen(5), grey_noise=0.0, off_grid=1.0)
+    assert a.shape == (4, 3, 40, 40) and b.shape == (4, 3, 32, 32) and torch.equal(levels, same)
 
 
 def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path):

@@ -28,15 +28,27 @@ import train
 
 
 def _degrade(sharp: torch.Tensor, *, generator: torch.Generator, grey_noise: float,
-             asymmetric_blur: float = 1.0) -> tuple[torch.Tensor, ...]:
+             asymmetric_blur: float = 1.0, off_grid: float = 0.0) -> tuple[torch.Tensor, ...]:
     """Degraded 8-bit images and their target levels: the blur of an image whose kernel is not
-    point-symmetric (camera shake) times ``asymmetric_blur``."""
+    point-symmetric (camera shake) times ``asymmetric_blur``; with ``off_grid``, cut by
+    ``_off_grid``."""
     blurred, levels, kernels = sharpen.degrade(sharp, kind="real", generator=generator,
                                                grey_noise=grey_noise, return_levels=True,
                                                return_kernels=True)
     asymmetric = (kernels - kernels.flip(-2, -1)).abs().flatten(1).sum(1) > 1e-3  # NaN: False
     levels[asymmetric, 0] *= asymmetric_blur
-    return train._8bit(blurred), levels
+    blurred = train._8bit(blurred)
+    return (_off_grid(blurred, off_grid, generator) if off_grid else blurred), levels
+
+
+def _off_grid(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` cut to ``(B, C, H - 8, W - 8)``: a ``share`` of the images from a
+    random row and column 0-7, so that a JPEG's 8x8 block grid no longer starts at the corner,
+    as in a cropped photo; the others from the corner."""
+    start = torch.randint(8, (len(x), 2), generator=generator)
+    start[torch.rand(len(x), generator=generator) >= share] = 0
+    h, w = x.shape[-2] - 8, x.shape[-1] - 8
+    return torch.stack([img[:, r : r + h, c : c + w] for img, (r, c) in zip(x, start.tolist())])
 
 
 def training_images(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -84,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="read the blur of a kernel that is not point-symmetric (camera shake) as "
                         "FACTOR (0 to 1) times its spread: 0 teaches it to read shake as no "
                         "blur (a model told one blur number cannot undo a shake anyway) (1.0)")
+    p.add_argument("--off-grid", type=float, default=0.0, metavar="SHARE",
+                   help="the share of training crops cut, after compression, from a random row "
+                        "and column 0-7, so that a JPEG's block grid no longer starts at the "
+                        "corner, as in a cropped photo; with it every crop loses 8 pixels of "
+                        "its side (0.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     p.add_argument("--overwrite", action="store_true",
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--grey-noise must be in [0, 1], got {args.grey_noise}")
     if not 0 <= args.asymmetric_blur <= 1:
         p.error(f"--asymmetric-blur must be in [0, 1], got {args.asymmetric_blur}")
+    if not 0 <= args.off_grid <= 1:
+        p.error(f"--off-grid must be in [0, 1], got {args.off_grid}")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     torch.manual_seed(args.seed)
@@ -136,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     images = training_images(args.train_images, generator)
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,
                       degrade=functools.partial(_degrade, grey_noise=args.grey_noise,
-                                                asymmetric_blur=args.asymmetric_blur))
+                                                asymmetric_blur=args.asymmetric_blur,
+                                                off_grid=args.off_grid))
     opt = torch.optim.Adam(estimator.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)

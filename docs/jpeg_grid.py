@@ -8,7 +8,9 @@ For the validation photos (``--scored``: the scored sets, for reporting only) sa
 quality 30, 50, 75 and 90 and cropped by 0, 1, 3 and 6 rows and columns, this prints the JPEG
 quality read, and the mean gain in dB over the input (worst image's in brackets) of the shipped
 student told the levels read, as ``python sharpen.py photo.jpg`` runs it: once read as the
-image comes, and once by ``sharpen.estimate_levels``, which finds the grid.
+image comes, and once by ``sharpen.estimate_levels``, which finds the grid; last, each
+reading's mean gain over the cropped ones. ``--estimator`` reads with another level estimator
+(``train_levels.py``'s).
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scored", action="store_true",
                    help="the scored photo sets instead of the validation photos")
+    p.add_argument("--estimator", type=Path, default=ROOT / "weights" / "levels.pt",
+                   metavar="LEVELS.pt", help="the level estimator (weights/levels.pt)")
     args = p.parse_args(argv)
+    try:
+        estimator = sharpen.load_model(args.estimator)
+    except (OSError, ValueError) as e:
+        p.error(f"--estimator: {e}")
+    if not isinstance(estimator, sharpen.LevelNet):
+        p.error(f"--estimator {args.estimator} is not a level estimator (train_levels.py's)")
     try:
         sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {
             "grey": train._validation_photos(256),
@@ -40,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
-    estimator = sharpen.load_model(ROOT / "weights" / "levels.pt")
     as_it_comes = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
     readers = {"as it comes": lambda x: sharpen._read_levels(as_it_comes, x, 1024),
                "grid found": lambda x: sharpen.estimate_levels(estimator, x)}
     print("JPEG quality read, and the student's mean gain told the levels read (worst image's)")
+    cropped = {name: [] for name in readers}
     for set_name, photos in sets.items():
         for quality in (30, 50, 75, 90):
             jpeg = sharpen.jpeg(photos, quality)
@@ -56,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                     levels = read(x)
                     y = sharpen.sharpen(student, x, precision="fp32", levels=levels)
                     gain = metrics.psnr(y, sharp) - base
+                    if crop:
+                        cropped[name].append(gain.mean().item())
                     cells.append(f"{name}: read {levels[:, 2].mean():5.1f}, "
                                  f"{gain.mean():+.2f} ({gain.min():+.2f})")
                 print(f"{set_name} JPEG {quality} cropped by {crop}: " + " | ".join(cells),
                       flush=True)
+    print("mean gain over the cropped JPEGs: " + ", ".join(
+        f"{name} {sum(g) / len(g):+.2f} dB" for name, g in cropped.items()))
     return 0
 
 
