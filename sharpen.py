@@ -1682,6 +1682,16 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
     return model.to(map_location or "cpu").eval()
 
 
+def _image_file(name: str, path: object) -> Path:
+    path = _check_path(name, path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
+    if not path.is_file():
+        why = " (a broken link or a link loop)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"image file not found: {path}{why}")
+    return path
+
+
 def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image as ``(3, H, W)`` float32 in [0, 1], EXIF orientation applied.
 
@@ -1697,12 +1707,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
         ValueError: If the file is unreadable or of an unsupported mode; the message names it.
         TypeError: If ``path`` is not a str or os.PathLike.
     """
-    path = _check_path("path", path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not an image file")
-    if not path.is_file():
-        why = " (a broken link or a link loop)" if path.is_symlink() else ""
-        raise FileNotFoundError(f"image file not found: {path}{why}")
+    path = _image_file("path", path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -1777,18 +1782,41 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
     return kernel.float()
 
 
-def save_image(img: Tensor, path: str | os.PathLike) -> None:
+def _metadata(like: Path, rgb: bool) -> dict[str, bytes]:
+    """Pillow save options with ``like``'s EXIF, less its orientation, and its colour profile
+    if that is of RGB (``rgb``) or grey images."""
+    try:
+        with Image.open(like) as im:
+            exif, icc = im.getexif(), im.info.get("icc_profile")
+            exif.get_ifd(0x8769)  # the Exif sub-IFD (date taken, exposure) is written if read
+    except Exception as e:
+        raise ValueError(f"like {like}: not a readable image ({type(e).__name__}: {e})") from e
+    exif.pop(0x0112, None)  # the orientation, which load_image applied
+    options = {"exif": exif.tobytes()} if exif else {}
+    if icc and icc[16:20] == (b"RGB " if rgb else b"GRAY"):  # the profile's colour space
+        options["icc_profile"] = icc
+    return options
+
+
+def save_image(img: Tensor, path: str | os.PathLike, *,
+               like: str | os.PathLike | None = None) -> None:
     """Write ``img`` rounded to 8 bits, atomically, in the format of the suffix (JPEG: quality 95).
 
     Args:
         img: ``(3, H, W)``, ``(1, H, W)`` or ``(H, W)`` in [0, 1]; values over half an 8-bit step
             outside raise (nothing is silently clamped).
         path: Destination, such as ``photo.png``.
+        like: The image file ``img`` was made from, whose EXIF metadata (less its orientation,
+            which ``load_image`` applied) and colour profile (ICC, if it is for images of
+            ``img``'s channels: RGB or grey) the file takes, in formats that hold them (PNG,
+            JPEG, TIFF, WebP). Without its profile, a wide-gamut photo (Display P3) would look
+            duller in a colour-managed viewer.
 
     Raises:
-        TypeError: If ``img`` is not a floating-point tensor, or ``path`` not a str or
-            os.PathLike.
-        ValueError: If the shape, the values or the suffix is wrong.
+        TypeError: If ``img`` is not a floating-point tensor, or ``path`` or ``like`` not a str
+            or os.PathLike.
+        ValueError: If the shape, the values or the suffix is wrong, or ``like`` unreadable.
+        IsADirectoryError, FileNotFoundError: If ``like`` is a folder or not a file.
     """
     _check_tensor("img", img)
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[0] in (1, 3))) or img.numel() == 0:
@@ -1797,14 +1825,18 @@ def save_image(img: Tensor, path: str | os.PathLike) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
+    rgb = img.ndim == 3 and img.shape[0] == 3
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    if like is not None:
+        metadata = _metadata(_image_file("like", like), rgb)
+        if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
+            options.update(metadata)
     x = img.detach().to("cpu", torch.float32)
     lo, hi, tol = x.min().item(), x.max().item(), 0.5 / 255
     if not torch.isfinite(x).all() or lo < -tol or hi > 1 + tol:
         raise ValueError(f"img values must lie in [0, 1], got min {lo:.4g}, max {hi:.4g}")
     arr = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    rgb = img.ndim == 3 and img.shape[0] == 3
     pil = Image.fromarray(arr.transpose(1, 2, 0) if rgb else arr.reshape(arr.shape[-2:]))
-    options = {"quality": 95} if fmt == "JPEG" else {}
     atomic_write(path, lambda f: pil.save(f, format=fmt, **options))
 
 
@@ -2190,7 +2222,7 @@ def main(argv: list[str] | None = None) -> int:
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
                 out = out.mean(0, keepdim=True).expand_as(out)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            save_image(out, dst)
+            save_image(out, dst, like=src)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
                   f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"

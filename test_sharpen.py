@@ -1935,6 +1935,61 @@ def test_cli_keeps_a_grey_photo_grey(tmp_path, capsys):
     assert not torch.equal(colour[0], colour[1])  # colour stays colour
 
 
+@functools.cache
+def _icc(space: bytes) -> bytes:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return icc[:16] + space + icc[20:]  # the header's colour space (and its time of creation)
+
+
+def test_cli_keeps_a_photos_colour_profile_and_exif(tmp_path, tiny_model_file, capsys):
+    arr = (photo_8bit("coffee", 24).permute(1, 2, 0) * 255).byte().numpy()[:16]
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112], exif[0x010F] = 6, "TestCam"  # orientation (rotate to display), camera make
+    im.save(tmp_path / "p3.jpg", icc_profile=_icc(b"RGB "), exif=exif, quality=95)
+    im.convert("L").save(tmp_path / "grey.jpg", icc_profile=_icc(b"GRAY"), quality=95)
+    im.save(tmp_path / "plain.png")
+    assert sharpen.main([str(tmp_path / n) for n in ("p3.jpg", "grey.jpg", "plain.png")] +
+                        ["--weights", str(tiny_model_file), "-o", str(tmp_path / "o")]) == 0
+    with Image.open(tmp_path / "o" / "p3_sharp.png") as out:
+        assert out.size == (16, 24)  # turned upright, as load_image turns it
+        assert out.info["icc_profile"] == _icc(b"RGB ")
+        assert out.getexif()[0x010F] == "TestCam" and 0x0112 not in out.getexif()
+    with Image.open(tmp_path / "o" / "grey_sharp.png") as out:  # written RGB: a grey profile
+        assert out.mode == "RGB" and "icc_profile" not in out.info  # would not describe it
+    with Image.open(tmp_path / "o" / "plain_sharp.png") as out:
+        assert "icc_profile" not in out.info and not out.getexif()
+
+
+def test_save_image_takes_the_colour_profile_and_exif_of_like(tmp_path):
+    im = Image.new("RGB", (5, 3))
+    exif = im.getexif()
+    exif[0x0112], exif[0x010F] = 3, "TestCam"
+    exif.get_ifd(0x8769)[0x9003] = "2026:12:05 10:00:00"  # date taken, in the Exif sub-IFD
+    im.save(tmp_path / "src.jpg", icc_profile=_icc(b"RGB "), exif=exif)
+    x = torch.rand(3, 3, 5, generator=gen())
+    for suffix in ("png", "jpg", "tif", "webp", "bmp", "gif"):
+        sharpen.save_image(x, tmp_path / f"o.{suffix}", like=tmp_path / "src.jpg")
+        with Image.open(tmp_path / f"o.{suffix}") as out:
+            if suffix in ("png", "jpg", "tif", "webp"):
+                assert out.info.get("icc_profile") == _icc(b"RGB "), suffix
+                assert out.getexif().get(0x010F) == "TestCam", suffix
+                assert 0x0112 not in out.getexif(), suffix
+                assert out.getexif().get_ifd(0x8769)[0x9003] == "2026:12:05 10:00:00", suffix
+    sharpen.save_image(x[:1], tmp_path / "g.png", like=tmp_path / "src.jpg")
+    assert "icc_profile" not in Image.open(tmp_path / "g.png").info  # RGB profile, grey image
+    for bad, error, match in [(3, TypeError, "like must be a str or os.PathLike, got int"),
+                              (tmp_path / "none.jpg", FileNotFoundError, "none.jpg"),
+                              (tmp_path, IsADirectoryError, "is a folder"),
+                              (ROOT / "README.md", ValueError, "like .*README.md: not a "
+                                                               "readable image")]:
+        with pytest.raises(error, match=match):
+            sharpen.save_image(x, tmp_path / "bad.png", like=bad)
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
     assert sharpen.main(["x.png", "--weights", str(tmp_path)]) == 2
     assert "is a folder, not a model file" in capsys.readouterr().err
