@@ -28,6 +28,7 @@ import numbers
 import os
 import pickle
 import secrets
+import struct
 import sys
 import warnings
 import zipfile
@@ -1682,13 +1683,14 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
     return model.to(map_location or "cpu").eval()
 
 
-def _image_file(name: str, path: object) -> Path:
-    path = _check_path(name, path)
+def _image_file(path: object, *, name: str = "") -> Path:
+    """``path`` as a Path to a file; errors name it after ``name`` ("like ")."""
+    path = _check_path(name.strip() or "path", path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not an image file")
+        raise IsADirectoryError(f"{name}{path} is a folder, not an image file")
     if not path.is_file():
         why = " (a broken link or a link loop)" if path.is_symlink() else ""
-        raise FileNotFoundError(f"image file not found: {path}{why}")
+        raise FileNotFoundError(f"image file not found: {name}{path}{why}")
     return path
 
 
@@ -1707,7 +1709,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
         ValueError: If the file is unreadable or of an unsupported mode; the message names it.
         TypeError: If ``path`` is not a str or os.PathLike.
     """
-    path = _image_file("path", path)
+    path = _image_file(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -1782,19 +1784,54 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
     return kernel.float()
 
 
-def _metadata(like: Path, rgb: bool) -> dict[str, bytes]:
-    """Pillow save options with ``like``'s EXIF, less its orientation, and its colour profile
-    if that is of RGB (``rgb``) or grey images."""
+def _upright_exif(exif: bytes) -> bytes:
+    """Raw EXIF (as JPEG, PNG or WebP hold it) as JPEG's APP1 holds it, its orientation set to
+    1 in place (``load_image`` turns the pixels upright) and nothing else moved, so that maker
+    notes at fixed offsets stay valid.
+
+    Raises:
+        ValueError: If it has no TIFF header or its first IFD is cut short.
+    """
+    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2], "?")
+    try:
+        if struct.unpack_from(order + "H", tiff, 2)[0] != 42:
+            raise ValueError("no TIFF header")
+        ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+        out = bytearray(tiff)
+        for at in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0], 12):
+            if struct.unpack_from(order + "HH", tiff, at) == (0x0112, 3):  # orientation, a SHORT
+                struct.pack_into(order + "H", out, at + 8, 1)
+    except struct.error as e:
+        raise ValueError(f"no TIFF header, or its first IFD cut short ({e})") from e
+    return b"Exif\x00\x00" + bytes(out)
+
+
+def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
+    """Pillow save options with ``like``'s EXIF, upright, and its colour profile if that is for
+    RGB (``rgb``) or grey images; what cannot be kept is dropped with a warning."""
     try:
         with Image.open(like) as im:
-            exif, icc = im.getexif(), im.info.get("icc_profile")
-            exif.get_ifd(0x8769)  # the Exif sub-IFD (date taken, exposure) is written if read
+            exif, icc = im.info.get("exif"), im.info.get("icc_profile")
     except Exception as e:
         raise ValueError(f"like {like}: not a readable image ({type(e).__name__}: {e})") from e
-    exif.pop(0x0112, None)  # the orientation, which load_image applied
-    options = {"exif": exif.tobytes()} if exif else {}
-    if icc and icc[16:20] == (b"RGB " if rgb else b"GRAY"):  # the profile's colour space
-        options["icc_profile"] = icc
+    options, kept = {}, []
+    if exif:
+        try:
+            options["exif"] = _upright_exif(exif)
+        except ValueError as e:
+            kept.append(f"its EXIF, unreadable ({e})")
+        if jpeg and len(options.get("exif", b"")) > 65533:  # the most a JPEG segment holds
+            kept.append(f"its EXIF, {len(options.pop('exif')):,} bytes, over JPEG's 65,533")
+    if icc:
+        space = b"RGB " if rgb else b"GRAY"
+        if len(icc) >= 128 and icc[16:20] == space:  # a profile's header: 128 bytes
+            options["icc_profile"] = icc
+        else:
+            what = icc[16:20].decode("latin-1").strip() if len(icc) >= 128 else "no"
+            kept.append(f"its colour profile, for {what} images, not {space.decode().strip()}")
+    for what in kept:
+        warnings.warn(f"{like}: written without {what}", stacklevel=3)
     return options
 
 
@@ -1806,11 +1843,15 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
         img: ``(3, H, W)``, ``(1, H, W)`` or ``(H, W)`` in [0, 1]; values over half an 8-bit step
             outside raise (nothing is silently clamped).
         path: Destination, such as ``photo.png``.
-        like: The image file ``img`` was made from, whose EXIF metadata (less its orientation,
-            which ``load_image`` applied) and colour profile (ICC, if it is for images of
-            ``img``'s channels: RGB or grey) the file takes, in formats that hold them (PNG,
-            JPEG, TIFF, WebP). Without its profile, a wide-gamut photo (Display P3) would look
-            duller in a colour-managed viewer.
+        like: The image file ``img`` was made from, whose EXIF metadata (from a JPEG, PNG or
+            WebP; its orientation set to upright, as ``load_image`` turns the pixels) and
+            colour profile (ICC, if it is for images of ``img``'s channels: RGB or grey) the
+            file takes, in formats that hold them. Without its profile, a wide-gamut photo
+            (Display P3) would look duller in a colour-managed viewer.
+
+    Warns:
+        UserWarning: If ``like``'s EXIF or colour profile cannot be kept (unreadable, a
+            profile for other channels, EXIF too long for a JPEG): the file is written without.
 
     Raises:
         TypeError: If ``img`` is not a floating-point tensor, or ``path`` or ``like`` not a str
@@ -1825,16 +1866,15 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
-    rgb = img.ndim == 3 and img.shape[0] == 3
-    options = {"quality": 95} if fmt == "JPEG" else {}
-    if like is not None:
-        metadata = _metadata(_image_file("like", like), rgb)
-        if fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
-            options.update(metadata)
+    like = None if like is None else _image_file(like, name="like ")
     x = img.detach().to("cpu", torch.float32)
     lo, hi, tol = x.min().item(), x.max().item(), 0.5 / 255
     if not torch.isfinite(x).all() or lo < -tol or hi > 1 + tol:
         raise ValueError(f"img values must lie in [0, 1], got min {lo:.4g}, max {hi:.4g}")
+    rgb = img.ndim == 3 and img.shape[0] == 3
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    if like is not None:
+        options.update(_metadata(like, rgb=rgb, jpeg=fmt in ("JPEG", "MPO")))
     arr = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     pil = Image.fromarray(arr.transpose(1, 2, 0) if rgb else arr.reshape(arr.shape[-2:]))
     atomic_write(path, lambda f: pil.save(f, format=fmt, **options))
@@ -2220,9 +2260,13 @@ def main(argv: list[str] | None = None) -> int:
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
-                out = out.mean(0, keepdim=True).expand_as(out)
+                out = out.mean(0, keepdim=True)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            save_image(out, dst, like=src)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                save_image(out, dst, like=src)
+            for warning in caught:
+                print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
                   f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"

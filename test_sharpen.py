@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -1950,17 +1951,28 @@ def test_cli_keeps_a_photos_colour_profile_and_exif(tmp_path, tiny_model_file, c
     exif[0x0112], exif[0x010F] = 6, "TestCam"  # orientation (rotate to display), camera make
     im.save(tmp_path / "p3.jpg", icc_profile=_icc(b"RGB "), exif=exif, quality=95)
     im.convert("L").save(tmp_path / "grey.jpg", icc_profile=_icc(b"GRAY"), quality=95)
+    im.convert("CMYK").save(tmp_path / "cmyk.jpg", icc_profile=_icc(b"CMYK"), quality=95)
     im.save(tmp_path / "plain.png")
-    assert sharpen.main([str(tmp_path / n) for n in ("p3.jpg", "grey.jpg", "plain.png")] +
+    names = ("p3.jpg", "grey.jpg", "cmyk.jpg", "plain.png")
+    assert sharpen.main([str(tmp_path / n) for n in names] +
                         ["--weights", str(tiny_model_file), "-o", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"sharpen.py: warning: {tmp_path / 'cmyk.jpg'}: written without its colour "
+                   "profile, for CMYK images, not RGB\n")
     with Image.open(tmp_path / "o" / "p3_sharp.png") as out:
         assert out.size == (16, 24)  # turned upright, as load_image turns it
         assert out.info["icc_profile"] == _icc(b"RGB ")
-        assert out.getexif()[0x010F] == "TestCam" and 0x0112 not in out.getexif()
-    with Image.open(tmp_path / "o" / "grey_sharp.png") as out:  # written RGB: a grey profile
-        assert out.mode == "RGB" and "icc_profile" not in out.info  # would not describe it
-    with Image.open(tmp_path / "o" / "plain_sharp.png") as out:
-        assert "icc_profile" not in out.info and not out.getexif()
+        assert out.getexif()[0x010F] == "TestCam" and out.getexif()[0x0112] == 1
+    with Image.open(tmp_path / "o" / "grey_sharp.png") as out:  # grey stays grey, and its profile
+        assert out.mode == "L" and out.info["icc_profile"] == _icc(b"GRAY")
+    for name in ("cmyk", "plain"):
+        with Image.open(tmp_path / "o" / f"{name}_sharp.png") as out:
+            assert out.mode == "RGB" and "icc_profile" not in out.info and not out.getexif()
+
+
+def _exif_jpeg(path: Path, exif: bytes) -> None:
+    """A JPEG whose APP1 segment holds ``exif`` as given (Pillow writes raw bytes as they are)."""
+    Image.new("RGB", (5, 3), "teal").save(path, exif=b"Exif\x00\x00" + exif)
 
 
 def test_save_image_takes_the_colour_profile_and_exif_of_like(tmp_path):
@@ -1968,26 +1980,73 @@ def test_save_image_takes_the_colour_profile_and_exif_of_like(tmp_path):
     exif = im.getexif()
     exif[0x0112], exif[0x010F] = 3, "TestCam"
     exif.get_ifd(0x8769)[0x9003] = "2026:12:05 10:00:00"  # date taken, in the Exif sub-IFD
-    im.save(tmp_path / "src.jpg", icc_profile=_icc(b"RGB "), exif=exif)
     x = torch.rand(3, 3, 5, generator=gen())
-    for suffix in ("png", "jpg", "tif", "webp", "bmp", "gif"):
-        sharpen.save_image(x, tmp_path / f"o.{suffix}", like=tmp_path / "src.jpg")
-        with Image.open(tmp_path / f"o.{suffix}") as out:
-            if suffix in ("png", "jpg", "tif", "webp"):
-                assert out.info.get("icc_profile") == _icc(b"RGB "), suffix
-                assert out.getexif().get(0x010F) == "TestCam", suffix
-                assert 0x0112 not in out.getexif(), suffix
-                assert out.getexif().get_ifd(0x8769)[0x9003] == "2026:12:05 10:00:00", suffix
-    sharpen.save_image(x[:1], tmp_path / "g.png", like=tmp_path / "src.jpg")
-    assert "icc_profile" not in Image.open(tmp_path / "g.png").info  # RGB profile, grey image
+    for source in ("jpg", "png", "webp"):
+        im.save(tmp_path / f"src.{source}", icc_profile=_icc(b"RGB "), exif=exif)
+        for suffix in ("png", "jpg", "webp", "tif", "bmp", "gif"):
+            sharpen.save_image(x, tmp_path / f"o.{suffix}", like=tmp_path / f"src.{source}")
+            with Image.open(tmp_path / f"o.{suffix}") as out:
+                out.load()  # readable to the end
+                kept = out.getexif()
+                if suffix in ("bmp", "gif"):  # formats without a colour profile or EXIF
+                    assert "icc_profile" not in out.info and 0x010F not in kept
+                    continue
+                assert out.info["icc_profile"] == _icc(b"RGB "), (source, suffix)
+                assert kept[0x010F] == "TestCam" and kept.get(0x0112, 1) == 1, (source, suffix)
+                assert kept.get_ifd(0x8769)[0x9003] == "2026:12:05 10:00:00", (source, suffix)
+    Image.new("L", (60, 80)).save(tmp_path / "grey.tif", icc_profile=_icc(b"GRAY"))
+    with pytest.warns(UserWarning, match="without its colour profile, for RGB images, not GRAY"):
+        sharpen.save_image(x[:1], tmp_path / "g.png", like=tmp_path / "src.jpg")
+    with Image.open(tmp_path / "g.png") as out:
+        assert "icc_profile" not in out.info and out.getexif()[0x010F] == "TestCam"
+    for suffix in ("tif", "png"):  # a TIFF's own tags (size, layout) are not EXIF to copy
+        sharpen.save_image(x[:1], tmp_path / f"t.{suffix}", like=tmp_path / "grey.tif")
+        with Image.open(tmp_path / f"t.{suffix}") as out:
+            assert out.info["icc_profile"] == _icc(b"GRAY") and out.size == (5, 3)
+            assert torch.equal(sharpen.load_image(tmp_path / f"t.{suffix}")[0],
+                               (x[0] * 255).round() / 255)
+            assert suffix == "tif" or not out.getexif()
     for bad, error, match in [(3, TypeError, "like must be a str or os.PathLike, got int"),
-                              (tmp_path / "none.jpg", FileNotFoundError, "none.jpg"),
-                              (tmp_path, IsADirectoryError, "is a folder"),
+                              (tmp_path / "none.jpg", FileNotFoundError, "found: like .*none"),
+                              (tmp_path, IsADirectoryError, "like .* is a folder"),
                               (ROOT / "README.md", ValueError, "like .*README.md: not a "
                                                                "readable image")]:
         with pytest.raises(error, match=match):
             sharpen.save_image(x, tmp_path / "bad.png", like=bad)
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, opening cut.jpg
+def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_path):
+    # big-endian TIFF header, IFD0 at 8 with 3 entries: orientation SHORT 6, ResolutionUnit
+    # LONG 70000 (which Pillow cannot write back as the SHORT it should be), a 4-byte
+    # undefined tag standing for a maker note at a fixed offset
+    ifd = struct.pack(">HHHIHxxHHIIHHI4s", 3, 0x0112, 3, 1, 6, 0x0128, 4, 1, 70000,
+                      0x927C, 7, 4, b"MkNt") + b"\x00\x00\x00\x00"
+    raw = b"MM\x00\x2a\x00\x00\x00\x08" + ifd
+    _exif_jpeg(tmp_path / "odd.jpg", raw)
+    x = torch.rand(3, 3, 5, generator=gen())
+    sharpen.save_image(x, tmp_path / "o.jpg", like=tmp_path / "odd.jpg")
+    with Image.open(tmp_path / "o.jpg") as out:
+        upright = raw[:18] + b"\x00\x01" + raw[20:]  # the orientation's value, 6 -> 1
+        assert out.info["exif"] == b"Exif\x00\x00" + upright  # nothing else moved
+    _exif_jpeg(tmp_path / "cut.jpg", raw[:20])
+    with pytest.warns(UserWarning, match=r"cut.jpg: written without its EXIF, unreadable \(no "
+                                         r"TIFF header, or its first IFD cut short"):
+        sharpen.save_image(x, tmp_path / "c.png", like=tmp_path / "cut.jpg")
+    with Image.open(tmp_path / "c.png") as out:
+        assert "exif" not in out.info
+    big = Image.new("RGB", (5, 3)).getexif()
+    big[0x010E] = "x" * 70_000  # an image description over a JPEG segment's 64 KB
+    Image.new("RGB", (5, 3)).save(tmp_path / "big.png", exif=big)
+    with pytest.warns(UserWarning, match="written without its EXIF, 70,0.. bytes, over JPEG"):
+        sharpen.save_image(x, tmp_path / "b.jpg", like=tmp_path / "big.png")
+    sharpen.save_image(x, tmp_path / "b.png", like=tmp_path / "big.png")  # PNG holds it
+    with Image.open(tmp_path / "b.png") as out:
+        assert out.getexif()[0x010E] == "x" * 70_000
+    Image.new("RGB", (5, 3)).save(tmp_path / "short.png", icc_profile=b"RGB " * 5)
+    with pytest.warns(UserWarning, match="without its colour profile, for no images, not RGB"):
+        sharpen.save_image(x, tmp_path / "s.png", like=tmp_path / "short.png")
 
 
 def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
