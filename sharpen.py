@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 __all__ = [
@@ -1694,6 +1694,12 @@ def _image_file(path: object, *, name: str = "") -> Path:
     return path
 
 
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}  # EXIF orientation: how to turn the pixels upright
+
+
 def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image as ``(3, H, W)`` float32 in [0, 1], EXIF orientation applied.
 
@@ -1713,7 +1719,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
+            turn = _ORIENTATIONS.get(im.getexif().get(0x0112))  # not exif_transpose: it
+            im = im if turn is None else im.transpose(turn)  # rewrites EXIF, and fails on odd tags
     except UnidentifiedImageError as e:
         raise ValueError(f"{path}: not a readable image (not a format Pillow knows)") from e
     except Exception as e:
@@ -1784,6 +1791,9 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
     return kernel.float()
 
 
+_EXIF_INTEGERS = {3: "H", 4: "I", 8: "h", 9: "i"}  # TIFF's SHORT, LONG, SSHORT, SLONG
+
+
 def _upright_exif(exif: bytes) -> bytes:
     """Raw EXIF (as JPEG, PNG or WebP hold it) as JPEG's APP1 holds it, its orientation set to
     1 in place (``load_image`` turns the pixels upright) and nothing else moved, so that maker
@@ -1800,8 +1810,9 @@ def _upright_exif(exif: bytes) -> bytes:
         ifd = struct.unpack_from(order + "I", tiff, 4)[0]
         out = bytearray(tiff)
         for at in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0], 12):
-            if struct.unpack_from(order + "HH", tiff, at) == (0x0112, 3):  # orientation, a SHORT
-                struct.pack_into(order + "H", out, at + 8, 1)
+            tag, kind = struct.unpack_from(order + "HH", tiff, at)
+            if tag == 0x0112 and kind in _EXIF_INTEGERS:  # the orientation, which Pillow reads
+                struct.pack_into(order + _EXIF_INTEGERS[kind], out, at + 8, 1)  # as any integer
     except struct.error as e:
         raise ValueError(f"no TIFF header, or its first IFD cut short ({e})") from e
     return b"Exif\x00\x00" + bytes(out)

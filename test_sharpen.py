@@ -1765,6 +1765,21 @@ def test_load_image_exif_orientation(tmp_path):
     assert x.shape == (3, 6, 4) and x[:, 0, 3].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_load_image_turns_every_exif_orientation_as_pillow_does(tmp_path):
+    from PIL import ImageOps
+
+    im = Image.fromarray((photo_8bit("coffee", 12).permute(1, 2, 0) * 255).byte().numpy()[:7])
+    for orientation in range(1, 9):
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(tmp_path / f"{orientation}.png", exif=exif)
+        with Image.open(tmp_path / f"{orientation}.png") as saved:
+            upright = np.array(ImageOps.exif_transpose(saved))
+        x = sharpen.load_image(tmp_path / f"{orientation}.png")
+        assert torch.equal((x * 255).round().byte(), torch.from_numpy(upright).permute(2, 0, 1))
+        assert x.shape[1:] == ((7, 12) if orientation < 5 else (12, 7))
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 7), (1, 5, 7), (5, 7), (3, 7)])
 def test_save_image_round_trip(tmp_path, shape):
     x = torch.randint(0, 256, shape, generator=gen()).float() / 255
@@ -2025,11 +2040,18 @@ def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_
                       0x927C, 7, 4, b"MkNt") + b"\x00\x00\x00\x00"
     raw = b"MM\x00\x2a\x00\x00\x00\x08" + ifd
     _exif_jpeg(tmp_path / "odd.jpg", raw)
+    assert sharpen.load_image(tmp_path / "odd.jpg").shape == (3, 5, 3)  # turned, not refused
     x = torch.rand(3, 3, 5, generator=gen())
     sharpen.save_image(x, tmp_path / "o.jpg", like=tmp_path / "odd.jpg")
     with Image.open(tmp_path / "o.jpg") as out:
         upright = raw[:18] + b"\x00\x01" + raw[20:]  # the orientation's value, 6 -> 1
         assert out.info["exif"] == b"Exif\x00\x00" + upright  # nothing else moved
+    as_long = raw[:12] + b"\x00\x04" + raw[14:18] + b"\x00\x00\x00\x06" + raw[22:]
+    _exif_jpeg(tmp_path / "long.jpg", as_long)  # the orientation as a LONG: Pillow turns it too
+    assert sharpen.load_image(tmp_path / "long.jpg").shape == (3, 5, 3)
+    sharpen.save_image(x, tmp_path / "l.jpg", like=tmp_path / "long.jpg")
+    with Image.open(tmp_path / "l.jpg") as out:
+        assert out.info["exif"][6:] == as_long[:18] + b"\x00\x00\x00\x01" + as_long[22:]
     _exif_jpeg(tmp_path / "cut.jpg", raw[:20])
     with pytest.warns(UserWarning, match=r"cut.jpg: written without its EXIF, unreadable \(no "
                                          r"TIFF header, or its first IFD cut short"):
