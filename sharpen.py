@@ -1579,12 +1579,18 @@ def count_macs(model: nn.Module, height: int, width: int) -> int:
 # -- Files: models and images ----------------------------------------------------------------------
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *,
+                 mode: int = 0o666) -> None:
     """Call ``write(file)`` on a new temporary file beside ``path``, fsync it, then ``os.replace``
-    it over ``path``: a crash leaves the old file or the new one, never a truncated one."""
+    it over ``path`` and fsync the folder: a crash leaves the old file or the new one, never a
+    truncated one. The file gets permissions ``mode`` less the umask."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode 0o666 minus the umask
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise type(e)(e.errno, f"cannot write {path.name} in {path.parent}: {e.strerror}",
+                      str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -1594,6 +1600,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if os.name == "posix":  # the rename itself survives a crash once the folder is synced
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def save_model(path: str | os.PathLike, model: nn.Module) -> None:
@@ -1709,6 +1721,10 @@ def load_image(path: str | os.PathLike) -> Tensor:
     (1.4 GB for 90 megapixels); Pillow refuses images over 179 megapixels (twice
     ``PIL.Image.MAX_IMAGE_PIXELS``) as decompression bombs.
 
+    Warns:
+        UserWarning: If the file holds several frames (a multi-page TIFF, an animated GIF):
+            only the first is read.
+
     Raises:
         IsADirectoryError: If ``path`` is a folder.
         FileNotFoundError: If ``path`` is not a file (missing, a broken link or a loop).
@@ -1718,6 +1734,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
     path = _image_file(path)
     try:
         with Image.open(path) as im:
+            if (frames := getattr(im, "n_frames", 1)) > 1:
+                warnings.warn(f"{path} holds {frames} frames (pages or an animation): only the "
+                              "first is read", stacklevel=2)
             im.load()
             turn = _ORIENTATIONS.get(im.getexif().get(0x0112))  # not exif_transpose: it
             im = im if turn is None else im.transpose(turn)  # rewrites EXIF, and fails on odd tags
@@ -1857,8 +1876,9 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
         like: The image file ``img`` was made from, whose EXIF metadata (from a JPEG, PNG or
             WebP; its orientation set to upright, as ``load_image`` turns the pixels) and
             colour profile (ICC, if it is for images of ``img``'s channels: RGB or grey) the
-            file takes, in formats that hold them. Without its profile, a wide-gamut photo
-            (Display P3) would look duller in a colour-managed viewer.
+            file takes, in formats that hold them, and its read and write permissions (less
+            the umask), as ``cp`` gives them. Without its profile, a wide-gamut photo (Display
+            P3) would look duller in a colour-managed viewer.
 
     Warns:
         UserWarning: If ``like``'s EXIF or colour profile cannot be kept (unreadable, a
@@ -1883,12 +1903,13 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     if not torch.isfinite(x).all() or lo < -tol or hi > 1 + tol:
         raise ValueError(f"img values must lie in [0, 1], got min {lo:.4g}, max {hi:.4g}")
     rgb = img.ndim == 3 and img.shape[0] == 3
-    options = {"quality": 95} if fmt == "JPEG" else {}
+    options, mode = {"quality": 95} if fmt == "JPEG" else {}, 0o666
     if like is not None:
         options.update(_metadata(like, rgb=rgb, jpeg=fmt in ("JPEG", "MPO")))
+        mode = like.stat().st_mode & 0o666  # a private photo's output stays private
     arr = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     pil = Image.fromarray(arr.transpose(1, 2, 0) if rgb else arr.reshape(arr.shape[-2:]))
-    atomic_write(path, lambda f: pil.save(f, format=fmt, **options))
+    atomic_write(path, lambda f: pil.save(f, format=fmt, **options), mode=mode)
 
 
 # -- Tiled inference -------------------------------------------------------------------------------
@@ -2187,20 +2208,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--blind excludes --blur, --noise, --jpeg and --kernel")
     if args.blind and args.levels is not None:
         parser.error("--blind excludes --levels")
+    if args.levels is not None and told != [None] * 3 and (
+            args.kernel is None or told[1:] != [None] * 2):
+        parser.error("--levels reads the levels not told: with --blur, --noise or --jpeg "
+                     "(with --kernel, --noise or --jpeg) none is left to read; drop --levels")
     levels = None if told == [None] * 3 and args.kernel is None else (
         args.blur or 0.0, args.noise or 0.0, 100 if args.jpeg is None else args.jpeg,
         *([1.0] if args.gaussian else []))
     kernel = None
     try:
         if args.kernel is not None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    kernel = load_kernel(args.kernel)
-                except (OSError, ValueError) as e:
-                    raise ValueError(f"--kernel: {e}") from e
-            for warning in caught:
-                print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
+            try:
+                kernel = _warned(load_kernel, args.kernel)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--kernel: {e}") from e
             levels = (float(kernel_sigma(kernel)), *levels[1:])
             if args.weights is None and levels[0] > _LEVEL_SCALE[0]:
                 raise ValueError(f"--kernel {args.kernel} spreads by {levels[0]:.2f} px "
@@ -2249,15 +2270,39 @@ def main(argv: list[str] | None = None) -> int:
     # Inputs, then outputs as they are written; realpath, unlike Path.resolve, never raises on a
     # link loop (the loop is then reported as an unreadable file).
     taken = {os.path.realpath(p) for p in args.inputs}
+    try:
+        return _sharpen_files(args, taken, model, estimator, levels, kernel)
+    except KeyboardInterrupt:  # atomic writes: no output is left half written
+        print("sharpen.py: interrupted", file=sys.stderr)
+        return 130
+
+
+def _warned(call: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """``call(*args, **kwargs)``, its warnings printed as the CLI's one-line warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call(*args, **kwargs)
+    for warning in caught:
+        print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
+    return result
+
+
+def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
+                   estimator: LevelNet | None, levels: tuple | None,
+                   kernel: Tensor | None) -> int:
+    """The CLI's loop over its inputs: the exit status, 1 if any failed."""
     failed = 0
     for src in map(Path, args.inputs):
         dst = Path(args.out_dir or src.parent) / f"{src.stem}_sharp.png"
         try:
             if os.path.realpath(dst) in taken:
-                raise ValueError(f"output {dst} would overwrite an input or another output")
+                raise ValueError(f"output {dst} would overwrite an input or another output "
+                                 "(inputs of one name in one folder: give them separate -o)")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
-            img, given = load_image(src), levels
+            if dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"cannot write in {dst.parent} (permission denied)")
+            img, given = _warned(load_image, src), levels
             if estimator is not None:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
@@ -2273,11 +2318,7 @@ def main(argv: list[str] | None = None) -> int:
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
                 out = out.mean(0, keepdim=True)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                save_image(out, dst, like=src)
-            for warning in caught:
-                print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
+            _warned(save_image, out, dst, like=src)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
                   f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"

@@ -1498,7 +1498,9 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
                                          "--gaussian"),
                        (["--gaussian"], "--kernel tells the blur: it excludes --blur and "
                                         "--gaussian"),
-                       (["--blind"], "--blind excludes --blur, --noise, --jpeg and --kernel")]:
+                       (["--blind"], "--blind excludes --blur, --noise, --jpeg and --kernel"),
+                       (["--noise", "0.01", "--levels", "x.pt"], "--levels reads the levels "
+                                                                 "not told: with --blur")]:
         with pytest.raises(SystemExit) as exit_info:
             sharpen.main([*args, "--kernel", str(tmp_path / "psf.png"), *bad])
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
@@ -2069,6 +2071,67 @@ def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_
     Image.new("RGB", (5, 3)).save(tmp_path / "short.png", icc_profile=b"RGB " * 5)
     with pytest.warns(UserWarning, match="without its colour profile, for no images, not RGB"):
         sharpen.save_image(x, tmp_path / "s.png", like=tmp_path / "short.png")
+
+
+def test_cli_refuses_levels_it_would_not_use(tmp_path, capsys):
+    for told in (["--blur", "1"], ["--jpeg", "90"]):
+        with pytest.raises(SystemExit) as exit_info:
+            sharpen.main(["a.png", *told, "--levels", str(tmp_path / "none.pt")])
+        assert exit_info.value.code == 2
+        assert "--levels reads the levels not told: with --blur, --noise or --jpeg (with " \
+               "--kernel, --noise or --jpeg) none is left to read; drop --levels" in \
+               capsys.readouterr().err
+
+
+def test_cli_stops_on_ctrl_c_with_one_line_and_no_half_written_output(tmp_path, tiny_model_file,
+                                                                      capsys, monkeypatch):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "a.png")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sharpen, "sharpen", interrupted)
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file)]) == 130
+    assert capsys.readouterr().err == "sharpen.py: interrupted\n"
+    monkeypatch.undo()
+    monkeypatch.setattr(sharpen, "save_image", lambda *a, **k: sharpen.atomic_write(
+        tmp_path / "a_sharp.png", lambda f: (f.write(b"half"), interrupted())))
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file)]) == 130
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "m.pt"]  # no output, no temporary file
+
+
+def test_cli_warns_of_frames_it_does_not_read_and_keeps_private_photos_private(
+        tmp_path, tiny_model_file, capsys):
+    frames = [Image.fromarray(np.full((10, 12, 3), v, np.uint8)) for v in (40, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match=r"anim.gif holds 2 frames \(pages or an animation\): "
+                                         r"only the first is read"):
+        assert sharpen.load_image(tmp_path / "anim.gif").mean() < 0.2
+    frames[0].save(tmp_path / "private.png")
+    os.chmod(tmp_path / "private.png", 0o600)
+    assert sharpen.main([str(tmp_path / "anim.gif"), str(tmp_path / "private.png"),
+                         "--weights", str(tiny_model_file)]) == 0
+    assert capsys.readouterr().err == (f"sharpen.py: warning: {tmp_path / 'anim.gif'} holds 2 "
+                                       "frames (pages or an animation): only the first is "
+                                       "read\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "private_sharp.png").st_mode & 0o777 == 0o600 & ~umask
+    assert os.stat(tmp_path / "anim_sharp.png").st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_cli_names_an_output_folder_it_cannot_write_before_any_work(tmp_path, tiny_model_file,
+                                                                    capsys, monkeypatch):
+    sharpen.save_image(torch.rand(3, 12, 14, generator=gen()), tmp_path / "a.png")
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "ro")  # root may
+    monkeypatch.setattr(sharpen, "sharpen", None)  # write anywhere; no work may start
+    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "-o",
+                         str(tmp_path / "ro")]) == 1
+    assert capsys.readouterr().err == (f"sharpen.py: {tmp_path / 'a.png'}: cannot write in "
+                                       f"{tmp_path / 'ro'} (permission denied)\n")
+    with pytest.raises(FileNotFoundError, match=r"cannot write x.png in .*nowhere: No such file"):
+        sharpen.atomic_write(tmp_path / "nowhere" / "x.png", lambda f: None)
 
 
 def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
