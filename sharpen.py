@@ -1815,8 +1815,8 @@ _EXIF_INTEGERS = {3: "H", 4: "I", 8: "h", 9: "i"}  # TIFF's SHORT, LONG, SSHORT,
 
 def _upright_exif(exif: bytes) -> bytes:
     """Raw EXIF (as JPEG, PNG or WebP hold it) as JPEG's APP1 holds it, its orientation set to
-    1 in place (``load_image`` turns the pixels upright) and nothing else moved, so that maker
-    notes at fixed offsets stay valid.
+    1 in place (``load_image`` turns the pixels upright) and its thumbnail of the original
+    unlinked, nothing moved, so that maker notes at fixed offsets stay valid.
 
     Raises:
         ValueError: If it has no TIFF header or its first IFD is cut short.
@@ -1827,11 +1827,13 @@ def _upright_exif(exif: bytes) -> bytes:
         if struct.unpack_from(order + "H", tiff, 2)[0] != 42:
             raise ValueError("no TIFF header")
         ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+        end = ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0]
         out = bytearray(tiff)
-        for at in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0], 12):
+        for at in range(ifd + 2, end, 12):
             tag, kind = struct.unpack_from(order + "HH", tiff, at)
             if tag == 0x0112 and kind in _EXIF_INTEGERS:  # the orientation, which Pillow reads
                 struct.pack_into(order + _EXIF_INTEGERS[kind], out, at + 8, 1)  # as any integer
+        struct.pack_into(order + "I", out, end, 0)  # no next IFD: the thumbnail's
     except struct.error as e:
         raise ValueError(f"no TIFF header, or its first IFD cut short ({e})") from e
     return b"Exif\x00\x00" + bytes(out)

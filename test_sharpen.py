@@ -2048,6 +2048,11 @@ def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_
     with Image.open(tmp_path / "o.jpg") as out:
         upright = raw[:18] + b"\x00\x01" + raw[20:]  # the orientation's value, 6 -> 1
         assert out.info["exif"] == b"Exif\x00\x00" + upright  # nothing else moved
+    thumb = raw[:-4] + struct.pack(">IHHHII", 50, 1, 0x0201, 4, 1, 0) + b"\x00" * 4  # IFD1 at 50
+    _exif_jpeg(tmp_path / "thumb.jpg", thumb)
+    sharpen.save_image(x, tmp_path / "t.jpg", like=tmp_path / "thumb.jpg")
+    with Image.open(tmp_path / "t.jpg") as out:  # the original's thumbnail unlinked, not moved
+        assert out.info["exif"] == b"Exif\x00\x00" + upright + thumb[50:]
     as_long = raw[:12] + b"\x00\x04" + raw[14:18] + b"\x00\x00\x00\x06" + raw[22:]
     _exif_jpeg(tmp_path / "long.jpg", as_long)  # the orientation as a LONG: Pillow turns it too
     assert sharpen.load_image(tmp_path / "long.jpg").shape == (3, 5, 3)
