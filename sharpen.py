@@ -48,7 +48,8 @@ __all__ = [
     "PaperNet", "unet", "teacher", "student", "paper_teacher", "paper_student", "fast_bf16",
     "count_params", "count_macs", "LevelNet", "level_estimator", "scaled_levels",
     "estimate_levels",
-    "atomic_write", "save_model", "load_model", "load_image", "load_kernel", "save_image",
+    "atomic_write", "save_model", "load_model", "load_image", "jpeg_quality", "load_kernel",
+    "save_image",
     "sharpen", "main",
 ]
 
@@ -1762,6 +1763,39 @@ def load_image(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+# JPEG's example luminance table (ITU-T T.81 Annex K), libjpeg's at quality 50, row by row
+_JPEG_LUMA = torch.tensor([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,
+    56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104,
+    113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    dtype=torch.float64)
+
+
+def jpeg_quality(path: str | os.PathLike) -> float | None:
+    """The quality a JPEG file was saved at, read from its luminance quantization table: the
+    quality 1-100 whose libjpeg table (as Pillow, and most software, scale the standard one) is
+    nearest in log scale; exact for files libjpeg wrote, the nearest such quality for others (a
+    camera's own tables). None for a file of another format.
+
+    Raises:
+        IsADirectoryError, FileNotFoundError, TypeError: As ``load_image``.
+        ValueError: If the file is not a readable image.
+    """
+    path = _image_file(path)
+    try:
+        with Image.open(path) as im:
+            tables = getattr(im, "quantization", None) if im.format in ("JPEG", "MPO") else None
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if not tables or len(tables[0]) != 64:
+        return None
+    q = torch.arange(1, 101, dtype=torch.float64)[:, None]
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
+    libjpeg = ((_JPEG_LUMA * scale + 50) / 100).floor().clamp(1, 255)  # (100, 64)
+    table = torch.tensor(list(tables[0]), dtype=torch.float64)
+    return float((libjpeg.log() - table.log()).square().sum(1).argmin()) + 1
+
+
 def load_kernel(path: str | os.PathLike) -> Tensor:
     """Read a blur kernel from an image of it, for ``sharpen(..., kernel=)``: a measured point
     spread function or a camera-shake path, as a point of light appears in the photo.
@@ -2117,7 +2151,7 @@ def main(argv: list[str] | None = None) -> int:
     Without ``--weights``, the student shipped beside this file (``weights/student.pt``). A
     conditioned model told nothing (no ``--blur``, ``--noise``, ``--jpeg``, ``--kernel`` or
     ``--blind``) is told the levels the shipped estimator (``weights/levels.pt``, or ``--levels``)
-    reads from each image.
+    reads from each image, but a JPEG file's own quality (``jpeg_quality``) where lower.
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
     shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
@@ -2170,6 +2204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
                         help="level estimator (train_levels.py) whose estimates a conditioned "
                         "model is told when --blur, --noise, --jpeg and --blind are not given "
+                        "(a JPEG file's own quality, from its quantization table, where lower) "
                         f"(default: {shipped_levels.name} beside the shipped student)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",
@@ -2304,7 +2339,7 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             if dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise PermissionError(f"cannot write in {dst.parent} (permission denied)")
-            img, given = _warned(load_image, src), levels
+            img, given, source = _warned(load_image, src), levels, ""
             if estimator is not None:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
@@ -2315,6 +2350,8 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                 given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
                 if kernel is not None:
                     given = (levels[0], *given[1:])
+                if (saved := jpeg_quality(src)) is not None and saved < given[2]:
+                    given, source = (*given[:2], saved, *given[3:]), " from the file"
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
@@ -2325,7 +2362,7 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
             print(f"{src} -> {dst}" + ("" if estimator is None else
                   f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"
                   f" {'estimated ' if kernel is not None else ''}noise {given[1]:.3f}, JPEG "
-                  f"quality {given[2]:.0f})"))
+                  f"quality {given[2]:.0f}{source})"))
         except (OSError, ValueError) as e:
             where = "" if str(src) in str(e) else f"{src}: "  # name the input once
             print(f"sharpen.py: {where}{e}", file=sys.stderr)

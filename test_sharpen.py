@@ -1692,6 +1692,62 @@ def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_pat
         assert match in capsys.readouterr().err
 
 
+def test_cli_tells_the_quality_a_jpeg_file_was_saved_at_where_lower_than_estimated(tmp_path,
+                                                                                   capsys):
+    photo = photo_8bit("astronaut", 64)
+    arr = (photo.permute(1, 2, 0) * 255).byte().numpy()
+    Image.fromarray(arr).save(tmp_path / "low.jpg", quality=20)
+    Image.fromarray(arr).save(tmp_path / "high.jpg", quality=100)
+    student = sharpen.load_model(SHIPPED / "student.pt")
+    estimator = sharpen.load_model(SHIPPED / "levels.pt")
+    assert sharpen.main([str(tmp_path / "low.jpg"), str(tmp_path / "high.jpg")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for line, name, saved in zip(out, ("low", "high"), (20, 100)):
+        img = sharpen.load_image(tmp_path / f"{name}.jpg")
+        read = sharpen.estimate_levels(estimator, img)
+        assert read[2] > 20  # the estimate errs high: the file's quality is told instead
+        told = (*read[:2].tolist(), min(read[2].item(), saved))
+        assert line.endswith(f"JPEG quality {told[2]:.0f}{' from the file' * (saved == 20)})")
+        expected = sharpen.sharpen(student, img, levels=told)
+        assert (sharpen.load_image(tmp_path / f"{name}_sharp.png") - expected).abs().max() \
+            <= 1 / 255
+
+
+def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
+    im = Image.fromarray((torch.rand(16, 16, 3, generator=gen()) * 255).byte().numpy())
+    for quality in (1, 10, 30, 50, 51, 75, 90, 95, 99, 100):
+        im.save(tmp_path / f"{quality}.jpg", quality=quality)
+        assert sharpen.jpeg_quality(tmp_path / f"{quality}.jpg") == quality
+    im.convert("L").save(tmp_path / "grey.jpg", quality=80, progressive=True)
+    assert sharpen.jpeg_quality(tmp_path / "grey.jpg") == 80
+    doubled = [2 * v for v in sharpen._JPEG_LUMA.int().tolist()]  # a table of its own, twice
+    im.save(tmp_path / "own.jpg", qtables=[doubled, doubled])  # quality 50's: libjpeg's 25
+    assert sharpen.jpeg_quality(tmp_path / "own.jpg") == 25
+    im.save(tmp_path / "p.png")
+    assert sharpen.jpeg_quality(tmp_path / "p.png") is None
+    for bad, error, match in [(3, TypeError, "path must be a str or os.PathLike, got int"),
+                              (tmp_path / "none.jpg", FileNotFoundError, "none.jpg"),
+                              (tmp_path, IsADirectoryError, "is a folder"),
+                              (ROOT / "README.md", ValueError, "README.md: not a readable")]:
+        with pytest.raises(error, match=match):
+            sharpen.jpeg_quality(bad)
+
+
+def test_docs_jpeg_file_compares_the_estimated_quality_with_the_files(monkeypatch, capsys):
+    script = _docs_script("jpeg_file")
+    photo = torch.from_numpy(skdata.coffee()[:64, 100:164].copy()).permute(2, 0, 1) / 255
+    monkeypatch.setattr(train, "_validation_photos", lambda size: photo[None])
+    monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photo[None])
+    assert script.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 2 * 2 * 5 and lines[1].startswith("grey, blur 0.0, JPEG 30: read ")
+    gains = [[float(cell.split()[-2]) for cell in line.split(", ", 2)[2].split(" | ")]
+             for line in lines[1:-1]]  # (estimated, file) per condition
+    summary = re.fullmatch(r"mean gain: estimated ([-+.\d]+) dB, file ([-+.\d]+) dB", lines[-1])
+    for i in range(2):
+        assert float(summary[i + 1]) == pytest.approx(sum(g[i] for g in gains) / 20, abs=0.006)
+
+
 def test_cli_names_an_image_too_small_to_estimate_in_pixels(tmp_path, capsys):
     sharpen.save_image(torch.rand(3, 40, 5, generator=gen()), tmp_path / "thin.png")
     told = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=3), std=0.05)
