@@ -1724,7 +1724,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
 
     Warns:
         UserWarning: If the file holds several frames (a multi-page TIFF, an animated GIF):
-            only the first is read.
+            only the first is read. Not for a phone's JPEG with a depth or gain map (MPO).
 
     Raises:
         IsADirectoryError: If ``path`` is a folder.
@@ -1735,7 +1735,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
     path = _image_file(path)
     try:
         with Image.open(path) as im:
-            if (frames := getattr(im, "n_frames", 1)) > 1:
+            if (frames := getattr(im, "n_frames", 1)) > 1 and im.format != "MPO":  # a phone
                 warnings.warn(f"{path} holds {frames} frames (pages or an animation): only the "
                               "first is read", stacklevel=2)
             im.load()

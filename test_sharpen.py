@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -2168,6 +2169,11 @@ def test_cli_warns_of_frames_it_does_not_read_and_keeps_private_photos_private(
     with pytest.warns(UserWarning, match=r"anim.gif holds 2 frames \(pages or an animation\): "
                                          r"only the first is read"):
         assert sharpen.load_image(tmp_path / "anim.gif").mean() < 0.2
+    frames[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True,
+                   append_images=frames[1:])  # a photo and its depth or gain map, as phones save
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sharpen.load_image(tmp_path / "phone.jpg").shape == (3, 10, 12)
     frames[0].save(tmp_path / "private.png")
     os.chmod(tmp_path / "private.png", 0o600)
     assert sharpen.main([str(tmp_path / "anim.gif"), str(tmp_path / "private.png"),
