@@ -1582,16 +1582,27 @@ def count_macs(model: nn.Module, height: int, width: int) -> int:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *,
                  mode: int = 0o666) -> None:
-    """Call ``write(file)`` on a new temporary file beside ``path``, fsync it, then ``os.replace``
-    it over ``path`` and fsync the folder: a crash leaves the old file or the new one, never a
-    truncated one. The file gets permissions ``mode`` less the umask."""
+    """Write a file so that a crash leaves the old file or the new one, never a truncated one:
+    ``write(file)`` on a new temporary file beside ``path``, fsync it, ``os.replace`` it over
+    ``path``, then fsync the folder where that is allowed.
+
+    Args:
+        path: The file to write.
+        write: Writes the contents to the binary file object it is given.
+        mode: The new file's permissions, 0 to 0o777, less the umask.
+
+    Raises:
+        TypeError: If ``mode`` is not an int.
+        ValueError: If ``mode`` is outside 0 to 0o777.
+        OSError: If the file cannot be written; it names ``path``, not the temporary file.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    mode = _check_int("mode", mode, low=0, high=0o777)
+    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except OSError as e:  # name the file asked for, not the temporary one
-        raise type(e)(e.errno, f"cannot write {path.name} in {path.parent}: {e.strerror}",
-                      str(path)) from e
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -1601,12 +1612,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if os.name == "posix":  # the rename itself survives a crash once the folder is synced
+    try:  # the rename survives a crash once the folder is synced; not every folder allows it
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
+    except OSError:
+        pass
 
 
 def save_model(path: str | os.PathLike, model: nn.Module) -> None:
@@ -1735,7 +1748,12 @@ def load_image(path: str | os.PathLike) -> Tensor:
     path = _image_file(path)
     try:
         with Image.open(path) as im:
-            if (frames := getattr(im, "n_frames", 1)) > 1 and im.format != "MPO":  # a phone
+            try:
+                frames = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)  # MPO: a
+                # phone's photo and its depth or gain map
+            except Exception:  # a TIFF's broken link to a next page: its first still reads
+                frames = 1
+            if frames > 1:
                 warnings.warn(f"{path} holds {frames} frames (pages or an animation): only the "
                               "first is read", stacklevel=2)
             im.load()
@@ -1772,10 +1790,16 @@ _JPEG_LUMA = torch.tensor([
 
 
 def jpeg_quality(path: str | os.PathLike) -> float | None:
-    """The quality a JPEG file was saved at, read from its luminance quantization table: the
-    quality 1-100 whose libjpeg table (as Pillow, and most software, scale the standard one) is
-    nearest in log scale; exact for files libjpeg wrote, the nearest such quality for others (a
-    camera's own tables). None for a file of another format.
+    """The quality a JPEG file was saved at, read from its luminance quantization table.
+
+    Args:
+        path: An image file.
+
+    Returns:
+        The quality 1-100 whose libjpeg table (as Pillow, and most software, scale the standard
+        one) is nearest to the file's in log scale: exact for files libjpeg wrote, the nearest
+        such quality for others (a camera's own tables). None for a file of another format, or
+        a JPEG whose first component's table is missing or holds a 0.
 
     Raises:
         IsADirectoryError, FileNotFoundError, TypeError: As ``load_image``.
@@ -1784,15 +1808,17 @@ def jpeg_quality(path: str | os.PathLike) -> float | None:
     path = _image_file(path)
     try:
         with Image.open(path) as im:
-            tables = getattr(im, "quantization", None) if im.format in ("JPEG", "MPO") else None
+            jpeg = im.format in ("JPEG", "MPO")
+            tables, layers = getattr(im, "quantization", {}), getattr(im, "layer", [])
     except Exception as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
-    if not tables or len(tables[0]) != 64:
+    luma = tables.get(layers[0][3]) if jpeg and layers else None  # the first component's table
+    if luma is None or len(luma) != 64 or min(luma) < 1:  # 0: not a table JPEG allows
         return None
     q = torch.arange(1, 101, dtype=torch.float64)[:, None]
     scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
     libjpeg = ((_JPEG_LUMA * scale + 50) / 100).floor().clamp(1, 255)  # (100, 64)
-    table = torch.tensor(list(tables[0]), dtype=torch.float64)
+    table = torch.tensor(list(luma), dtype=torch.float64)
     return float((libjpeg.log() - table.log()).square().sum(1).argmin()) + 1
 
 
@@ -1844,16 +1870,13 @@ def load_kernel(path: str | os.PathLike) -> Tensor:
     return kernel.float()
 
 
-_EXIF_INTEGERS = {3: "H", 4: "I", 8: "h", 9: "i"}  # TIFF's SHORT, LONG, SSHORT, SLONG
-
-
 def _upright_exif(exif: bytes) -> bytes:
     """Raw EXIF (as JPEG, PNG or WebP hold it) as JPEG's APP1 holds it, its orientation set to
     1 in place (``load_image`` turns the pixels upright) and its thumbnail of the original
     unlinked, nothing moved, so that maker notes at fixed offsets stay valid.
 
     Raises:
-        ValueError: If it has no TIFF header or its first IFD is cut short.
+        ValueError: If it has no TIFF header or its first IFD's entries are cut short.
     """
     tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2], "?")
@@ -1864,13 +1887,20 @@ def _upright_exif(exif: bytes) -> bytes:
         end = ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0]
         out = bytearray(tiff)
         for at in range(ifd + 2, end, 12):
-            tag, kind = struct.unpack_from(order + "HH", tiff, at)
-            if tag == 0x0112 and kind in _EXIF_INTEGERS:  # the orientation, which Pillow reads
-                struct.pack_into(order + _EXIF_INTEGERS[kind], out, at + 8, 1)  # as any integer
-        struct.pack_into(order + "I", out, end, 0)  # no next IFD: the thumbnail's
+            if struct.unpack_from(order + "H", tiff, at)[0] == 0x0112:  # the orientation, in
+                struct.pack_into(order + "HHIHH", out, at, 0x0112, 3, 1, 1, 0)  # any type: SHORT 1
+        if end + 4 <= len(out):
+            struct.pack_into(order + "I", out, end, 0)  # no next IFD: the thumbnail's
     except struct.error as e:
         raise ValueError(f"no TIFF header, or its first IFD cut short ({e})") from e
     return b"Exif\x00\x00" + bytes(out)
+
+
+def _profile_space(path: Path) -> bytes | None:
+    """The colour space of an image file's ICC profile (b"RGB ", b"GRAY"...), None without."""
+    with Image.open(path) as im:
+        icc = im.info.get("icc_profile") or b""
+    return icc[16:20] if len(icc) >= 128 else None
 
 
 def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
@@ -1878,6 +1908,8 @@ def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
     RGB (``rgb``) or grey images; what cannot be kept is dropped with a warning."""
     try:
         with Image.open(like) as im:
+            if im.format == "PNG" and "exif" not in im.info:
+                im.load()  # an eXIf chunk after the pixels is read with them
             exif, icc = im.info.get("exif"), im.info.get("icc_profile")
     except Exception as e:
         raise ValueError(f"like {like}: not a readable image ({type(e).__name__}: {e})") from e
@@ -2256,7 +2288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.kernel is not None:
             try:
-                kernel = _warned(load_kernel, args.kernel)
+                kernel = _warned(Path(args.kernel), load_kernel, args.kernel)
             except (OSError, ValueError) as e:
                 raise ValueError(f"--kernel: {e}") from e
             levels = (float(kernel_sigma(kernel)), *levels[1:])
@@ -2307,21 +2339,28 @@ def main(argv: list[str] | None = None) -> int:
     # Inputs, then outputs as they are written; realpath, unlike Path.resolve, never raises on a
     # link loop (the loop is then reported as an unreadable file).
     taken = {os.path.realpath(p) for p in args.inputs}
-    try:
-        return _sharpen_files(args, taken, model, estimator, levels, kernel)
-    except KeyboardInterrupt:  # atomic writes: no output is left half written
-        print("sharpen.py: interrupted", file=sys.stderr)
-        return 130
+    return _sharpen_files(args, taken, model, estimator, levels, kernel)
 
 
-def _warned(call: Callable[..., object], *args: object, **kwargs: object) -> object:
-    """``call(*args, **kwargs)``, its warnings printed as the CLI's one-line warnings."""
+def _warned(about: Path, call: Callable[..., object], *args: object,
+            **kwargs: object) -> object:
+    """``call(*args, **kwargs)``, its warnings printed as the CLI's one-line warnings, each
+    naming the file ``about`` once."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = call(*args, **kwargs)
     for warning in caught:
-        print(f"sharpen.py: warning: {warning.message}", file=sys.stderr)
+        where = "" if str(about) in str(warning.message) else f"{about}: "
+        print(f"sharpen.py: warning: {where}{warning.message}", file=sys.stderr)
     return result
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in ``folder``, or in the nearest folder above it that exists
+    (where ``mkdir`` would make it)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
@@ -2337,9 +2376,10 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                                  "(inputs of one name in one folder: give them separate -o)")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
-            if dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
-                raise PermissionError(f"cannot write in {dst.parent} (permission denied)")
-            img, given, source = _warned(load_image, src), levels, ""
+            if not _writable(dst.parent):
+                raise PermissionError(f"cannot write in {dst.parent} (no permission, or a "
+                                      "read-only file system)")
+            img, given, source = _warned(src, load_image, src), levels, ""
             if estimator is not None:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
@@ -2354,10 +2394,11 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                     given, source = (*given[:2], saved, *given[3:]), " from the file"
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
-            if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey
-                out = out.mean(0, keepdim=True)
+            if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey,
+                out = out.mean(0, keepdim=True)  # written as grey but where its profile is RGB's
+                out = out.expand(3, -1, -1) if _profile_space(src) == b"RGB " else out
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _warned(save_image, out, dst, like=src)
+            _warned(src, save_image, out, dst, like=src)
             taken.add(os.path.realpath(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else
                   f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"
@@ -2370,5 +2411,15 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
     return 1 if failed else 0
 
 
+def _run() -> int:
+    """``python sharpen.py``: ``main()`` on the command line's arguments, Ctrl-C ending it with
+    one line (the writes are atomic: no output is left half written)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("sharpen.py: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_run())

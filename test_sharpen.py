@@ -15,10 +15,12 @@ import math
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -1726,6 +1728,16 @@ def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
     assert sharpen.jpeg_quality(tmp_path / "own.jpg") == 25
     im.save(tmp_path / "p.png")
     assert sharpen.jpeg_quality(tmp_path / "p.png") is None
+    data = bytearray((tmp_path / "grey.jpg").read_bytes())  # one component, one table
+    dqt, sof = data.index(b"\xff\xdb"), data.index(b"\xff\xc2")  # progressive
+    data[dqt + 4] += 1  # the table's id 0 -> 1, and the component's (after its id and sampling)
+    data[sof + 12] += 1
+    (tmp_path / "id1.jpg").write_bytes(data)
+    assert sharpen.load_image(tmp_path / "id1.jpg").shape == (3, 16, 16)  # a valid JPEG
+    assert sharpen.jpeg_quality(tmp_path / "id1.jpg") == 80
+    data[dqt + 5] = 0  # a 0 in the table: no quality says it
+    (tmp_path / "zero.jpg").write_bytes(data)
+    assert sharpen.jpeg_quality(tmp_path / "zero.jpg") is None
     for bad, error, match in [(3, TypeError, "path must be a str or os.PathLike, got int"),
                               (tmp_path / "none.jpg", FileNotFoundError, "none.jpg"),
                               (tmp_path, IsADirectoryError, "is a folder"),
@@ -2018,6 +2030,7 @@ def _icc(space: bytes) -> bytes:
     return icc[:16] + space + icc[20:]  # the header's colour space (and its time of creation)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, opening cut.jpg
 def test_cli_keeps_a_photos_colour_profile_and_exif(tmp_path, tiny_model_file, capsys):
     arr = (photo_8bit("coffee", 24).permute(1, 2, 0) * 255).byte().numpy()[:16]
     im = Image.fromarray(arr)
@@ -2026,13 +2039,20 @@ def test_cli_keeps_a_photos_colour_profile_and_exif(tmp_path, tiny_model_file, c
     im.save(tmp_path / "p3.jpg", icc_profile=_icc(b"RGB "), exif=exif, quality=95)
     im.convert("L").save(tmp_path / "grey.jpg", icc_profile=_icc(b"GRAY"), quality=95)
     im.convert("CMYK").save(tmp_path / "cmyk.jpg", icc_profile=_icc(b"CMYK"), quality=95)
+    im.convert("L").convert("RGB").save(tmp_path / "bw.png", icc_profile=_icc(b"RGB "))
     im.save(tmp_path / "plain.png")
-    names = ("p3.jpg", "grey.jpg", "cmyk.jpg", "plain.png")
+    _exif_jpeg(tmp_path / "cut.jpg", b"MM\x00\x2a\x00\x00\x00\x08\x00\x03\x01\x12")
+    names = ("p3.jpg", "grey.jpg", "cmyk.jpg", "bw.png", "plain.png", "cut.jpg")
     assert sharpen.main([str(tmp_path / n) for n in names] +
                         ["--weights", str(tiny_model_file), "-o", str(tmp_path / "o")]) == 0
-    err = capsys.readouterr().err
-    assert err == (f"sharpen.py: warning: {tmp_path / 'cmyk.jpg'}: written without its colour "
-                   "profile, for CMYK images, not RGB\n")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"sharpen.py: warning: {tmp_path / 'cmyk.jpg'}: written without its colour "
+                      "profile, for CMYK images, not RGB")
+    assert err[1].startswith(f"sharpen.py: warning: {tmp_path / 'cut.jpg'}: Corrupt EXIF data.")
+    assert err[-1].startswith(f"sharpen.py: warning: {tmp_path / 'cut.jpg'}: written without its "
+                              "EXIF, unreadable (no TIFF header, or its first IFD")
+    with Image.open(tmp_path / "o" / "bw_sharp.png") as out:  # grey, but its profile is RGB's
+        assert out.mode == "RGB" and out.info["icc_profile"] == _icc(b"RGB ")
     with Image.open(tmp_path / "o" / "p3_sharp.png") as out:
         assert out.size == (16, 24)  # turned upright, as load_image turns it
         assert out.info["icc_profile"] == _icc(b"RGB ")
@@ -2115,7 +2135,7 @@ def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_
     assert sharpen.load_image(tmp_path / "long.jpg").shape == (3, 5, 3)
     sharpen.save_image(x, tmp_path / "l.jpg", like=tmp_path / "long.jpg")
     with Image.open(tmp_path / "l.jpg") as out:
-        assert out.info["exif"][6:] == as_long[:18] + b"\x00\x00\x00\x01" + as_long[22:]
+        assert out.info["exif"][6:] == upright  # the entry rewritten as the SHORT 1, in place
     _exif_jpeg(tmp_path / "cut.jpg", raw[:20])
     with pytest.warns(UserWarning, match=r"cut.jpg: written without its EXIF, unreadable \(no "
                                          r"TIFF header, or its first IFD cut short"):
@@ -2130,6 +2150,16 @@ def test_save_image_keeps_exif_bytes_in_place_and_drops_what_it_cannot_keep(tmp_
     sharpen.save_image(x, tmp_path / "b.png", like=tmp_path / "big.png")  # PNG holds it
     with Image.open(tmp_path / "b.png") as out:
         assert out.getexif()[0x010E] == "x" * 70_000
+    Image.new("RGB", (5, 3)).save(tmp_path / "late.png")
+    data = (tmp_path / "late.png").read_bytes()
+    chunk = b"eXIf" + raw
+    late = data[:-12] + struct.pack(">I", len(raw)) + chunk + struct.pack(
+        ">I", zlib.crc32(chunk)) + data[-12:]  # an eXIf chunk after the pixels, before IEND
+    (tmp_path / "late.png").write_bytes(late)
+    sharpen.save_image(x, tmp_path / "l.png", like=tmp_path / "late.png")
+    with Image.open(tmp_path / "l.png") as out:
+        out.load()
+        assert out.info["exif"] == b"Exif\x00\x00" + upright
     Image.new("RGB", (5, 3)).save(tmp_path / "short.png", icc_profile=b"RGB " * 5)
     with pytest.warns(UserWarning, match="without its colour profile, for no images, not RGB"):
         sharpen.save_image(x, tmp_path / "s.png", like=tmp_path / "short.png")
@@ -2152,13 +2182,18 @@ def test_cli_stops_on_ctrl_c_with_one_line_and_no_half_written_output(tmp_path, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sharpen, "sharpen", interrupted)
-    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file)]) == 130
-    assert capsys.readouterr().err == "sharpen.py: interrupted\n"
-    monkeypatch.undo()
+    args = [str(tmp_path / "a.png"), "--weights", str(tiny_model_file)]
+    monkeypatch.setattr(sys, "argv", ["sharpen.py", *args])
+    for where in ("sharpen", "load_model"):  # while sharpening, and before any work
+        with monkeypatch.context() as patched:
+            patched.setattr(sharpen, where, interrupted)
+            with pytest.raises(KeyboardInterrupt):  # main(), for code that calls it
+                sharpen.main(args)
+            assert sharpen._run() == 130  # python sharpen.py
+            assert capsys.readouterr().err == "sharpen.py: interrupted\n"
     monkeypatch.setattr(sharpen, "save_image", lambda *a, **k: sharpen.atomic_write(
         tmp_path / "a_sharp.png", lambda f: (f.write(b"half"), interrupted())))
-    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file)]) == 130
+    assert sharpen._run() == 130
     assert sorted(os.listdir(tmp_path)) == ["a.png", "m.pt"]  # no output, no temporary file
 
 
@@ -2174,6 +2209,15 @@ def test_cli_warns_of_frames_it_does_not_read_and_keeps_private_photos_private(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sharpen.load_image(tmp_path / "phone.jpg").shape == (3, 10, 12)
+    frames[0].save(tmp_path / "page.tif")
+    tif = bytearray((tmp_path / "page.tif").read_bytes())
+    ifd = struct.unpack_from("<I", tif, 4)[0]
+    end = ifd + 2 + 12 * struct.unpack_from("<H", tif, ifd)[0]
+    struct.pack_into("<I", tif, end, len(tif) - 20)  # a next page inside the pixels: unreadable
+    (tmp_path / "page.tif").write_bytes(tif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's, on the broken page
+        assert sharpen.load_image(tmp_path / "page.tif").mean() < 0.2  # its first page read
     frames[0].save(tmp_path / "private.png")
     os.chmod(tmp_path / "private.png", 0o600)
     assert sharpen.main([str(tmp_path / "anim.gif"), str(tmp_path / "private.png"),
@@ -2184,7 +2228,7 @@ def test_cli_warns_of_frames_it_does_not_read_and_keeps_private_photos_private(
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(tmp_path / "private_sharp.png").st_mode & 0o777 == 0o600 & ~umask
-    assert os.stat(tmp_path / "anim_sharp.png").st_mode & 0o777 == 0o644 & ~umask
+    assert os.stat(tmp_path / "anim_sharp.png").st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_cli_names_an_output_folder_it_cannot_write_before_any_work(tmp_path, tiny_model_file,
@@ -2193,12 +2237,39 @@ def test_cli_names_an_output_folder_it_cannot_write_before_any_work(tmp_path, ti
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "ro")  # root may
     monkeypatch.setattr(sharpen, "sharpen", None)  # write anywhere; no work may start
-    assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "-o",
-                         str(tmp_path / "ro")]) == 1
-    assert capsys.readouterr().err == (f"sharpen.py: {tmp_path / 'a.png'}: cannot write in "
-                                       f"{tmp_path / 'ro'} (permission denied)\n")
-    with pytest.raises(FileNotFoundError, match=r"cannot write x.png in .*nowhere: No such file"):
+    for out in (tmp_path / "ro", tmp_path / "ro" / "new" / "deeper"):  # made in ro by mkdir
+        assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "-o",
+                             str(out)]) == 1
+        assert capsys.readouterr().err == (f"sharpen.py: {tmp_path / 'a.png'}: cannot write in "
+                                           f"{out} (no permission, or a read-only file "
+                                           "system)\n")
+
+
+def test_atomic_write_names_the_file_checks_its_mode_and_syncs_what_it_may(tmp_path,
+                                                                         monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nowhere/x.png: No such file"):
         sharpen.atomic_write(tmp_path / "nowhere" / "x.png", lambda f: None)
+    long = tmp_path / ("n" * 250)  # a name the file system takes, too long with a suffix added
+    sharpen.atomic_write(long, lambda f: f.write(b"kept"))
+    assert long.read_bytes() == b"kept"
+    for mode, error, match in [("0o644", TypeError, "mode must be an int, got str"),
+                               (True, TypeError, "mode must be an int, got bool"),
+                               (0o4777, ValueError, "mode must be >= 0 and <= 511, got 2559")]:
+        with pytest.raises(error, match=match):
+            sharpen.atomic_write(tmp_path / "m", lambda f: None, mode=mode)
+    fsync = os.fsync
+    synced = []
+
+    def no_folder_sync(fd):  # a folder that may not be opened or synced (a drop box)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise PermissionError(13, "Permission denied")
+        synced.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    sharpen.atomic_write(tmp_path / "d.bin", lambda f: f.write(b"written"))
+    assert (tmp_path / "d.bin").read_bytes() == b"written" and len(synced) == 1
+    assert sorted(os.listdir(tmp_path)) == ["d.bin", "n" * 250]
 
 
 def test_cli_names_a_folder_given_as_the_model(tmp_path, capsys):
