@@ -1879,9 +1879,9 @@ def _upright_exif(exif: bytes) -> bytes:
         ValueError: If it has no TIFF header or its first IFD's entries are cut short.
     """
     tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
-    order = {b"II": "<", b"MM": ">"}.get(tiff[:2], "?")
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     try:
-        if struct.unpack_from(order + "H", tiff, 2)[0] != 42:
+        if order is None or struct.unpack_from(order + "H", tiff, 2)[0] != 42:
             raise ValueError("no TIFF header")
         ifd = struct.unpack_from(order + "I", tiff, 4)[0]
         end = ifd + 2 + 12 * struct.unpack_from(order + "H", tiff, ifd)[0]
@@ -2395,8 +2395,9 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey,
-                out = out.mean(0, keepdim=True)  # written as grey but where its profile is RGB's
-                out = out.expand(3, -1, -1) if _profile_space(src) == b"RGB " else out
+                out = out.mean(0, keepdim=True)  # in 3 channels where its profile is for RGB
+                if _profile_space(src) == b"RGB ":
+                    out = out.expand(3, -1, -1)
             dst.parent.mkdir(parents=True, exist_ok=True)
             _warned(src, save_image, out, dst, like=src)
             taken.add(os.path.realpath(dst))
