@@ -1746,11 +1746,17 @@ def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
             sharpen.jpeg_quality(bad)
 
 
-def test_docs_jpeg_file_compares_the_estimated_quality_with_the_files(monkeypatch, capsys):
-    script = _docs_script("jpeg_file")
+@pytest.fixture
+def one_validation_photo(monkeypatch):
+    """A 64x64 crop of coffee as the only grey and the only colour validation photo."""
     photo = torch.from_numpy(skdata.coffee()[:64, 100:164].copy()).permute(2, 0, 1) / 255
     monkeypatch.setattr(train, "_validation_photos", lambda size: photo[None])
     monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photo[None])
+
+
+def test_docs_jpeg_file_compares_the_estimated_quality_with_the_files(one_validation_photo,
+                                                                      capsys):
+    script = _docs_script("jpeg_file")
     assert script.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 2 * 2 * 5 and lines[1].startswith("grey, blur 0.0, JPEG 30: read ")
@@ -2499,12 +2505,9 @@ def test_docs_jpeg_bound_guided_chroma_restores_chroma_linear_in_luma(monkeypatc
     assert "the photos need the eval extra" in capsys.readouterr().err
 
 
-def test_docs_jpeg_grid_reads_cropped_jpegs_as_they_come_and_on_their_grid(monkeypatch,
-                                                                            capsys):
+def test_docs_jpeg_grid_reads_cropped_jpegs_as_they_come_and_on_their_grid(
+        one_validation_photo, monkeypatch, capsys):
     grid = _docs_script("jpeg_grid")
-    photo = torch.from_numpy(skdata.coffee()[:64, 100:164].copy()).permute(2, 0, 1) / 255
-    monkeypatch.setattr(train, "_validation_photos", lambda size: photo[None])
-    monkeypatch.setattr(train, "_colour_validation_photos", lambda size: photo[None])
     assert grid.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 2 * 4 * 4 and lines[1].startswith("grey JPEG 30 cropped by 0: ")

@@ -371,6 +371,11 @@ def _colour_validation_photos(size: int) -> torch.Tensor:
     return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
 
 
+def _grey_and_colour_validation(size: int) -> dict[str, torch.Tensor]:
+    """``{"grey": _validation_photos, "colour": _colour_validation_photos}`` of ``size``."""
+    return {"grey": _validation_photos(size), "colour": _colour_validation_photos(size)}
+
+
 def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
     """The photos three ways, ``(N, 3, size, size)`` each: area-resized (the paper's protocol),
     bicubically resized, and native-resolution central crops (camera detail, no resizing)."""

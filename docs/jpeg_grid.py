@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(estimator, sharpen.LevelNet):
         p.error(f"--estimator {args.estimator} is not a level estimator (train_levels.py's)")
     try:
-        sets = train._photo_sets(train.PHOTOS, 256) if args.scored else {
-            "grey": train._validation_photos(256),
-            "colour": train._colour_validation_photos(256)}
+        sets = train._photo_sets(train.PHOTOS, 256) if args.scored else \
+            train._grey_and_colour_validation(256)
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
