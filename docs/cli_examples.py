@@ -2,7 +2,7 @@
 
     pip install -e ".[eval]" && python docs/cli_examples.py [--weights MODEL.pt]
 
-Writes six photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
+Writes seven photos to docs/examples/ (native-resolution crops of scikit-image's photographs:
 one as it is, one softened by a Gaussian blur of sigma 1.2, one blurred, noisy and saved as a
 JPEG of quality 60, one with a camera's grain (noise the same in every channel); and a crop of
 ``data/raccoon.png``, which is soft at the pixel level, as it is and noisy and saved as a JPEG
