@@ -1471,7 +1471,8 @@ def _read_levels(estimator: LevelNet, x: Tensor, tile: int) -> Tensor:
     return torch.stack([blur.clamp_min(0), noise.clamp(0, 1), (100 - lost).clamp(1, 100)], 1)
 
 
-def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> Tensor:
+def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
+                    quality: float | None = None) -> Tensor:
     """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
     img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
 
@@ -1487,6 +1488,9 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
         estimator: A ``level_estimator`` (``LevelNet``), trained.
         img: ``(B, C, H, W)`` or ``(C, H, W)`` in [0, 1], each side at least 8.
         tile: Tile side in pixels, >= 64, a multiple of 8.
+        quality: The JPEG quality the images were saved at, where known (``jpeg_quality`` of
+            their file): the levels' quality is the lower of it and the estimate, which errs
+            toward too high a quality by design; an older, lossier JPEG keeps the estimate.
 
     Returns:
         ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
@@ -1495,7 +1499,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     Raises:
         TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
         ValueError: If ``img`` has the wrong shape, channels or size, or holds NaN or inf, or
-            ``tile`` is too small or not a multiple of 8.
+            ``tile`` is too small or not a multiple of 8, or ``quality`` outside 1-100.
     """
     if not isinstance(estimator, LevelNet):
         raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
@@ -1503,6 +1507,9 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
     x, single = _as_batch("img", img)
     _check_finite("img", x)
     tile = _check_int("tile", tile, low=64)
+    if quality is not None and not 1 <= _check_number("quality", quality, low=1,
+                                                      strict=False) <= 100:
+        raise ValueError(f"quality must be from 1 to 100, got {quality!r}")
     if tile % 8:
         raise ValueError(f"tile must be a multiple of 8 (a JPEG's block grid), got {tile}")
     if x.shape[1] != estimator.in_channels:
@@ -1518,6 +1525,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024) -> T
             grid = _read_levels(estimator, x[i : i + 1, :, r:, c:], tile)[0]
             if grid[2] < levels[i, 2]:  # else periodic detail, not a JPEG's grid
                 levels[i] = grid
+    if quality is not None:
+        levels[:, 2] = levels[:, 2].clamp(max=quality)
     return levels[0] if single else levels
 
 
@@ -1896,11 +1905,15 @@ def _upright_exif(exif: bytes) -> bytes:
     return b"Exif\x00\x00" + bytes(out)
 
 
+def _icc_space(icc: bytes | None) -> bytes | None:
+    """The colour space of an ICC profile (b"RGB ", b"GRAY"...) from its 128-byte header."""
+    return icc[16:20] if icc and len(icc) >= 128 else None
+
+
 def _profile_space(path: Path) -> bytes | None:
-    """The colour space of an image file's ICC profile (b"RGB ", b"GRAY"...), None without."""
+    """The colour space of an image file's ICC profile, None without one."""
     with Image.open(path) as im:
-        icc = im.info.get("icc_profile") or b""
-    return icc[16:20] if len(icc) >= 128 else None
+        return _icc_space(im.info.get("icc_profile"))
 
 
 def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
@@ -1922,12 +1935,12 @@ def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
         if jpeg and len(options.get("exif", b"")) > 65533:  # the most a JPEG segment holds
             kept.append(f"its EXIF, {len(options.pop('exif')):,} bytes, over JPEG's 65,533")
     if icc:
-        space = b"RGB " if rgb else b"GRAY"
-        if len(icc) >= 128 and icc[16:20] == space:  # a profile's header: 128 bytes
+        space, wanted = _icc_space(icc), b"RGB " if rgb else b"GRAY"
+        if space == wanted:
             options["icc_profile"] = icc
         else:
-            what = icc[16:20].decode("latin-1").strip() if len(icc) >= 128 else "no"
-            kept.append(f"its colour profile, for {what} images, not {space.decode().strip()}")
+            what = "no" if space is None else space.decode("latin-1").strip()
+            kept.append(f"its colour profile, for {what} images, not {wanted.decode().strip()}")
     for what in kept:
         warnings.warn(f"{like}: written without {what}", stacklevel=3)
     return options
@@ -2387,11 +2400,11 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                                      f"{_LEVEL_SIDE} x {_LEVEL_SIDE} or more; tell them " + (
                                          "(--noise, --jpeg)" if kernel is not None else
                                          "(--blur, --noise, --jpeg) or pass --blind"))
-                given = tuple(estimate_levels(estimator, img).tolist())  # moves tiles to --device
-                if kernel is not None:
+                saved = jpeg_quality(src)
+                given = tuple(estimate_levels(estimator, img, quality=saved).tolist())  # tiles
+                if kernel is not None:  # go to --device
                     given = (levels[0], *given[1:])
-                if (saved := jpeg_quality(src)) is not None and saved < given[2]:
-                    given, source = (*given[:2], saved, *given[3:]), " from the file"
+                source = " from the file" if given[2] == saved else ""
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey,

@@ -1716,6 +1716,21 @@ def test_cli_tells_the_quality_a_jpeg_file_was_saved_at_where_lower_than_estimat
             <= 1 / 255
 
 
+def test_estimate_levels_takes_a_jpeg_files_quality_where_lower():
+    est = sharpen.load_model(SHIPPED / "levels.pt")
+    x = sharpen.jpeg(photo_8bit("astronaut", 64)[None].expand(2, -1, -1, -1), 20)
+    read = sharpen.estimate_levels(est, x)
+    assert (read[:, 2] > 20).all()  # errs high
+    for quality, expected in [(20, torch.full((2,), 20.0)), (100, read[:, 2])]:
+        told = sharpen.estimate_levels(est, x, quality=quality)
+        assert torch.equal(told[:, :2], read[:, :2]) and torch.equal(told[:, 2], expected)
+    for bad, error, match in [("90", TypeError, "quality must be a number, got str"),
+                              (0, ValueError, "quality must be finite and >= 1, got 0"),
+                              (101, ValueError, "quality must be from 1 to 100, got 101")]:
+        with pytest.raises(error, match=match):
+            sharpen.estimate_levels(est, x, quality=bad)
+
+
 def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
     im = Image.fromarray((torch.rand(16, 16, 3, generator=gen()) * 255).byte().numpy())
     for quality in (1, 10, 30, 50, 51, 75, 90, 95, 99, 100):

@@ -371,6 +371,18 @@ def _colour_validation_photos(size: int) -> torch.Tensor:
     return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
 
 
+def _load_estimator(flag: str, path: Path, *, map_location: str | None = None
+                    ) -> sharpen.LevelNet:
+    """The level estimator file given as ``flag``; a ValueError naming the flag otherwise."""
+    try:
+        estimator = sharpen.load_model(path, map_location=map_location)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{flag}: {e}") from e
+    if not isinstance(estimator, sharpen.LevelNet):
+        raise ValueError(f"{flag} {path} is not a level estimator (train_levels.py's)")
+    return estimator
+
+
 def _grey_and_colour_validation(size: int) -> dict[str, torch.Tensor]:
     """``{"grey": _validation_photos, "colour": _colour_validation_photos}`` of ``size``."""
     return {"grey": _validation_photos(size), "colour": _colour_validation_photos(size)}
@@ -915,13 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.estimated:  # before any work
             path = args.estimator or Path(__file__).resolve().parent / ESTIMATOR
-            try:
-                estimator = sharpen.load_model(path, map_location=args.device)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"--estimator: {e}") from e
-            if not isinstance(estimator, sharpen.LevelNet):
-                raise ValueError(f"--estimator {path} is not a level estimator "
-                                 f"(train_levels.py's)")
+            estimator = _load_estimator("--estimator", path, map_location=args.device)
             train_degrade = functools.partial(train_degrade, estimator=estimator)
         given_teacher, init_teacher, init_student = (  # before any work
             None if path is None else sharpen.load_model(path, map_location=args.device)

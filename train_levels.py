@@ -146,11 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         estimator = sharpen.level_estimator(width=24 if args.width is None else args.width)
     else:
         try:
-            estimator = sharpen.load_model(args.init)
-        except (OSError, ValueError) as e:
-            p.error(f"--init: {e}")
-        if not isinstance(estimator, sharpen.LevelNet):
-            p.error(f"--init {args.init} is not a level estimator (train_levels.py's)")
+            estimator = train._load_estimator("--init", args.init)
+        except ValueError as e:
+            p.error(str(e))
     generator = torch.Generator().manual_seed(args.seed)
     images = training_images(args.train_images, generator)
     data = kd.batches(images, size=args.size, batch_size=args.batch_size, generator=generator,

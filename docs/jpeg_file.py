@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         _save_jpeg(img, quality, file)
                     x = torch.stack([sharpen.load_image(f) for f in files])
                     read = sharpen.estimate_levels(estimator, x)
-                    saved = torch.tensor([sharpen.jpeg_quality(f) for f in files])
-                    told = read.clone()
-                    told[:, 2] = torch.minimum(read[:, 2], saved)
+                    saved = sharpen.jpeg_quality(files[0])  # every file's: one quality
+                    told = sharpen.estimate_levels(estimator, x, quality=saved)  # as the CLI
                     base, cells = metrics.psnr(x, photos), []
                     for name, levels in (("estimated", read), ("file", told)):
                         y = sharpen.sharpen(student, x, precision="fp32", levels=levels)

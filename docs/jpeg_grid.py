@@ -38,11 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="LEVELS.pt", help="the level estimator (weights/levels.pt)")
     args = p.parse_args(argv)
     try:
-        estimator = sharpen.load_model(args.estimator)
-    except (OSError, ValueError) as e:
-        p.error(f"--estimator: {e}")
-    if not isinstance(estimator, sharpen.LevelNet):
-        p.error(f"--estimator {args.estimator} is not a level estimator (train_levels.py's)")
+        estimator = train._load_estimator("--estimator", args.estimator)
+    except ValueError as e:
+        p.error(str(e))
     try:
         sets = train._photo_sets(train.PHOTOS, 256) if args.scored else \
             train._grey_and_colour_validation(256)

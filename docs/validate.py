@@ -119,11 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--colour adds validation photos; the scored sets (--scored) are apart")
     try:
         models = {path: sharpen.load_model(path) for path in args.models}
-        estimator = None if args.levels is None else sharpen.load_model(args.levels)
+        estimator = None if args.levels is None else train._load_estimator("--levels",
+                                                                            args.levels)
     except (OSError, ValueError) as e:
         parser.error(str(e))
-    if estimator is not None and not isinstance(estimator, sharpen.LevelNet):
-        parser.error(f"--levels {args.levels} is not a level estimator (train_levels.py's)")
     for path, model in models.items():
         if isinstance(model, sharpen.LevelNet):
             parser.error(f"{path} is a level estimator, not a sharpening model: give it as "
