@@ -2574,6 +2574,26 @@ def test_docs_validate_refuses_a_level_estimator_as_a_model(capsys):
         capsys.readouterr().err
 
 
+def test_docs_validate_reads_each_condition_as_the_cli_reads_its_file():
+    validate = _docs_script("validate")
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.05)
+    est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.1)
+    sharp = train._8bit(torch.rand(2, 3, 32, 32, generator=gen()))
+    out = validate.gains({"m": model}, estimator=est, sharp=sharp)["m"]
+    assert train._file_quality("jpeg 90") == 90.0 and train._file_quality("noise 0.03") is None
+    assert train._file_quality("gaussian 1.5 + noise 0.03 + jpeg 75") == 75.0
+    for name in train.CONDITIONS:  # a lossless file: the estimate of the image in memory
+        if train._file_quality(name) is None:
+            assert out["auto file"][name] == out["auto"][name]
+    x, _ = train._condition(sharp, "jpeg 50", train._validation_seed("jpeg 50"))
+    assert sharpen.estimate_levels(est, x)[:, 2].min() > 50  # the file's quality is lower
+    y = sharpen.sharpen(model, x, precision="fp32",
+                        levels=sharpen.estimate_levels(est, x, quality=50))
+    gain = metrics.psnr(y, sharp) - metrics.psnr(x, sharp)
+    assert out["auto file"]["jpeg 50"] == (gain.mean().item(), gain.min().item(), None)
+    assert out["auto file"]["jpeg 50"] != out["auto"]["jpeg 50"]
+
+
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,
                                                                       capsys):
     robustness, compare = _docs_script("robustness"), _docs_script("compare_runs")

@@ -773,6 +773,13 @@ def _condition(sharp: torch.Tensor, name: str, seed: int) -> tuple[torch.Tensor,
     return (sharpen.jpeg(x, quality) if quality else _8bit(x)), kernels
 
 
+def _file_quality(name: str) -> float | None:
+    """The JPEG quality that a file of a condition's images tells (``sharpen.jpeg_quality``):
+    None where the condition has no JPEG (a lossless file)."""
+    quality = {**CONDITIONS, **GRAIN_CONDITIONS}[name][2]
+    return None if quality is None else float(quality)
+
+
 def _condition_levels(name: str, kernels: torch.Tensor, *, gaussian: bool = False
                       ) -> torch.Tensor:
     """What a conditioned model is told about a condition's images: ``(N, 3)`` levels, or with

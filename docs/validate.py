@@ -12,8 +12,10 @@ and blind, and their mean (the rule that chose the shipped students: the highest
 gain per condition. ``--estimate`` also scores, for a model with a Wiener estimate
 (``conditioned`` 2 or 3), that estimate alone, told the same levels. ``--levels
 ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
-(``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing), and
-told its blur with the true noise and JPEG ("auto blur") and the reverse ("true blur").
+(``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing of an
+image in memory or a lossless file), those levels read as the CLI reads a file of the
+condition's images, a JPEG at its quality where it has one ("auto file"), and told its blur
+with the true noise and JPEG ("auto blur") and the reverse ("true blur").
 ``--colour`` also runs on four colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
 matplotlib's and scikit-learn's wheels, in the eval extra, and ``data/raccoon.png``, sharp
 fur), as the four validation photos are grey (and ``clock`` motion-blurred as photographed).
@@ -48,13 +50,14 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     (default: the validation photos), under the robustness table's conditions (with ``grain``,
     ``train.GRAIN_CONDITIONS``'s); for ``"sharp"``, the PSNR (mean, worst image's) and the
     mean SSIM instead. Modes: "blind", "told", "kernel", "estimate", and with an estimator
-    "auto" (its
-    levels), "true blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true
-    noise and JPEG)."""
+    "auto" (its levels), "auto file" (its levels told the JPEG quality that the images' file
+    would tell, as the CLI reads a file: a JPEG at the condition's quality, else a PNG), "true
+    blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true noise and
+    JPEG)."""
     if sharp is None:
         sharp = train._validation_photos(256)
     out = {m: {mode: {} for mode in ("blind", "told", "kernel", "estimate", "auto",
-                                     "true blur", "auto blur")} for m in models}
+                                     "auto file", "true blur", "auto blur")} for m in models}
     for name in train.GRAIN_CONDITIONS if grain else train.CONDITIONS:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
         shaped = train._condition_levels(name, kernels, gaussian=True)  # for conditioned=4
@@ -62,7 +65,9 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         read = {}
         if estimator is not None:
             auto = sharpen.estimate_levels(estimator, x)
-            read = {"auto": auto, "true blur": torch.cat([levels[:, :1], auto[:, 1:]], 1),
+            file = sharpen.estimate_levels(estimator, x, quality=train._file_quality(name))
+            read = {"auto": auto, "auto file": file,
+                    "true blur": torch.cat([levels[:, :1], auto[:, 1:]], 1),
                     "auto blur": torch.cat([auto[:, :1], levels[:, 1:]], 1)}
         base = metrics.psnr(x, sharp)
 
