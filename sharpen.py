@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor, nn
 
 __all__ = [
@@ -1168,6 +1168,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
+    @torch.compiler.disable  # eager under torch.compile: its checks read values, its FFT is complex
     def _estimate(self, x: Tensor, levels: Tensor | None, given: Tensor | None,
                   kernel: Tensor | None = None) -> Tensor:
         """The Wiener estimate's change for ``x``, made from ``levels`` (and the checked
@@ -1684,14 +1685,18 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: not a readable model file: the file is empty")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's own message advises loading it unsafely
-        what = ("it holds Python objects other than weights, which are not loaded (loading "
-                "them could run code)" if zipfile.is_zipfile(path) else "corrupt or not a "
-                "PyTorch file")
-        raise ValueError(f"{path}: not a readable model file: {what}") from e
-    except Exception as e:
+    except Exception as e:  # torch's own message advises loading a pickle unsafely
+        if not zipfile.is_zipfile(path):  # what pickle makes of other bytes says nothing
+            raise ValueError(f"{path}: not a readable model file: corrupt or not a PyTorch "
+                             "file") from e
+        if isinstance(e, pickle.UnpicklingError):
+            raise ValueError(f"{path}: not a readable model file: it holds Python objects "
+                             "other than weights, which are not loaded (loading them could "
+                             "run code)") from e
         raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from e
     if not isinstance(data, dict) or not {"factory", "kwargs", "state_dict"} <= data.keys() \
             or not isinstance(data["kwargs"], dict) or not isinstance(data["state_dict"], dict):
@@ -1755,6 +1760,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
         TypeError: If ``path`` is not a str or os.PathLike.
     """
     path = _image_file(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: not a readable image: the file is empty")
     try:
         with Image.open(path) as im:
             try:
@@ -1947,7 +1954,7 @@ def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
 
 
 def save_image(img: Tensor, path: str | os.PathLike, *,
-               like: str | os.PathLike | None = None) -> None:
+               like: str | os.PathLike | None = None, comment: str | None = None) -> None:
     """Write ``img`` rounded to 8 bits, atomically, in the format of the suffix (JPEG: quality 95).
 
     Args:
@@ -1960,15 +1967,18 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
             file takes, in formats that hold them, and its read and write permissions (less
             the umask), as ``cp`` gives them. Without its profile, a wide-gamut photo (Display
             P3) would look duller in a colour-managed viewer.
+        comment: A line stored in a PNG's ``Comment`` text (``Image.open(path).info``), as
+            the CLI records what it did; PNG only.
 
     Warns:
         UserWarning: If ``like``'s EXIF or colour profile cannot be kept (unreadable, a
             profile for other channels, EXIF too long for a JPEG): the file is written without.
 
     Raises:
-        TypeError: If ``img`` is not a floating-point tensor, or ``path`` or ``like`` not a str
-            or os.PathLike.
-        ValueError: If the shape, the values or the suffix is wrong, or ``like`` unreadable.
+        TypeError: If ``img`` is not a floating-point tensor, ``path`` or ``like`` not a str
+            or os.PathLike, or ``comment`` not a str.
+        ValueError: If the shape, the values or the suffix is wrong, ``like`` unreadable, or
+            ``comment`` given for another format than PNG.
         IsADirectoryError, FileNotFoundError: If ``like`` is a folder or not a file.
     """
     _check_tensor("img", img)
@@ -1978,6 +1988,10 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
+    if comment is not None and not isinstance(comment, str):
+        raise TypeError(f"comment must be a str, got {type(comment).__name__}")
+    if comment is not None and fmt != "PNG":
+        raise ValueError(f"comment is stored in a PNG only, not in {path}")
     like = None if like is None else _image_file(like, name="like ")
     x = img.detach().to("cpu", torch.float32)
     lo, hi, tol = x.min().item(), x.max().item(), 0.5 / 255
@@ -1988,6 +2002,9 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     if like is not None:
         options.update(_metadata(like, rgb=rgb, jpeg=fmt in ("JPEG", "MPO")))
         mode = like.stat().st_mode & 0o666  # a private photo's output stays private
+    if comment is not None:
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_text("Comment", comment)
     arr = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     pil = Image.fromarray(arr.transpose(1, 2, 0) if rgb else arr.reshape(arr.shape[-2:]))
     atomic_write(path, lambda f: pil.save(f, format=fmt, **options), mode=mode)
@@ -2278,6 +2295,21 @@ def main(argv: list[str] | None = None) -> int:
                          f"it was trained on), got {value}")
     if "" in args.inputs:
         parser.error("an INPUT is an empty string, not a file name")
+    outputs = [_output(args.out_dir, src) for src in args.inputs]
+    inputs: dict[str, str] = {}  # realpath, unlike Path.resolve, never raises on a link loop
+    for src in args.inputs:
+        if (first := inputs.get(os.path.realpath(src))) is not None:
+            parser.error(f"{src} is given twice" if first == src else
+                         f"{first} and {src} are the same file")
+        inputs[os.path.realpath(src)] = src
+    written: dict[str, str] = {}
+    for src, dst in zip(args.inputs, outputs):
+        if (other := inputs.get(os.path.realpath(dst))) is not None:
+            parser.error(f"{src}'s output {dst} would overwrite the input {other}")
+        if (first := written.get(os.path.realpath(dst))) is not None:
+            parser.error(f"{first} and {src} would both be written to {dst}: sharpen them in "
+                         "separate runs")
+        written[os.path.realpath(dst)] = src
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     if args.kernel is not None and (args.blur is not None or args.gaussian):
@@ -2349,10 +2381,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
-    # Inputs, then outputs as they are written; realpath, unlike Path.resolve, never raises on a
-    # link loop (the loop is then reported as an unreadable file).
-    taken = {os.path.realpath(p) for p in args.inputs}
-    return _sharpen_files(args, taken, model, estimator, levels, kernel)
+    return _sharpen_files(args, outputs, model, estimator, levels, kernel)
 
 
 def _warned(about: Path, call: Callable[..., object], *args: object,
@@ -2368,6 +2397,14 @@ def _warned(about: Path, call: Callable[..., object], *args: object,
     return result
 
 
+def _sharpened_here(path: Path) -> str:
+    """What the CLI's ``Comment`` in a PNG it wrote says it did; "" for other files."""
+    with Image.open(path) as im:
+        note = im.info.get("Comment", "") if im.format == "PNG" else ""
+    prefix = "sharpened by sharpen.py ("
+    return note[len(prefix) : -1] if note.startswith(prefix) and note.endswith(")") else ""
+
+
 def _writable(folder: Path) -> bool:
     """Whether files can be made in ``folder``, or in the nearest folder above it that exists
     (where ``mkdir`` would make it)."""
@@ -2376,23 +2413,29 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
+def _output(out_dir: str | None, src: str) -> Path:
+    """Where the CLI writes the input ``src``: ``OUT_DIR/<stem>_sharp.png``."""
+    return Path(out_dir or Path(src).parent) / f"{Path(src).stem}_sharp.png"
+
+
+def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Module,
                    estimator: LevelNet | None, levels: tuple | None,
                    kernel: Tensor | None) -> int:
-    """The CLI's loop over its inputs: the exit status, 1 if any failed."""
+    """The CLI's loop over its inputs, each written to its ``outputs``: the exit status, 1 if
+    any failed."""
     failed = 0
-    for src in map(Path, args.inputs):
-        dst = Path(args.out_dir or src.parent) / f"{src.stem}_sharp.png"
+    for src, dst in zip(map(Path, args.inputs), outputs):
         try:
-            if os.path.realpath(dst) in taken:
-                raise ValueError(f"output {dst} would overwrite an input or another output "
-                                 "(inputs of one name in one folder: give them separate -o)")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             if not _writable(dst.parent):
                 raise PermissionError(f"cannot write in {dst.parent} (no permission, or a "
                                       "read-only file system)")
             img, given, source = _warned(src, load_image, src), levels, ""
+            if levels is None and (before := _sharpened_here(src)):
+                print(f"sharpen.py: warning: {src} was sharpened by sharpen.py already "
+                      f"({before}): a second pass over-sharpens (halos, colour fringes); tell "
+                      "the levels (--blur 0 ...) to clean it without sharpening", file=sys.stderr)
             if estimator is not None:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
@@ -2411,13 +2454,15 @@ def _sharpen_files(args: argparse.Namespace, taken: set[str], model: nn.Module,
                 out = out.mean(0, keepdim=True)  # in 3 channels where its profile is for RGB
                 if _profile_space(src) == b"RGB ":
                     out = out.expand(3, -1, -1)
+            read = "estimated " if estimator else ""
+            blur = "kernel" if kernel is not None else f"{read or 'told '}blur"
+            what = "blind" if given is None else (
+                f"{blur} {given[0]:.2f} px, {read if kernel is not None else ''}noise "
+                f"{given[1]:.3f}, JPEG quality {given[2]:.0f}{source}")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _warned(src, save_image, out, dst, like=src)
-            taken.add(os.path.realpath(dst))
-            print(f"{src} -> {dst}" + ("" if estimator is None else
-                  f" ({'kernel' if kernel is not None else 'estimated blur'} {given[0]:.2f} px,"
-                  f" {'estimated ' if kernel is not None else ''}noise {given[1]:.3f}, JPEG "
-                  f"quality {given[2]:.0f}{source})"))
+            _warned(src, save_image, out, dst, like=src,
+                    comment=f"sharpened by sharpen.py ({what})")
+            print(f"{src} -> {dst}" + ("" if estimator is None else f" ({what})"))
         except (OSError, ValueError) as e:
             where = "" if str(src) in str(e) else f"{src}: "  # name the input once
             print(f"sharpen.py: {where}{e}", file=sys.stderr)

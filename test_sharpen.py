@@ -1695,6 +1695,48 @@ def test_cli_tells_a_conditioned_model_the_estimated_levels_unless_blind(tmp_pat
         assert match in capsys.readouterr().err
 
 
+def test_cli_records_what_it_did_and_warns_before_sharpening_its_own_output(tmp_path, capsys):
+    sharpen.save_image(torch.rand(3, 40, 36, generator=gen()), tmp_path / "a.png")
+    told = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=3), std=0.05)
+    sharpen.save_model(tmp_path / "told.pt", told)
+    sharpen.save_model(tmp_path / "est.pt", randomize(sharpen.level_estimator(width=4, depth=2),
+                                                      std=0.2))
+    model = ["--weights", str(tmp_path / "told.pt")]
+    assert sharpen.main([str(tmp_path / "a.png"), *model, "--levels",
+                         str(tmp_path / "est.pt")]) == 0
+    out = capsys.readouterr().out
+    what = out[out.index("(") + 1 : out.rindex(")")]
+    assert what.startswith("estimated blur ")
+    with Image.open(tmp_path / "a_sharp.png") as im:
+        assert im.info["Comment"] == f"sharpened by sharpen.py ({what})"
+    for extra, note in [(["--blind"], "blind"),
+                        (["--blur", "1.5", "--jpeg", "80"],
+                         "told blur 1.50 px, noise 0.000, JPEG quality 80")]:
+        assert sharpen.main([str(tmp_path / "a.png"), *model, *extra, "--overwrite"]) == 0
+        with Image.open(tmp_path / "a_sharp.png") as im:
+            assert im.info["Comment"] == f"sharpened by sharpen.py ({note})"
+    capsys.readouterr()
+    again = [str(tmp_path / "a_sharp.png"), *model, "--levels", str(tmp_path / "est.pt")]
+    assert sharpen.main(again) == 0  # warned, and done as asked
+    err = capsys.readouterr().err
+    assert "a_sharp.png was sharpened by sharpen.py already (told blur 1.50 px" in err
+    assert "a second pass over-sharpens" in err and (tmp_path / "a_sharp_sharp.png").is_file()
+    assert sharpen.main([*again[:3], "--overwrite", "--blur", "0"]) == 0  # told: no warning
+    assert capsys.readouterr().err == ""
+
+
+def test_save_image_stores_a_comment_in_a_png_only(tmp_path):
+    img = torch.rand(3, 4, 5, generator=gen())
+    sharpen.save_image(img, tmp_path / "a.png", comment="made by me")
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.info["Comment"] == "made by me"
+    with pytest.raises(ValueError, match=r"comment is stored in a PNG only, not in .*a\.jpg"):
+        sharpen.save_image(img, tmp_path / "a.jpg", comment="made by me")
+    with pytest.raises(TypeError, match="comment must be a str, got int"):
+        sharpen.save_image(img, tmp_path / "b.png", comment=3)
+    assert not (tmp_path / "a.jpg").exists() and not (tmp_path / "b.png").exists()
+
+
 def test_cli_tells_the_quality_a_jpeg_file_was_saved_at_where_lower_than_estimated(tmp_path,
                                                                                    capsys):
     photo = photo_8bit("astronaut", 64)
@@ -1907,17 +1949,33 @@ def test_cli_subprocess_on_real_image(tmp_path, tiny_model_file):
     assert (out - sharpen.load_image(tmp_path / "photo.png")).abs().max() > 0
 
 
+def test_cli_refuses_inputs_whose_outputs_collide_before_any_work(tmp_path, tiny_model_file,
+                                                                   capsys):
+    a = torch.rand(3, 12, 14, generator=gen())
+    for name in ("a.png", "a_sharp.png", "b.png", "b.jpg"):
+        sharpen.save_image(a, tmp_path / name)
+    before = (tmp_path / "a_sharp.png").read_bytes()
+    a_png, b_png, b_jpg = (str(tmp_path / n) for n in ("a.png", "b.png", "b.jpg"))
+    (tmp_path / "sub").mkdir()
+    for inputs, match in [
+            ([a_png, str(tmp_path / "a_sharp.png")], r"a\.png's output .*a_sharp\.png would "
+                                                     r"overwrite the input .*a_sharp\.png"),
+            ([b_png, b_png], r"b\.png is given twice"),
+            ([b_png, str(tmp_path / "sub" / ".." / "b.png")], r"b\.png and .*sub/\.\./b\.png "
+                                                            r"are the same file"),
+            ([b_png, b_jpg], r"b\.png and .*b\.jpg would both be written to .*b_sharp\.png: "
+                             r"sharpen them in separate runs")]:
+        with pytest.raises(SystemExit) as exit_:
+            sharpen.main([*inputs, "--weights", str(tiny_model_file)])
+        assert exit_.value.code == 2 and re.search(match, capsys.readouterr().err)
+    assert (tmp_path / "a_sharp.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_sharp.png", "b.jpg",
+                                                          "b.png", "m.pt", "sub"]  # no work
+
+
 def test_cli_in_process(tmp_path, tiny_model_file, capsys):
     a = torch.rand(3, 12, 14, generator=gen())
     sharpen.save_image(a, tmp_path / "a.png")
-    sharpen.save_image(a, tmp_path / "a_sharp.png")  # output of a.png would overwrite this input
-    before = (tmp_path / "a_sharp.png").read_bytes()
-    rc = sharpen.main([str(tmp_path / "a.png"), str(tmp_path / "a_sharp.png"), "--weights",
-                 str(tiny_model_file)])  # fmt: skip
-    err = capsys.readouterr().err
-    assert rc == 1 and "would overwrite" in err
-    assert (tmp_path / "a_sharp.png").read_bytes() == before
-    assert (tmp_path / "a_sharp_sharp.png").exists()
     assert sharpen.main([str(tmp_path / "a.png"), "--weights", str(tiny_model_file), "-o",
                    str(tmp_path / "o")]) == 0  # fmt: skip
     assert sharpen.load_image(tmp_path / "o" / "a_sharp.png").shape == (3, 12, 14)
@@ -3152,6 +3210,17 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match="junk.png: not a readable model file: corrupt or not a "
                        "PyTorch file"):
         sharpen.load_model(tmp_path / "junk.png")
+    (tmp_path / "text.pt").write_text("this is not a model file x")  # pickle reads it oddly
+    with pytest.raises(ValueError, match="text.pt: not a readable model file: corrupt or not a "
+                       "PyTorch file$"):
+        sharpen.load_model(tmp_path / "text.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt: not a readable model file: the file is "
+                       "empty"):
+        sharpen.load_model(tmp_path / "empty.pt")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.png: not a readable image: the file is empty"):
+        sharpen.load_image(tmp_path / "empty.png")
     torch.save({"factory": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")  # not weights
     with pytest.raises(ValueError, match="pickled.pt: not a readable model file: it holds Python "
                        "objects other than weights") as caught:
@@ -4514,10 +4583,23 @@ def test_readme_sharpening_from_python_runs_as_written(tmp_path):
     Image.fromarray(np.asarray(skdata.coffee())[:96, :128]).save(tmp_path / "photo.jpg")
     shake = sharpen.random_motion_kernel(9, generator=gen())
     sharpen.save_image((shake / shake.max()).expand(3, -1, -1), tmp_path / "psf.png")
-    out = run_script(code + "\nprint(exact.shape, auto.shape, told.shape)\n", tmp_path)
+    out = run_script(code + "\nprint(exact.shape, auto.shape, told.shape, blind.shape)\n",
+                     tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["torch.Size([3,", "96,", "128])"] * 3
-    assert (tmp_path / "photo_sharp.png").is_file()
+    assert out.stdout.split() == ["torch.Size([3,", "96,", "128])"] * 4
+    cli = subprocess.run([sys.executable, str(ROOT / "sharpen.py"), "photo.jpg", "-o", "cli"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    written, by_cli = (sharpen.load_image(tmp_path / d / "photo_sharp.png") for d in (".", "cli"))
+    assert torch.equal(written, by_cli)  # the block does what the CLI does
+    kernel = subprocess.run([sys.executable, str(ROOT / "sharpen.py"), "photo.jpg", "-o", "k",
+                             "--kernel", "psf.png"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert kernel.returncode == 0, kernel.stderr
+    exact = run_script(code + "\nsharpen.save_image(exact, 'exact.png')\n", tmp_path)
+    assert exact.returncode == 0, exact.stderr
+    assert torch.equal(sharpen.load_image(tmp_path / "exact.png"),
+                       sharpen.load_image(tmp_path / "k" / "photo_sharp.png"))
 
 
 def test_readme_training_script_runs_as_written(tmp_path):
@@ -4569,8 +4651,14 @@ def test_readme_own_backward_pass_runs_as_written_after_the_loops_setup(tmp_path
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
                     reason="torch.compile on the CPU needs a C++ compiler")
-def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path):
+@pytest.mark.parametrize("told", [False, True])
+def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path, told):
     code = readme_script("### Many frames of one size (video)")
+    levels = "torch.tensor([[1.5, 0.0, 100.0]])"
+    if told:  # as its comment offers: the estimate runs eagerly, without a warning
+        line = next(line for line in code.splitlines() if line.startswith("levels = None"))
+        assert line.startswith("levels = None  # or " + levels + ":")
+        code = code.replace(line, "levels = " + levels)
     (tmp_path / "weights").mkdir()  # a small stand-in for the shipped student
     model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=2), std=0.1)
     sharpen.save_model(tmp_path / "weights" / "student.pt", model)
@@ -4579,10 +4667,11 @@ def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path):
     for i, frame in enumerate(frames):
         sharpen.save_image(frame, tmp_path / "frames" / f"{i:05d}.png")
     out = run_script(code, tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0 and out.stderr == "", out.stderr
     for i in range(2):
         frame = sharpen.load_image(tmp_path / "frames" / f"{i:05d}.png")
-        expected = (sharpen.sharpen(model, frame) * 255).round() / 255  # bf16 where native
+        expected = (sharpen.sharpen(model, frame, levels=(1.5, 0.0, 100) if told else None)
+                    * 255).round() / 255  # bf16 where native
         got = sharpen.load_image(tmp_path / "sharp" / f"{i:05d}.png")
         assert (got - expected).abs().max() <= 3 / 255
         assert (got - frame).abs().max() > 10 / 255  # the model did change the frame
