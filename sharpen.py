@@ -1205,8 +1205,9 @@ class UNet(nn.Module):
         if self.conditioned:
             parts.append(_level_maps(levels, parts[0][..., ::s, ::s],  # checks levels
                                      shape=self.conditioned == 4))
-            if self.conditioned >= 2:
-                estimate = self._estimate(x, levels, estimate, kernel)
+            if self.conditioned >= 2:  # blind, no estimate: zero, in the compiled graph
+                estimate = torch.zeros_like(x) if levels is None and estimate is None else \
+                    self._estimate(x, levels, estimate, kernel)
                 parts.append(F.pad(estimate, pad, mode="replicate"))
         elif levels is not None:
             raise ValueError("levels given, but this model was built without them "

@@ -4651,6 +4651,15 @@ def test_readme_own_backward_pass_runs_as_written_after_the_loops_setup(tmp_path
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
                     reason="torch.compile on the CPU needs a C++ compiler")
+def test_a_blind_model_given_estimates_compiles_as_one_graph():
+    model = randomize(sharpen.unet(width=4, depth=2, blocks=1, conditioned=4), std=0.1).eval()
+    x = torch.rand(1, 3, 24, 40, generator=gen())
+    with torch.no_grad():  # the estimate (eager when told: torch.compiler.disable) is zero
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 @pytest.mark.parametrize("told", [False, True])
 def test_readme_video_loop_runs_as_written_and_matches_sharpen(tmp_path, told):
     code = readme_script("### Many frames of one size (video)")
