@@ -1691,6 +1691,9 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's own message advises loading a pickle unsafely
+        if isinstance(e, OSError):  # not read at all
+            raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") \
+                from e
         if not zipfile.is_zipfile(path):  # what pickle makes of other bytes says nothing
             raise ValueError(f"{path}: not a readable model file: corrupt or not a PyTorch "
                              "file") from e
@@ -1968,8 +1971,9 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
             file takes, in formats that hold them, and its read and write permissions (less
             the umask), as ``cp`` gives them. Without its profile, a wide-gamut photo (Display
             P3) would look duller in a colour-managed viewer.
-        comment: A line stored in a PNG's ``Comment`` text (``Image.open(path).info``), as
-            the CLI records what it did; PNG only.
+        comment: Text stored in a PNG's ``Comment`` (``Image.open(path).info``), as the CLI
+            records what it did; PNG only, at most Pillow's ``MAX_TEXT_CHUNK`` bytes (1 MB),
+            which it reads back.
 
     Warns:
         UserWarning: If ``like``'s EXIF or colour profile cannot be kept (unreadable, a
@@ -1993,6 +1997,9 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
         raise TypeError(f"comment must be a str, got {type(comment).__name__}")
     if comment is not None and fmt != "PNG":
         raise ValueError(f"comment is stored in a PNG only, not in {path}")
+    if comment is not None and len(comment.encode()) > PngImagePlugin.MAX_TEXT_CHUNK:
+        raise ValueError(f"comment is {len(comment.encode()):,} bytes, more than the "
+                         f"{PngImagePlugin.MAX_TEXT_CHUNK:,} Pillow reads")
     like = None if like is None else _image_file(like, name="like ")
     x = img.detach().to("cpu", torch.float32)
     lo, hi, tol = x.min().item(), x.max().item(), 0.5 / 255
@@ -2297,20 +2304,22 @@ def main(argv: list[str] | None = None) -> int:
     if "" in args.inputs:
         parser.error("an INPUT is an empty string, not a file name")
     outputs = [_output(args.out_dir, src) for src in args.inputs]
-    inputs: dict[str, str] = {}  # realpath, unlike Path.resolve, never raises on a link loop
-    for src in args.inputs:
-        if (first := inputs.get(os.path.realpath(src))) is not None:
+    inputs: dict[object, str] = {}  # the files there are (others are reported as not found)
+    for src in filter(os.path.isfile, args.inputs):
+        if (first := inputs.get(_identity(src))) is not None:
             parser.error(f"{src} is given twice" if first == src else
                          f"{first} and {src} are the same file")
-        inputs[os.path.realpath(src)] = src
-    written: dict[str, str] = {}
+        inputs[_identity(src)] = src
+    written: dict[object, str] = {}
     for src, dst in zip(args.inputs, outputs):
-        if (other := inputs.get(os.path.realpath(dst))) is not None:
+        if not os.path.isfile(src):
+            continue
+        if (other := inputs.get(_identity(dst))) is not None:
             parser.error(f"{src}'s output {dst} would overwrite the input {other}")
-        if (first := written.get(os.path.realpath(dst))) is not None:
+        if (first := written.get(_identity(dst))) is not None:
             parser.error(f"{first} and {src} would both be written to {dst}: sharpen them in "
-                         "separate runs")
-        written[os.path.realpath(dst)] = src
+                         "separate runs, with separate -o")
+        written[_identity(dst)] = src
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     if args.kernel is not None and (args.blur is not None or args.gaussian):
@@ -2399,11 +2408,10 @@ def _warned(about: Path, call: Callable[..., object], *args: object,
 
 
 def _sharpened_here(path: Path) -> str:
-    """What the CLI's ``Comment`` in a PNG it wrote says it did; "" for other files."""
+    """The ``Comment`` of a PNG that the CLI wrote, saying what it did; "" for other files."""
     with Image.open(path) as im:
         note = im.info.get("Comment", "") if im.format == "PNG" else ""
-    prefix = "sharpened by sharpen.py ("
-    return note[len(prefix) : -1] if note.startswith(prefix) and note.endswith(")") else ""
+    return note if isinstance(note, str) and note.startswith("sharpened by sharpen.py") else ""
 
 
 def _writable(folder: Path) -> bool:
@@ -2412,6 +2420,17 @@ def _writable(folder: Path) -> bool:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _identity(path: str | os.PathLike) -> object:
+    """What tells files apart: a file's device and inode where it exists (so two names of one
+    file match: a link, or another spelling on a case-insensitive disk), else its real path
+    (``os.path.realpath``, which never raises on a link loop)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
 
 
 def _output(out_dir: str | None, src: str) -> Path:
@@ -2424,9 +2443,13 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
                    kernel: Tensor | None) -> int:
     """The CLI's loop over its inputs, each written to its ``outputs``: the exit status, 1 if
     any failed."""
-    failed = 0
+    failed, name = 0, Path(args.weights).name if args.weights else "the shipped student"
+    taken = {_identity(src) for src in args.inputs if os.path.isfile(src)}
     for src, dst in zip(map(Path, args.inputs), outputs):
         try:
+            if _identity(dst) in taken:  # on a case-insensitive disk, as outputs are written
+                raise ValueError(f"output {dst} is the file of an input or of another output "
+                                 "(a case-insensitive disk?): give another -o")
             if os.path.lexists(dst) and not args.overwrite:
                 raise ValueError(f"output {dst} already exists; pass --overwrite to replace it")
             if not _writable(dst.parent):
@@ -2434,9 +2457,10 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
                                       "read-only file system)")
             img, given, source = _warned(src, load_image, src), levels, ""
             if levels is None and (before := _sharpened_here(src)):
-                print(f"sharpen.py: warning: {src} was sharpened by sharpen.py already "
-                      f"({before}): a second pass over-sharpens (halos, colour fringes); tell "
-                      "the levels (--blur 0 ...) to clean it without sharpening", file=sys.stderr)
+                advice = "; tell the levels (--blur 0 ...) to clean it without sharpening" if \
+                    getattr(model, "conditioned", 0) else ""
+                print(f"sharpen.py: warning: {src} was {before} already: a second pass "
+                      f"over-sharpens (halos, colour fringes){advice}", file=sys.stderr)
             if estimator is not None:
                 if min(img.shape[-2:]) < _LEVEL_SIDE:
                     raise ValueError(f"{src} is {img.shape[-1]} pixels wide and "
@@ -2458,11 +2482,13 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
             read = "estimated " if estimator else ""
             blur = "kernel" if kernel is not None else f"{read or 'told '}blur"
             what = "blind" if given is None else (
-                f"{blur} {given[0]:.2f} px, {read if kernel is not None else ''}noise "
-                f"{given[1]:.3f}, JPEG quality {given[2]:.0f}{source}")
+                f"{blur} {given[0]:.2f} px, {'a Gaussian, ' if args.gaussian else ''}"
+                f"{read if kernel is not None else ''}noise {given[1]:.3f}, JPEG quality "
+                f"{given[2]:.0f}{source}")
             dst.parent.mkdir(parents=True, exist_ok=True)
             _warned(src, save_image, out, dst, like=src,
-                    comment=f"sharpened by sharpen.py ({what})")
+                    comment=f"sharpened by sharpen.py with {name} ({what})")
+            taken.add(_identity(dst))
             print(f"{src} -> {dst}" + ("" if estimator is None else f" ({what})"))
         except (OSError, ValueError) as e:
             where = "" if str(src) in str(e) else f"{src}: "  # name the input once
