@@ -2230,8 +2230,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="sharpen.py",
         epilog="Without --weights: the shipped student, weights/student.pt beside sharpen.py.",
         description="Sharpen (deblur) photographs with a trained model. Each INPUT is written as "
-        "OUT_DIR/<stem>_sharp.png; inputs are never overwritten, existing outputs only with "
-        "--overwrite. Any size runs in overlapping "
+        "OUT_DIR/<stem>_sharp.png, which records what was done in its Comment; inputs are never "
+        "overwritten, existing outputs only with --overwrite. Any size runs in overlapping "
         "tiles, so memory stays bounded.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files to sharpen")
     parser.add_argument("--weights", metavar="MODEL.pt",
