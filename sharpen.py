@@ -1474,7 +1474,7 @@ def _read_levels(estimator: LevelNet, x: Tensor, tile: int) -> Tensor:
 
 
 def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
-                    quality: float | None = None) -> Tensor:
+                    quality: float | None = None, max_blur: float | None = 1.75) -> Tensor:
     """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
     img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
 
@@ -1493,6 +1493,10 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
         quality: The JPEG quality the images were saved at, where known (``jpeg_quality`` of
             their file): the levels' quality is the lower of it and the estimate, which errs
             toward too high a quality by design; an older, lossier JPEG keeps the estimate.
+        max_blur: The most blur, in pixels, that a reading may tell (None: as read). Above it
+            the shipped estimator more often takes fine texture such as fur for blur than it
+            reads a real blur, and telling too much blur over-sharpens; 1.75 was chosen on the
+            colour validation photos (the README's "Levels read from the photo").
 
     Returns:
         ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
@@ -1501,7 +1505,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
     Raises:
         TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
         ValueError: If ``img`` has the wrong shape, channels or size, or holds NaN or inf, or
-            ``tile`` is too small or not a multiple of 8, or ``quality`` outside 1-100.
+            ``tile`` is too small or not a multiple of 8, ``quality`` outside 1-100, or
+            ``max_blur`` not > 0.
     """
     if not isinstance(estimator, LevelNet):
         raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
@@ -1512,6 +1517,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
     if quality is not None and not 1 <= _check_number("quality", quality, low=1,
                                                       strict=False) <= 100:
         raise ValueError(f"quality must be from 1 to 100, got {quality!r}")
+    if max_blur is not None:
+        max_blur = _check_number("max_blur", max_blur)
     if tile % 8:
         raise ValueError(f"tile must be a multiple of 8 (a JPEG's block grid), got {tile}")
     if x.shape[1] != estimator.in_channels:
@@ -1529,6 +1536,8 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
                 levels[i] = grid
     if quality is not None:
         levels[:, 2] = levels[:, 2].clamp(max=quality)
+    if max_blur is not None:
+        levels[:, 0] = levels[:, 0].clamp(max=max_blur)
     return levels[0] if single else levels
 
 
@@ -2274,7 +2283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
                         help="level estimator (train_levels.py) whose estimates a conditioned "
                         "model is told when --blur, --noise, --jpeg and --blind are not given "
-                        "(a JPEG file's own quality, from its quantization table, where lower) "
+                        "(blur at most 1.75 px; a JPEG file's own quality, from its "
+                        "quantization table, where lower) "
                         f"(default: {shipped_levels.name} beside the shipped student)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",

@@ -4,6 +4,7 @@ gradients, hand-computed values for kernels."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import fractions
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageFilter, PngImagePlugin
 from scipy import ndimage
 from skimage import data as skdata
 from skimage import transform
@@ -1798,6 +1799,22 @@ def test_estimate_levels_takes_a_jpeg_files_quality_where_lower():
             sharpen.estimate_levels(est, x, quality=bad)
 
 
+def test_estimate_levels_caps_the_blur_it_reads_where_fur_reads_as_more():
+    est = sharpen.load_model(SHIPPED / "levels.pt")
+    raccoon = Image.open(ROOT / "data" / "raccoon.png").convert("RGB").reduce(2)
+    soft = raccoon.filter(ImageFilter.GaussianBlur(1.5))  # a new user's trial: read as 2.2 px
+    x = torch.from_numpy(np.array(soft)).permute(2, 0, 1).float()[None] / 255
+    raw = sharpen.estimate_levels(est, x, max_blur=None)
+    assert raw[0, 0] > 2.0
+    capped = sharpen.estimate_levels(est, x)  # the default, chosen on the colour validation
+    assert capped[0, 0] == 1.75 and torch.equal(capped[:, 1:], raw[:, 1:])  # photos
+    assert torch.equal(sharpen.estimate_levels(est, x, max_blur=3.0), raw)
+    for bad, error, match in [("2", TypeError, "max_blur must be a number, got str"),
+                              (0.0, ValueError, "max_blur must be finite and > 0, got 0.0")]:
+        with pytest.raises(error, match=match):
+            sharpen.estimate_levels(est, x, max_blur=bad)
+
+
 def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
     im = Image.fromarray((torch.rand(16, 16, 3, generator=gen()) * 255).byte().numpy())
     for quality in (1, 10, 30, 50, 51, 75, 90, 95, 99, 100):
@@ -2705,6 +2722,21 @@ def test_docs_validate_reads_each_condition_as_the_cli_reads_its_file():
     gain = metrics.psnr(y, sharp) - metrics.psnr(x, sharp)
     assert out["auto file"]["jpeg 50"] == (gain.mean().item(), gain.min().item(), None)
     assert out["auto file"]["jpeg 50"] != out["auto"]["jpeg 50"]
+    calls = []
+    read = sharpen.estimate_levels
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["max_blur"])
+        return read(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sharpen, "estimate_levels", spy)
+        validate.gains({"m": model}, estimator=est, sharp=sharp[:1], max_blur=None)
+    assert calls and set(calls) == {None}
+    assert validate._ceiling("1.5") == 1.5 and validate._ceiling("none") is None
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be > 0 and finite, or none"):
+            validate._ceiling(bad)
 
 
 def test_docs_robustness_scores_model_files_as_train_scores_its_models(tmp_path, monkeypatch,

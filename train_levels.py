@@ -66,7 +66,7 @@ def _errors(estimator: sharpen.LevelNet) -> None:
     for name in [*train.CONDITIONS, *train.GRAIN_CONDITIONS]:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
         true = train._condition_levels(name, kernels).mean(0)
-        est = sharpen.estimate_levels(estimator, x)
+        est = sharpen.estimate_levels(estimator, x, max_blur=None)  # its own readings
         spread = est[:, 0].min().item(), est[:, 0].max().item()
         print(f"  {name:35} ({true[0]:.2f}, {true[1]:.3f}, {true[2]:3.0f}) -> "
               f"({est[:, 0].mean():.2f}, {est[:, 1].mean():.3f}, {est[:, 2].mean():3.0f}); "

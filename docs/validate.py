@@ -15,7 +15,8 @@ ESTIMATOR.pt`` also scores each conditioned model told the levels that estimator
 (``train_levels.py``) reads from each image ("auto", what the CLI does when told nothing of an
 image in memory or a lossless file), those levels read as the CLI reads a file of the
 condition's images, a JPEG at its quality where it has one ("auto file"), and told its blur
-with the true noise and JPEG ("auto blur") and the reverse ("true blur").
+with the true noise and JPEG ("auto blur") and the reverse ("true blur"); the blur read at
+most ``--max-blur`` pixels, as the CLI reads it (1.75; ``none``: as read).
 ``--colour`` also runs on four colour photos (``train.COLOUR_VALIDATION_PHOTOS``, from
 matplotlib's and scikit-learn's wheels, in the eval extra, and ``data/raccoon.png``, sharp
 fur), as the four validation photos are grey (and ``clock`` motion-blurred as photographed).
@@ -44,7 +45,7 @@ import train  # noqa: E402
 
 def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
           estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None,
-          grain: bool = False
+          grain: bool = False, max_blur: float | None = 1.75
           ) -> dict[str, dict[str, dict[str, tuple[float, float, float | None]]]]:
     """``{model: {mode: {condition: (mean gain, worst image's gain in dB, None)}}}`` on ``sharp``
     (default: the validation photos), under the robustness table's conditions (with ``grain``,
@@ -53,7 +54,7 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     "auto" (its levels), "auto file" (its levels told the JPEG quality that the images' file
     would tell, as the CLI reads a file: a JPEG at the condition's quality, else a PNG), "true
     blur" (its noise and JPEG, the true blur) and "auto blur" (its blur, the true noise and
-    JPEG)."""
+    JPEG); the estimator's blur read at most ``max_blur`` (``estimate_levels``'s)."""
     if sharp is None:
         sharp = train._validation_photos(256)
     out = {m: {mode: {} for mode in ("blind", "told", "kernel", "estimate", "auto",
@@ -64,8 +65,9 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         levels = shaped[:, :3]
         read = {}
         if estimator is not None:
-            auto = sharpen.estimate_levels(estimator, x)
-            file = sharpen.estimate_levels(estimator, x, quality=train._file_quality(name))
+            auto = sharpen.estimate_levels(estimator, x, max_blur=max_blur)
+            file = sharpen.estimate_levels(estimator, x, quality=train._file_quality(name),
+                                           max_blur=max_blur)
             read = {"auto": auto, "auto file": file,
                     "true blur": torch.cat([levels[:, :1], auto[:, 1:]], 1),
                     "auto blur": torch.cat([auto[:, :1], levels[:, 1:]], 1)}
@@ -95,6 +97,16 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
     return out
 
 
+def _ceiling(text: str) -> float | None:
+    """``--max-blur``'s value: a number of pixels > 0, or "none"."""
+    if text == "none":
+        return None
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, or none, got {text}")
+    return value
+
+
 def _cell(condition: str, mean: float, worst: float, ssim: float | None, *, detail: bool) -> str:
     """One condition's result: the mean, and with ``detail`` the worst image (and the SSIM); a
     PSNR in dB for the sharp condition, a gain for the others."""
@@ -117,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grain", action="store_true",
                         help="also the grain conditions (train.GRAIN_CONDITIONS): grey noise, "
                              "noise under JPEG")
+    parser.add_argument("--max-blur", type=_ceiling, default=1.75, metavar="PX",
+                        help="the most blur an estimate tells, as estimate_levels's max_blur "
+                             "(1.75, the CLI's; none: as read)")
     parser.add_argument("--scored", action="store_true",
                         help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
@@ -143,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     for set_name, sharp, grain in runs:
         print(f"== {set_name}" + (", grain conditions" if grain else ""))
         result = gains(models, estimate=args.estimate, estimator=estimator, sharp=sharp,
-                       grain=grain)
+                       grain=grain, max_blur=args.max_blur)
         detail = set_name != "validation"  # the worst image, and the sharp photos' SSIM
         for m, modes in result.items():
             mean = {mode: sum(v[0] for c, v in g.items() if c != "sharp")
