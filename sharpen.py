@@ -966,6 +966,7 @@ def _unet_radius(depth: int, blocks: int, shuffle: int) -> int:
 
 LEVELS = ("blur", "noise", "jpeg")  # what a conditioned model is told, per image
 _LEVEL_SIDE = 8  # estimate_levels reads images of at least this side
+_MAX_BLUR = 1.75  # estimate_levels's default max_blur, which the CLI prints it applies
 _GRID_PEAK = 1.2  # a JPEG's block edges stand out by this much: chosen on the validation photos
 _LEVEL_SCALE = (3.0, 0.04, 70.0)  # blur, noise, 100 - jpeg: degrade(kind="real")'s largest
 
@@ -1493,20 +1494,21 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
         quality: The JPEG quality the images were saved at, where known (``jpeg_quality`` of
             their file): the levels' quality is the lower of it and the estimate, which errs
             toward too high a quality by design; an older, lossier JPEG keeps the estimate.
-        max_blur: The most blur, in pixels, that a reading may tell (None: as read). Above it
-            the shipped estimator more often takes fine texture such as fur for blur than it
-            reads a real blur, and telling too much blur over-sharpens; 1.75 was chosen on the
-            colour validation photos (the README's "Levels read from the photo").
+        max_blur: The most blur, in pixels, that a reading may tell (None: as read). On the
+            validation photos the shipped estimator read more than 1.75 px mostly where it
+            over-read a blur of 1.5 px on fur, and telling too much blur over-sharpens; 1.75
+            was chosen there (the README's "A ceiling on the blur read").
 
     Returns:
         ``(B, 3)`` or ``(3,)`` float32 levels on the image's device: blur sigma >= 0, noise std
         0-1, JPEG quality 1-100, as ``check_levels`` takes them.
 
     Raises:
-        TypeError: If ``estimator`` is not a ``LevelNet`` or ``img`` not a float tensor.
+        TypeError: If ``estimator`` is not a ``LevelNet``, ``img`` not a float tensor, or
+            ``quality`` or ``max_blur`` not a number.
         ValueError: If ``img`` has the wrong shape, channels or size, or holds NaN or inf, or
             ``tile`` is too small or not a multiple of 8, ``quality`` outside 1-100, or
-            ``max_blur`` not > 0.
+            ``max_blur`` not finite and > 0.
     """
     if not isinstance(estimator, LevelNet):
         raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
@@ -2465,7 +2467,7 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
             if not _writable(dst.parent):
                 raise PermissionError(f"cannot write in {dst.parent} (no permission, or a "
                                       "read-only file system)")
-            img, given, source = _warned(src, load_image, src), levels, ""
+            img, given, source, ceiling = _warned(src, load_image, src), levels, "", ""
             if levels is None and (before := _sharpened_here(src)):
                 advice = "; tell the levels (--blur 0 ...) to clean it without sharpening" if \
                     getattr(model, "conditioned", 0) else ""
@@ -2479,9 +2481,13 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
                                          "(--noise, --jpeg)" if kernel is not None else
                                          "(--blur, --noise, --jpeg) or pass --blind"))
                 saved = jpeg_quality(src)
-                given = tuple(estimate_levels(estimator, img, quality=saved).tolist())  # tiles
-                if kernel is not None:  # go to --device
+                given = tuple(estimate_levels(estimator, img, quality=saved,  # tiles go to
+                                              max_blur=None).tolist())  # --device
+                if kernel is not None:
                     given = (levels[0], *given[1:])
+                elif given[0] > _MAX_BLUR:  # estimate_levels's ceiling, said
+                    ceiling = f" (read as {given[0]:.2f}: at most {_MAX_BLUR} px told)"
+                    given = (_MAX_BLUR, *given[1:])
                 source = " from the file" if given[2] == saved else ""
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
@@ -2492,7 +2498,7 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Modu
             read = "estimated " if estimator else ""
             blur = "kernel" if kernel is not None else f"{read or 'told '}blur"
             what = "blind" if given is None else (
-                f"{blur} {given[0]:.2f} px, {'a Gaussian, ' if args.gaussian else ''}"
+                f"{blur} {given[0]:.2f} px{ceiling}, {'a Gaussian, ' if args.gaussian else ''}"
                 f"{read if kernel is not None else ''}noise {given[1]:.3f}, JPEG quality "
                 f"{given[2]:.0f}{source}")
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import fractions
 import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -1799,10 +1800,16 @@ def test_estimate_levels_takes_a_jpeg_files_quality_where_lower():
             sharpen.estimate_levels(est, x, quality=bad)
 
 
-def test_estimate_levels_caps_the_blur_it_reads_where_fur_reads_as_more():
+def test_estimate_levels_caps_the_blur_it_reads_where_fur_reads_as_more(tmp_path, capsys):
     est = sharpen.load_model(SHIPPED / "levels.pt")
     raccoon = Image.open(ROOT / "data" / "raccoon.png").convert("RGB").reduce(2)
     soft = raccoon.filter(ImageFilter.GaussianBlur(1.5))  # a new user's trial: read as 2.2 px
+    soft.save(tmp_path / "soft.png")
+    assert sharpen.main([str(tmp_path / "soft.png")]) == 0  # the CLI says it is the ceiling
+    assert "(estimated blur 1.75 px (read as 2.20: at most 1.75 px told), noise 0.000" in \
+        capsys.readouterr().out
+    default = inspect.signature(sharpen.estimate_levels).parameters["max_blur"].default
+    assert default == sharpen._MAX_BLUR == 1.75
     x = torch.from_numpy(np.array(soft)).permute(2, 0, 1).float()[None] / 255
     raw = sharpen.estimate_levels(est, x, max_blur=None)
     assert raw[0, 0] > 2.0
@@ -2734,7 +2741,8 @@ def test_docs_validate_reads_each_condition_as_the_cli_reads_its_file():
         validate.gains({"m": model}, estimator=est, sharp=sharp[:1], max_blur=None)
     assert calls and set(calls) == {None}
     assert validate._ceiling("1.5") == 1.5 and validate._ceiling("none") is None
-    for bad in ("0", "-1", "inf"):
+    assert validate._ceiling("None") is None
+    for bad in ("0", "-1", "inf", "abc", "nan"):
         with pytest.raises(argparse.ArgumentTypeError, match="must be > 0 and finite, or none"):
             validate._ceiling(bad)
 

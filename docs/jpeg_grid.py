@@ -29,6 +29,11 @@ import sharpen  # noqa: E402
 import train  # noqa: E402
 
 
+def _capped(levels: torch.Tensor) -> torch.Tensor:
+    """``levels`` with the blur at most ``estimate_levels``'s ceiling, as the CLI tells it."""
+    return torch.cat([levels[:, :1].clamp(max=sharpen._MAX_BLUR), levels[:, 1:]], 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python docs/jpeg_grid.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
     as_it_comes = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
-    readers = {"as it comes": lambda x: sharpen._read_levels(as_it_comes, x, 1024),
+    readers = {"as it comes": lambda x: _capped(sharpen._read_levels(as_it_comes, x, 1024)),
                "grid found": lambda x: sharpen.estimate_levels(estimator, x)}
     print("JPEG quality read, and the student's mean gain told the levels read (worst image's)")
     cropped = {name: [] for name in readers}

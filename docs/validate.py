@@ -31,6 +31,7 @@ the worst image), not a gain.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -99,10 +100,13 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
 
 def _ceiling(text: str) -> float | None:
     """``--max-blur``'s value: a number of pixels > 0, or "none"."""
-    if text == "none":
+    if text.lower() == "none":
         return None
-    value = float(text)
-    if not 0 < value < float("inf"):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be > 0 and finite, or none, got {text}")
     return value
 
