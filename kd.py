@@ -99,7 +99,12 @@ def _check_options(amp: object, **losses: object) -> None:
 
 
 def _check_dtype(blurred: torch.Tensor, amp: bool, **models: nn.Module) -> None:
-    """Without autocast, the batch must be in the dtype of each model's weights."""
+    """The batch must have each model's image channels, and without autocast be in the dtype
+    of its weights."""
+    for name, model in models.items():
+        channels = getattr(_unwrapped(model), "in_channels", None)
+        if isinstance(channels, int) and blurred.shape[1] != channels:
+            raise ValueError(f"blurred has {blurred.shape[1]} channels, {name} takes {channels}")
     if amp or _autocasting(blurred.device.type):
         return
     for name, model in models.items():
@@ -960,6 +965,12 @@ def batches(
         _check_float_tensor("source", source)
         if source.dim() != 4:
             raise ValueError(f"a tensor source must be (N, C, H, W), got {tuple(source.shape)}")
+        if bad := int((~torch.isfinite(source)).sum()):
+            raise ValueError(f"source has {bad} non-finite value{'s' if bad > 1 else ''} (NaN "
+                             "or inf)")
+        if len(source) and not -0.5 <= float(source.min()) <= float(source.max()) <= 1.5:
+            raise ValueError(f"source values must lie in [0, 1], got min {source.min():.4g}, "
+                             f"max {source.max():.4g}: an 8-bit image is divided by 255 first")
         paired = False
     elif isinstance(source, (list, tuple)):
         paired = bool(source) and isinstance(source[0], (list, tuple))
@@ -1089,6 +1100,9 @@ def evaluate(
                         f"{type(pairs).__name__} (no len())")
     if len(pairs) == 0:
         raise ValueError("pairs is empty: nothing to evaluate")
+    if len(pairs) == 2 and all(isinstance(p, torch.Tensor) for p in pairs):
+        raise TypeError("pairs must be a sequence of (blurred, sharp) pairs, got one pair of "
+                        "tensors: pass [(blurred, sharp)]")
     own = next(model.parameters()).device
     device = torch.device(device) if device is not None else own
     if device != own:
@@ -1096,8 +1110,12 @@ def evaluate(
     kwargs = dict(ssim_kwargs or {})
     sums = dict.fromkeys(("psnr", "ssim", "input_psnr", "input_ssim"), 0.0)
     count = 0
-    for i, (blurred, sharp) in enumerate(pairs):
-        blurred, sharp = _as_image(blurred), _as_image(sharp)
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            what = f"{type(pair).__name__} of {len(pair)}" if isinstance(pair, (tuple, list)) \
+                else type(pair).__name__
+            raise TypeError(f"pairs[{i}] must be a (blurred, sharp) pair, got {what}")
+        blurred, sharp = _as_image(pair[0]), _as_image(pair[1])
         if blurred.shape != sharp.shape:
             raise ValueError(f"pair {i}: blurred {tuple(blurred.shape)} and sharp "
                              f"{tuple(sharp.shape)} differ in shape")

@@ -127,6 +127,15 @@ def _check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
 
 
+def _check_unit(name: str, x: Tensor) -> None:
+    """Image values in [0, 1], or as far outside as noise takes them: not a 0-255 image."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -0.5 or hi > 1.5:
+        hint = ": an 8-bit image is divided by 255 first" if hi > 2 else ""
+        raise ValueError(f"{name} values must lie in [0, 1] (noise may take them a little "
+                         f"outside), got min {lo:.4g}, max {hi:.4g}{hint}")
+
+
 def _image_channels(model: nn.Module) -> int:
     """The image channels a model takes: ``model.in_channels``, else its first conv's."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
@@ -618,7 +627,10 @@ def kernel_sigma(kernel: Tensor) -> Tensor:
     """
     _check_tensor("kernel", kernel)
     if kernel.ndim not in (2, 3) or kernel.numel() == 0:
-        raise ValueError(f"kernel must be (kh, kw) or (N, kh, kw), got {tuple(kernel.shape)}")
+        hint = ": a 1-D kernel (gaussian_kernel's) is torch.outer(k, k) in 2-D" if \
+            kernel.ndim == 1 else ""
+        raise ValueError(f"kernel must be (kh, kw) or (N, kh, kw), got {tuple(kernel.shape)}"
+                         f"{hint}")
     k = kernel.double()
     if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
         raise ValueError(f"kernel values must be finite and >= 0, got min {k.min().item():g}, "
@@ -795,6 +807,8 @@ def degrade(sharp: Tensor, *, kind: str = "gaussian", sigma: float = 1.5, noise:
     if return_kernels and not return_levels:
         raise ValueError("return_kernels needs return_levels: the kernels come with the levels")
     sigma, noise = _check_number("sigma", sigma), _check_number("noise", noise, strict=False)
+    if noise > 1:
+        raise ValueError(f"noise must be <= 1 (a std on the 0-1 scale), got {noise:g}")
     grey_noise = _check_number("grey_noise", grey_noise, strict=False)
     if grey_noise > 1:
         raise ValueError(f"grey_noise must be in [0, 1], got {grey_noise:g}")
@@ -1515,6 +1529,7 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
                         f"{type(estimator).__name__}")
     x, single = _as_batch("img", img)
     _check_finite("img", x)
+    _check_unit("img", x)
     tile = _check_int("tile", tile, low=64)
     if quality is not None and not 1 <= _check_number("quality", quality, low=1,
                                                       strict=False) <= 100:
@@ -2176,6 +2191,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
                         "goes to estimate_levels, whose levels sharpen() takes")
     x, single = _as_batch("img", img)
     _check_finite("img", x)
+    _check_unit("img", x)
     if levels is not None:
         if not getattr(model, "conditioned", 0):
             raise ValueError("levels given, but the model was built without them "

@@ -4817,3 +4817,51 @@ def test_kd_steps_batches_and_evaluate_on_cuda():
     hook.remove()
     assert calls == [] and next(student.parameters()).device.type == "cpu"  # ran on a copy
     assert moved["psnr"] == pytest.approx(cpu["psnr"], abs=1e-3)
+
+
+# ------------------------------------------------------------------ a library user's mistakes
+
+
+def test_an_image_on_a_0_255_scale_is_refused_before_any_work():
+    model = tiny(4, 2).eval()
+    img = torch.rand(2, 3, 24, 24, generator=gen())
+    est = sharpen.level_estimator(width=4, depth=2)
+    for call in (lambda x: sharpen.sharpen(model, x), lambda x: sharpen.estimate_levels(est, x)):
+        with pytest.raises(ValueError, match=r"img values must lie in \[0, 1\] \(noise may take "
+                                             r"them a little outside\), got min 0.*, max 2.*: "
+                                             r"an 8-bit image is divided by 255 first"):
+            call(img * 255)
+        with pytest.raises(ValueError, match=r"img values must lie in \[0, 1\].*got min -0.9"):
+            call(img * 2 - 1)
+        call(img + 0.08 * torch.randn(img.shape, generator=gen(1)))  # noise: a little outside
+    with pytest.raises(ValueError, match=r"source values must lie in \[0, 1\]"):
+        kd.batches(img * 255, size=16)
+    bad = img.clone()
+    bad[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="source has 1 non-finite value"):
+        kd.batches(bad, size=16)
+
+
+def test_kd_names_a_single_pair_and_the_wrong_channels():
+    model = tiny(4, 2)
+    x = torch.rand(2, 3, 32, 32, generator=gen())
+    with pytest.raises(TypeError, match=r"pairs must be a sequence of \(blurred, sharp\) pairs, "
+                                        r"got one pair of tensors: pass \[\(blurred, sharp\)\]"):
+        kd.evaluate(model, (x, x))
+    with pytest.raises(TypeError, match=r"pairs\[1\] must be a \(blurred, sharp\) pair, got "
+                                        r"list of 3"):
+        kd.evaluate(model, [(x[0], x[0]), [x[0], x[0], x[0]]])
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="blurred has 1 channels, model takes 3"):
+        kd.train_step(model, opt, x[:, :1], x[:, :1])
+    with pytest.raises(ValueError, match="blurred has 1 channels, student takes 3"):
+        kd.distill_step(model, tiny(4, 2), opt, x[:, :1], x[:, :1])
+
+
+def test_kernel_sigma_of_a_1d_kernel_says_how_to_make_it_2d_and_degrade_caps_noise():
+    with pytest.raises(ValueError, match=r"kernel must be \(kh, kw\) or \(N, kh, kw\), got "
+                                         r"\(13,\): a 1-D kernel \(gaussian_kernel's\) is "
+                                         r"torch.outer\(k, k\) in 2-D"):
+        sharpen.kernel_sigma(sharpen.gaussian_kernel(1.5))
+    with pytest.raises(ValueError, match="noise must be <= 1 .* got 2"):
+        sharpen.degrade(torch.rand(1, 3, 16, 16), noise=2.0)
