@@ -30,6 +30,7 @@ import io
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -1154,14 +1155,17 @@ def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]
 
 
 def _reason(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    """``e``'s type and the first line of its message, without terminal colour codes."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _reads_back(value: object) -> bool:
-    """Whether ``torch.load(weights_only=True)`` reads ``value`` back."""
+    """Whether ``torch.save`` writes ``value`` and ``torch.load(weights_only=True)`` reads it
+    back."""
     buffer = io.BytesIO()
-    torch.save(value, buffer)
     try:
+        torch.save(value, buffer)
         torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     except Exception:
         return False
@@ -1198,17 +1202,19 @@ def save_checkpoint(path: str | os.PathLike, **state: object) -> None:
     if bad:
         raise ValueError(f"refusing to write {str(path)!r}: non-finite values in {bad[:3]}; "
                          "any checkpoint already there is kept")
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data = buffer.getvalue()
+    buffer, saved = io.BytesIO(), False
     try:
-        torch.load(io.BytesIO(data), weights_only=True)
+        torch.save(payload, buffer)
+        saved = True
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     except Exception as e:
         name = next((k for k, v in payload.items() if not _reads_back(v)), "?")
+        what = "be read back with weights_only=True" if saved else "be saved"
         raise ValueError(
             f"refusing to write {str(path)!r}: {name!r} ({type(state.get(name)).__name__}) "
-            f"cannot be read back with weights_only=True; store plain numbers, strings, lists, "
-            f"dicts and tensors ({_reason(e)})") from e
+            f"cannot {what}; store plain numbers, strings, lists, dicts and tensors "
+            f"({_reason(e)})") from e
+    data = buffer.getvalue()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sharpen.atomic_write(path, lambda f: f.write(data))

@@ -4865,3 +4865,14 @@ def test_kernel_sigma_of_a_1d_kernel_says_how_to_make_it_2d_and_degrade_caps_noi
         sharpen.kernel_sigma(sharpen.gaussian_kernel(1.5))
     with pytest.raises(ValueError, match="noise must be <= 1 .* got 2"):
         sharpen.degrade(torch.rand(1, 3, 16, 16), noise=2.0)
+
+
+def test_save_checkpoint_names_an_entry_that_cannot_be_pickled_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"refusing to write .*c\.pt.*: 'f' \(function\) cannot "
+                                         r"be saved.*(PicklingError|AttributeError)") as caught:
+        kd.save_checkpoint(tmp_path / "c.pt", step=1, f=lambda: 1)
+    with pytest.raises(ValueError, match=r"'step' \(int64\) cannot be read back") as numpy_int:
+        kd.save_checkpoint(tmp_path / "c.pt", step=np.int64(1))
+    for e in (caught.value, numpy_int.value):
+        assert "\n" not in str(e) and "\x1b" not in str(e)  # one line, no terminal codes
+    assert not (tmp_path / "c.pt").exists()
