@@ -342,7 +342,8 @@ def ssim(
     if min(H, W) < win_size:
         raise ValueError(
             f"images of size {H}x{W} (after crop_border={crop_border}) are smaller than the "
-            f"{win_size}x{win_size} window; pass a smaller odd win_size"
+            f"{win_size}x{win_size} window; give larger images, or ssim a smaller odd "
+            f"win_size (kd's SSIM losses use its default, 7)"
         )
 
     # Half-precision inputs are measured in float32: their steps of 0.004 would show in SSIM.
