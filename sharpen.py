@@ -121,15 +121,13 @@ def _check_path(name: str, path: object) -> Path:
     return Path(path)
 
 
-def _check_finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
+def _check_pixels(name: str, x: Tensor) -> None:
+    """Finite image values in [0, 1], or as far outside as noise takes them (not a 0-255
+    image), in one pass over ``x`` unless they fail."""
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
-
-
-def _check_unit(name: str, x: Tensor) -> None:
-    """Image values in [0, 1], or as far outside as noise takes them: not a 0-255 image."""
-    lo, hi = float(x.min()), float(x.max())
     if lo < -0.5 or hi > 1.5:
         hint = ": an 8-bit image is divided by 255 first" if hi > 2 else ""
         raise ValueError(f"{name} values must lie in [0, 1] (noise may take them a little "
@@ -1489,7 +1487,7 @@ def _read_levels(estimator: LevelNet, x: Tensor, tile: int) -> Tensor:
 
 
 def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
-                    quality: float | None = None, max_blur: float | None = 1.75) -> Tensor:
+                    quality: float | None = None, max_blur: float | None = _MAX_BLUR) -> Tensor:
     """What was done to each image, estimated: levels for a conditioned model (``sharpen(model,
     img, levels=estimate_levels(estimator, img))``), so that it sharpens as if told.
 
@@ -1528,11 +1526,9 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
         raise TypeError(f"estimator must be a LevelNet (sharpen.level_estimator), got "
                         f"{type(estimator).__name__}")
     x, single = _as_batch("img", img)
-    _check_finite("img", x)
-    _check_unit("img", x)
+    _check_pixels("img", x)
     tile = _check_int("tile", tile, low=64)
-    if quality is not None and not 1 <= _check_number("quality", quality, low=1,
-                                                      strict=False) <= 100:
+    if quality is not None and _check_number("quality", quality, low=1, strict=False) > 100:
         raise ValueError(f"quality must be from 1 to 100, got {quality!r}")
     if max_blur is not None:
         max_blur = _check_number("max_blur", max_blur)
@@ -2190,8 +2186,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         raise TypeError("model is a level estimator (LevelNet), not a sharpening network: it "
                         "goes to estimate_levels, whose levels sharpen() takes")
     x, single = _as_batch("img", img)
-    _check_finite("img", x)
-    _check_unit("img", x)
+    _check_pixels("img", x)
     if levels is not None:
         if not getattr(model, "conditioned", 0):
             raise ValueError("levels given, but the model was built without them "
@@ -2301,7 +2296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", metavar="ESTIMATOR.pt",
                         help="level estimator (train_levels.py) whose estimates a conditioned "
                         "model is told when --blur, --noise, --jpeg and --blind are not given "
-                        "(blur at most 1.75 px; a JPEG file's own quality, from its "
+                        f"(blur at most {_MAX_BLUR} px; a JPEG file's own quality, from its "
                         "quantization table, where lower) "
                         f"(default: {shipped_levels.name} beside the shipped student)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
@@ -2332,22 +2327,20 @@ def main(argv: list[str] | None = None) -> int:
     if "" in args.inputs:
         parser.error("an INPUT is an empty string, not a file name")
     outputs = [_output(args.out_dir, src) for src in args.inputs]
-    inputs: dict[object, str] = {}  # the files there are (others are reported as not found)
-    for src in filter(os.path.isfile, args.inputs):
-        if (first := inputs.get(_identity(src))) is not None:
-            parser.error(f"{src} is given twice" if first == src else
-                         f"{first} and {src} are the same file")
-        inputs[_identity(src)] = src
-    written: dict[object, str] = {}
-    for src, dst in zip(args.inputs, outputs):
-        if not os.path.isfile(src):
-            continue
-        if (other := inputs.get(_identity(dst))) is not None:
-            parser.error(f"{src}'s output {dst} would overwrite the input {other}")
-        if (first := written.get(_identity(dst))) is not None:
-            parser.error(f"{first} and {src} would both be written to {dst}: sharpen them in "
-                         "separate runs, with separate -o")
-        written[_identity(dst)] = src
+    there = [(src, dst) for src, dst in zip(args.inputs, outputs) if os.path.isfile(src)]
+    inputs: dict[object, int] = {}  # of the files there are (others are reported as not found)
+    for i, (src, _) in enumerate(there):
+        if (first := inputs.setdefault(_identity(src), i)) != i:
+            other = there[first][0]
+            parser.error(f"{src} is given twice" if other == src else
+                         f"{other} and {src} are the same file")
+    written: dict[object, int] = {}
+    for i, (src, dst) in enumerate(there):
+        if (other := inputs.get(key := _identity(dst))) is not None:
+            parser.error(f"{src}'s output {dst} would overwrite the input {there[other][0]}")
+        if (first := written.setdefault(key, i)) != i:
+            parser.error(f"{there[first][0]} and {src} would both be written to {dst}: sharpen "
+                         "them in separate runs, with separate -o")
     if args.out_dir is not None and os.path.isfile(args.out_dir):
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
     if args.kernel is not None and (args.blur is not None or args.gaussian):
@@ -2419,7 +2412,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"sharpen.py: {e}", file=sys.stderr)
         return 2
-    return _sharpen_files(args, outputs, model, estimator, levels, kernel)
+    return _sharpen_files(args, outputs, set(inputs), model, estimator, levels, kernel)
 
 
 def _warned(about: Path, call: Callable[..., object], *args: object,
@@ -2466,13 +2459,13 @@ def _output(out_dir: str | None, src: str) -> Path:
     return Path(out_dir or Path(src).parent) / f"{Path(src).stem}_sharp.png"
 
 
-def _sharpen_files(args: argparse.Namespace, outputs: list[Path], model: nn.Module,
-                   estimator: LevelNet | None, levels: tuple | None,
+def _sharpen_files(args: argparse.Namespace, outputs: list[Path], taken: set[object],
+                   model: nn.Module, estimator: LevelNet | None, levels: tuple | None,
                    kernel: Tensor | None) -> int:
-    """The CLI's loop over its inputs, each written to its ``outputs``: the exit status, 1 if
-    any failed."""
+    """The CLI's loop over its inputs, each written to its ``outputs``, none of them a file in
+    ``taken`` (the inputs' ``_identity``, then each output's as it is written): the exit
+    status, 1 if any failed."""
     failed, name = 0, Path(args.weights).name if args.weights else "the shipped student"
-    taken = {_identity(src) for src in args.inputs if os.path.isfile(src)}
     for src, dst in zip(map(Path, args.inputs), outputs):
         try:
             if _identity(dst) in taken:  # on a case-insensitive disk, as outputs are written

@@ -384,8 +384,11 @@ def _load_estimator(flag: str, path: Path, *, map_location: str | None = None
     return estimator
 
 
-def _grey_and_colour_validation(size: int) -> dict[str, torch.Tensor]:
-    """``{"grey": _validation_photos, "colour": _colour_validation_photos}`` of ``size``."""
+def _docs_photo_sets(size: int, *, scored: bool = False) -> dict[str, torch.Tensor]:
+    """The docs scripts' photos of ``size``: ``{"grey": _validation_photos, "colour":
+    _colour_validation_photos}``, or with ``scored`` (their ``--scored``) ``_photo_sets``."""
+    if scored:
+        return _photo_sets(PHOTOS, size)
     return {"grey": _validation_photos(size), "colour": _colour_validation_photos(size)}
 
 

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(0)
     try:
         images = train_levels.training_images(192, generator)
-        sets = train._grey_and_colour_validation(256)
+        sets = train._docs_photo_sets(256)
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     data = kd.batches(images, size=64, batch_size=16, generator=generator, degrade=_jpeg)

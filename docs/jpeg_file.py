@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the scored photo sets instead of the validation photos")
     args = p.parse_args(argv)
     try:
-        sets = train._photo_sets(train.PHOTOS, 256) if args.scored else \
-            train._grey_and_colour_validation(256)
+        sets = train._docs_photo_sets(256, scored=args.scored)
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")

@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     try:
-        sets = train._photo_sets(train.PHOTOS, 256) if args.scored else \
-            train._grey_and_colour_validation(256)
+        sets = train._docs_photo_sets(256, scored=args.scored)
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")

@@ -46,7 +46,7 @@ import train  # noqa: E402
 
 def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
           estimator: torch.nn.Module | None = None, sharp: torch.Tensor | None = None,
-          grain: bool = False, max_blur: float | None = 1.75
+          grain: bool = False, max_blur: float | None = sharpen._MAX_BLUR
           ) -> dict[str, dict[str, dict[str, tuple[float, float, float | None]]]]:
     """``{model: {mode: {condition: (mean gain, worst image's gain in dB, None)}}}`` on ``sharp``
     (default: the validation photos), under the robustness table's conditions (with ``grain``,
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grain", action="store_true",
                         help="also the grain conditions (train.GRAIN_CONDITIONS): grey noise, "
                              "noise under JPEG")
-    parser.add_argument("--max-blur", type=_ceiling, default=1.75, metavar="PX",
+    parser.add_argument("--max-blur", type=_ceiling, default=sharpen._MAX_BLUR, metavar="PX",
                         help="the most blur an estimate tells, as estimate_levels's max_blur "
-                             "(1.75, the CLI's; none: as read)")
+                             f"({sharpen._MAX_BLUR}, the CLI's; none: as read)")
     parser.add_argument("--scored", action="store_true",
                         help="the scored photo sets, not the validation photos (reporting only)")
     args = parser.parse_args(argv)
