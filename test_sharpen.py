@@ -2911,6 +2911,42 @@ def test_train_levels_off_grid_cuts_a_share_of_crops_from_a_random_row_and_colum
     assert a.shape == (4, 3, 40, 40) and b.shape == (4, 3, 32, 32) and torch.equal(levels, same)
 
 
+def test_train_levels_keep_blur_learns_the_blur_as_the_kept_estimator_reads_it(
+        tmp_path, capsys, monkeypatch):
+    import train_levels
+
+    keep = sharpen.load_model(SHIPPED / "levels.pt")
+    x = sharpen.gaussian_blur(torch.rand(3, 3, 32, 32, generator=gen()), 1.0)
+    levels = torch.tensor([[1.5, 0.01, 75.0], [0.0, 0.0, 100.0], [3.0, 0.03, 30.0]])
+    kept = train_levels._kept_blur(keep, x, levels)
+    assert torch.equal(kept[:, 0], sharpen.estimate_levels(keep, x, max_blur=None)[:, 0])
+    assert torch.equal(kept[:, 1:], levels[:, 1:]) and levels[0, 0] == 1.5  # a copy
+    seen = []
+    step = kd.level_step
+
+    def spy(estimator, opt, degraded, levels, *, quantile):
+        seen.append((quantile, levels, degraded))
+        return step(estimator, opt, degraded, levels, quantile=quantile)
+
+    monkeypatch.setattr(train_levels.kd, "level_step", spy)
+    tiny = ["--steps", "1", "--batch-size", "2", "--size", "32", "--train-images", "2",
+            "--init", str(SHIPPED / "levels.pt"), "--lr", "0"]
+    for quantile, want in [(["0.3"], (0.5, 0.3, 0.3)), (["0.2", "0.4", "0.6"], (0.2, 0.4, 0.6))]:
+        out = tmp_path / quantile[0]
+        assert train_levels.main([*tiny, "--keep-blur", str(SHIPPED / "levels.pt"),
+                                  "--quantile", *quantile, "--out", str(out)]) == 0
+        got, targets, degraded = seen.pop()
+        assert got == want
+        assert torch.equal(targets[:, 0], sharpen.estimate_levels(keep, degraded,
+                                                                  max_blur=None)[:, 0])
+    for bad, match in [(SHIPPED / "student.pt", "--keep-blur .*student.pt is not a level est"),
+                       (tmp_path / "none.pt", "--keep-blur: .*none.pt")]:
+        with pytest.raises(SystemExit):
+            train_levels.main([*tiny, "--keep-blur", str(bad), "--out", str(tmp_path / "bad")])
+        assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path):
     est = randomize(sharpen.level_estimator(width=4, depth=2), std=0.1)
     assert est.config == {"factory": "level_estimator",

@@ -51,6 +51,15 @@ def _off_grid(x: torch.Tensor, share: float, generator: torch.Generator) -> torc
     return torch.stack([img[:, r : r + h, c : c + w] for img, (r, c) in zip(x, start.tolist())])
 
 
+def _kept_blur(keep: sharpen.LevelNet, degraded: torch.Tensor,
+               levels: torch.Tensor) -> torch.Tensor:
+    """``levels`` ``(B, 3)`` with the blur replaced by ``keep``'s reading of each image of
+    ``degraded`` (``--keep-blur``): the targets of a fine-tune that keeps its blur readings."""
+    kept = levels.clone()
+    kept[:, 0] = sharpen.estimate_levels(keep, degraded, max_blur=None)[:, 0]
+    return kept
+
+
 def training_images(n: int, generator: torch.Generator) -> torch.Tensor:
     """The sharp training images: ``n`` dead-leaves images and ``train.py``'s photo tiles, all
     128x128 and 8-bit."""
@@ -101,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                         "and column 0-7, so that a JPEG's block grid no longer starts at the "
                         "corner, as in a cropped photo; with it every crop loses 8 pixels of "
                         "its side (0.0)")
+    p.add_argument("--keep-blur", type=Path, metavar="ESTIMATOR.pt",
+                   help="learn the blur as this estimator reads each training crop, at the "
+                        "median (a fine-tune of it that changes its noise and JPEG readings, "
+                        "not its blur); --quantile then applies to the noise and JPEG unless "
+                        "three are given")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     p.add_argument("--overwrite", action="store_true",
@@ -141,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--off-grid must be in [0, 1], got {args.off_grid}")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
+    keep = None
+    if args.keep_blur is not None:
+        try:
+            keep = train._load_estimator("--keep-blur", args.keep_blur).eval()
+        except ValueError as e:
+            p.error(str(e))
     torch.manual_seed(args.seed)
     if args.init is None:
         estimator = sharpen.level_estimator(width=24 if args.width is None else args.width)
@@ -160,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start, mean = time.perf_counter(), None
     quantile = args.quantile[0] if len(args.quantile) == 1 else tuple(args.quantile)
+    if keep is not None and len(args.quantile) == 1:
+        quantile = (0.5, quantile, quantile)
     for step in range(1, args.steps + 1):
         degraded, _, levels = next(data)
+        if keep is not None:
+            levels = _kept_blur(keep, degraded, levels)
         try:
             loss = kd.level_step(estimator, opt, degraded, levels, quantile=quantile)["loss"]
         except FloatingPointError as e:
