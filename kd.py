@@ -124,6 +124,13 @@ def _check_pair(blurred: object, sharp: object) -> None:
         raise ValueError(f"blurred and sharp must have the same shape, got "
                          f"{tuple(blurred.shape)} and {tuple(sharp.shape)}")
     _check_device("sharp", sharp, blurred)
+    for name, t in (("blurred", blurred), ("sharp", sharp)):
+        if t.numel():  # NaN passes here: the step's loss check names it
+            lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+            if lo < -0.5 or hi > 1.5:
+                hint = ": an 8-bit image is divided by 255 first" if hi > 2 else ""
+                raise ValueError(f"{name} values must lie in [0, 1] (noise may take them a "
+                                 f"little outside), got min {lo:.4g}, max {hi:.4g}{hint}")
 
 
 def _check_device(name: str, t: torch.Tensor, blurred: torch.Tensor) -> None:
@@ -372,8 +379,9 @@ def train_loss(
         TypeError: ``model`` is not an ``nn.Module``, a batch or ``levels`` is not a
             floating-point tensor, the batch is not in the dtype of the model's weights
             (without ``amp``), ``amp`` is not a bool, or ``loss_fn`` is not callable.
-        ValueError: a batch is not ``(B, C, H, W)``, the two shapes differ (or the model's
-            output differs from ``sharp``), ``sharp`` is on another device than ``blurred``,
+        ValueError: a batch is not ``(B, C, H, W)`` or holds values beyond [-0.5, 1.5] (a
+            0-255 image), the two shapes differ (or the model's output differs from
+            ``sharp``), ``sharp`` is on another device than ``blurred``,
             ``levels`` is not ``(B, 3)``, the model takes no levels, ``kernel`` is not
             ``(B, kh, kw)``, comes without levels or goes to a model given no estimate, or
             ``loss_fn`` returns other than a 0-dim tensor (with a graph where the output has
@@ -459,7 +467,8 @@ def distill_loss(
             is not a floating-point tensor, the batch is not in the dtype of a model's weights
             (without ``amp``), ``alpha`` or ``feature_weight`` is not a number, ``amp`` is not
             a bool, or a loss is not callable.
-        ValueError: bad batch shapes, a tensor on another device than ``blurred``, ``alpha``
+        ValueError: bad batch shapes or values beyond [-0.5, 1.5] (a 0-255 image), a tensor
+            on another device than ``blurred``, ``alpha``
             outside [0, 1], negative ``feature_weight``, a loss function that returns other than
             a 0-dim tensor with a graph, teacher and student outputs of different shapes,
             features that do not match,
@@ -1155,8 +1164,11 @@ def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]
 
 
 def _reason(e: BaseException) -> str:
-    """``e``'s type and the first line of its message, without terminal colour codes."""
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    """``e``'s type and the first line of its message, without terminal colour codes; of
+    ``torch.load(weights_only=True)``'s refusal, the cause it names, not its advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    cause = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    lines = [cause.group(1)] if cause else text.strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 

@@ -340,9 +340,11 @@ def ssim(
     pred, target = _prepare(pred, target, data_range, crop_border, y_channel)
     H, W = pred.shape[-2:]
     if min(H, W) < win_size:
+        layout = " (an (H, W, C) image? permute it to (C, H, W))" if W in (1, 3, 4) and \
+            pred.shape[-3] > 4 else ""
         raise ValueError(
             f"images of size {H}x{W} (after crop_border={crop_border}) are smaller than the "
-            f"{win_size}x{win_size} window; give larger images, or ssim a smaller odd "
+            f"{win_size}x{win_size} window{layout}; give larger images, or ssim a smaller odd "
             f"win_size (kd's SSIM losses use its default, 7)"
         )
 

@@ -2202,8 +2202,10 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if convs and _image_channels(model) != x.shape[1]:
+        layout = " (an (H, W, C) image? permute it to (C, H, W))" if \
+            x.shape[-1] == _image_channels(model) else ""
         raise ValueError(f"img has {x.shape[1]} channels but the model takes "
-                         f"{_image_channels(model)}, got shape {tuple(img.shape)}")
+                         f"{_image_channels(model)}, got shape {tuple(img.shape)}{layout}")
     p = next(model.parameters(), x)
     amp = precision == "bf16" or (precision == "auto" and p.dtype == torch.float32
                                   and fast_bf16(p.device))
@@ -2373,8 +2375,9 @@ def main(argv: list[str] | None = None) -> int:
                                  f"(kernel_sigma): at most {_LEVEL_SCALE[0]:g} with the shipped "
                                  f"student (the largest blur it was trained on)")
         if args.weights is None and not shipped.is_file():
-            raise ValueError(f"no model given (--weights), and no shipped student at {shipped}. "
-                             "Train one with `python train.py`, which writes "
+            raise ValueError(f"no model given (--weights), and no shipped student at {shipped}: "
+                             "copy the repository's weights/ folder beside sharpen.py, or "
+                             "train one with `python train.py`, which writes "
                              "runs/demo/student.pt, then: python sharpen.py INPUT... "
                              "--weights runs/demo/student.pt")
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -2403,8 +2406,13 @@ def main(argv: list[str] | None = None) -> int:
         estimator = None  # reads all the levels, or with --kernel alone the noise and JPEG
         unread = levels is None or (kernel is not None and args.noise is None
                                     and args.jpeg is None)
-        if conditioned and unread and not args.blind and (
-                args.levels is not None or shipped_levels.is_file()):
+        if conditioned and unread and not args.blind:
+            if args.levels is None and not shipped_levels.is_file():
+                raise ValueError(f"no level estimator at {shipped_levels} to read the "
+                                 f"{'levels' if kernel is None else 'noise and JPEG quality'} "
+                                 "from the photo: give one with --levels ESTIMATOR.pt (the "
+                                 "repository's weights/levels.pt), tell them (--blur, --noise, "
+                                 "--jpeg), or sharpen blind (--blind)")
             estimator = load_model(args.levels or shipped_levels, map_location=args.device)
             if not isinstance(estimator, LevelNet):
                 raise ValueError(f"{args.levels or shipped_levels} is a "

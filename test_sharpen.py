@@ -356,6 +356,18 @@ def test_bad_ssim_options_are_rejected(kw, error, match):
         metrics.ssim(X, X, **kw)
 
 
+def test_an_image_laid_out_h_w_c_is_named():
+    hwc = torch.rand(32, 32, 3, generator=gen())
+    with pytest.raises(ValueError, match=r"images of size 32x3 .* smaller than the 7x7 window "
+                                         r"\(an \(H, W, C\) image\? permute it to \(C, H, W\)\)"):
+        metrics.ssim(hwc, hwc)
+    with pytest.raises(ValueError, match=r"smaller than the 7x7 window; give"):  # no hint
+        metrics.ssim(hwc[:5, :5].permute(2, 0, 1), hwc[:5, :5].permute(2, 0, 1))
+    with pytest.raises(ValueError, match=r"img has 32 channels but the model takes 3, got shape "
+                                         r"\(32, 32, 3\) \(an \(H, W, C\) image\? permute"):
+        sharpen.sharpen(sharpen.student(), hwc)
+
+
 def test_rgb_to_y_rejects_bad_input():
     with pytest.raises(TypeError, match="img must be a floating-point tensor, got torch.int64"):
         metrics.rgb_to_y(torch.zeros(3, 2, 2, dtype=torch.long))
@@ -2446,11 +2458,32 @@ def test_numpy_scalars_are_numbers():
     assert sharpen.random_motion_kernel(np.int64(7), generator=gen()).shape == (7, 7)
 
 
+def test_cli_vendored_without_an_estimator_asks_for_one_or_the_levels(tmp_path, capsys,
+                                                                     monkeypatch):
+    sharpen.save_image(torch.rand(3, 24, 24, generator=gen()), tmp_path / "x.png")
+    k = sharpen.gaussian_kernel(1.0)
+    sharpen.save_image(torch.outer(k, k)[None] / k.max() ** 2, tmp_path / "k.png")
+    monkeypatch.setattr(sharpen, "__file__", str(tmp_path / "sharpen.py"))  # vendored alone
+    student = ["--weights", str(SHIPPED / "student.pt")]
+    for told in ([], ["--kernel", str(tmp_path / "k.png")]):
+        assert sharpen.main([str(tmp_path / "x.png"), *student, *told]) == 2
+        err = capsys.readouterr().err
+        assert f"no level estimator at {tmp_path / 'weights' / 'levels.pt'}" in err
+        assert "--levels ESTIMATOR.pt" in err and "--blind" in err
+    assert not (tmp_path / "x_sharp.png").exists()
+    for n, told in enumerate((["--blind"], ["--blur", "1"], ["--levels",
+                                                             str(SHIPPED / "levels.pt")])):
+        out = tmp_path / str(n)
+        assert sharpen.main([str(tmp_path / "x.png"), *student, *told, "-o", str(out)]) == 0
+        assert (out / "x_sharp.png").is_file()
+
+
 def test_cli_without_weights_and_help(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sharpen, "__file__", str(tmp_path / "sharpen.py"))  # vendored alone
     assert sharpen.main([str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "no shipped student at" in err and "python train.py" in err
+    assert "copy the repository's weights/ folder beside sharpen.py" in err
     monkeypatch.undo()
     with pytest.raises(SystemExit) as e:
         sharpen.main(["--help"])
@@ -4876,6 +4909,20 @@ def test_an_image_on_a_0_255_scale_is_refused_before_any_work():
     bad[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="source has 1 non-finite value"):
         kd.batches(bad, size=16)
+    opt = torch.optim.Adam(model.parameters())
+    before = [p.clone() for p in model.parameters()]
+    for name, pair in (("blurred", (img * 255, img)), ("sharp", (img, img * 255))):
+        for call in (lambda b, s: kd.train_loss(model, b, s),
+                     lambda b, s: kd.train_step(model, opt, b, s),
+                     lambda b, s: kd.distill_loss(model, tiny(4, 2), b, s),
+                     lambda b, s: kd.distill_step(model, tiny(4, 2), opt, b, s)):
+            with pytest.raises(ValueError, match=rf"{name} values must lie in \[0, 1\] \(noise "
+                                                 r"may take them a little outside\), got min "
+                                                 r"0.*, max 2.*: an 8-bit image is divided by "
+                                                 r"255 first"):
+                call(*pair)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    kd.train_step(model, opt, img + 0.08 * torch.randn(img.shape, generator=gen(1)), img)
 
 
 def test_kd_names_a_single_pair_and_the_wrong_channels():
@@ -4909,6 +4956,16 @@ def test_save_checkpoint_names_an_entry_that_cannot_be_pickled_in_one_line(tmp_p
         kd.save_checkpoint(tmp_path / "c.pt", step=1, f=lambda: 1)
     with pytest.raises(ValueError, match=r"'step' \(int64\) cannot be read back") as numpy_int:
         kd.save_checkpoint(tmp_path / "c.pt", step=np.int64(1))
-    for e in (caught.value, numpy_int.value):
+    with pytest.raises(ValueError, match=r"'where' \(PosixPath\) cannot be read back .*"
+                                         r"\(UnpicklingError: Unsupported global: GLOBAL "
+                                         r"pathlib.PosixPath was not an allowed global by "
+                                         r"default\)$") as path:
+        kd.save_checkpoint(tmp_path / "c.pt", where=Path("."))
+    (tmp_path / "text.pt").write_text("import os\n")
+    with pytest.raises(ValueError, match=r"text.pt'?: not a readable checkpoint "
+                                         r"\(UnpicklingError: Unsupported operand") as text:
+        kd.load_checkpoint(tmp_path / "text.pt")
+    for e in (caught.value, numpy_int.value, path.value, text.value):
         assert "\n" not in str(e) and "\x1b" not in str(e)  # one line, no terminal codes
+        assert "will likely succeed" not in str(e) and "two options" not in str(e)  # torch's advice
     assert not (tmp_path / "c.pt").exists()
