@@ -124,13 +124,21 @@ def _check_pair(blurred: object, sharp: object) -> None:
         raise ValueError(f"blurred and sharp must have the same shape, got "
                          f"{tuple(blurred.shape)} and {tuple(sharp.shape)}")
     _check_device("sharp", sharp, blurred)
-    for name, t in (("blurred", blurred), ("sharp", sharp)):
-        if t.numel():  # NaN passes here: the step's loss check names it
-            lo, hi = (float(v) for v in torch.aminmax(t.detach()))
-            if lo < -0.5 or hi > 1.5:
-                hint = ": an 8-bit image is divided by 255 first" if hi > 2 else ""
-                raise ValueError(f"{name} values must lie in [0, 1] (noise may take them a "
-                                 f"little outside), got min {lo:.4g}, max {hi:.4g}{hint}")
+
+
+def _check_scale(**images: torch.Tensor) -> None:
+    """Image values in [0, 1], or as far outside as noise takes them: not a 0-255 image (one
+    host sync for all of them). NaN and inf pass here: a step's loss check names them."""
+    images = {name: t for name, t in images.items() if t.numel()}
+    if not images:
+        return
+    ranges = torch.stack([torch.stack(torch.aminmax(t.detach())).float()
+                          for t in images.values()]).tolist()
+    for name, (lo, hi) in zip(images, ranges):
+        if math.isfinite(lo) and math.isfinite(hi) and (lo < -0.5 or hi > 1.5):
+            hint = ": an 8-bit image is divided by 255 first" if hi > 2 else ""
+            raise ValueError(f"{name} values must lie in [0, 1] (noise may take them a little "
+                             f"outside), got min {lo:.4g}, max {hi:.4g}{hint}")
 
 
 def _check_device(name: str, t: torch.Tensor, blurred: torch.Tensor) -> None:
@@ -399,6 +407,7 @@ def train_loss(
     _check_options(amp, loss_fn=loss_fn)
     _check_dtype(blurred, amp, model=model)
     _check_levels(levels, blurred)
+    _check_scale(blurred=blurred, sharp=sharp)
     _check_told(levels, kernel, blurred, model=model)
     with _autocast(blurred, amp):
         pred = _run(model, blurred, levels, kernel)
@@ -479,6 +488,7 @@ def distill_loss(
     _check_module("teacher", teacher)
     _check_pair(blurred, sharp)
     _check_levels(levels, blurred)
+    _check_scale(blurred=blurred, sharp=sharp)
     _check_options(amp, loss_fn=loss_fn, kd_loss_fn=kd_loss_fn)
     run_teacher = {"teacher": teacher} if teacher_output is None or feature_weight else {}
     _check_dtype(blurred, amp, student=student, **run_teacher)
@@ -584,7 +594,8 @@ def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tenso
 
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If the levels are misshaped, out of range or unknown (NaN).
+        ValueError: If the levels are misshaped, out of range or unknown (NaN), or
+            ``degraded`` holds values beyond [-0.5, 1.5] (a 0-255 image).
     """
     _check_module("estimator", estimator)
     if not isinstance(_unwrapped(estimator), sharpen.LevelNet):
@@ -606,6 +617,7 @@ def level_loss(estimator: nn.Module, degraded: torch.Tensor, levels: torch.Tenso
             raise ValueError(f"quantile must be in (0, 1), got {q}")
     if bool(levels.isnan().any()):
         raise ValueError("levels must all be known to train on them, got NaN rows")
+    _check_scale(degraded=degraded)
     error = sharpen.scaled_levels(levels.to(degraded.device, torch.float32)) \
         - estimator(degraded).float()
     q = torch.tensor(quantiles, device=error.device, dtype=error.dtype)

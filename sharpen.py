@@ -1535,8 +1535,10 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
     if tile % 8:
         raise ValueError(f"tile must be a multiple of 8 (a JPEG's block grid), got {tile}")
     if x.shape[1] != estimator.in_channels:
+        layout = " (an (H, W, C) image? permute it to (C, H, W))" if \
+            x.shape[-1] == estimator.in_channels else ""
         raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
-                         f"{estimator.in_channels}")
+                         f"{estimator.in_channels}{layout}")
     if min(x.shape[-2:]) < _LEVEL_SIDE:
         raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
                          f"{tuple(x.shape[-2:])}")
@@ -2245,7 +2247,8 @@ def main(argv: list[str] | None = None) -> int:
     Without ``--weights``, the student shipped beside this file (``weights/student.pt``). A
     conditioned model told nothing (no ``--blur``, ``--noise``, ``--jpeg``, ``--kernel`` or
     ``--blind``) is told the levels the shipped estimator (``weights/levels.pt``, or ``--levels``)
-    reads from each image, but a JPEG file's own quality (``jpeg_quality``) where lower.
+    reads from each image, but a JPEG file's own quality (``jpeg_quality``) where lower; with no
+    such file (``sharpen.py`` copied alone), that is a usage error.
     Returns 0 if all succeeded, 1 if some inputs failed (reported on stderr), 2 on a usage error.
     """
     shipped = Path(__file__).resolve().parent / "weights" / "student.pt"
@@ -2300,7 +2303,8 @@ def main(argv: list[str] | None = None) -> int:
                         "model is told when --blur, --noise, --jpeg and --blind are not given "
                         f"(blur at most {_MAX_BLUR} px; a JPEG file's own quality, from its "
                         "quantization table, where lower) "
-                        f"(default: {shipped_levels.name} beside the shipped student)")
+                        f"(default: {shipped_levels.name} beside the shipped student; "
+                        "without either, the levels must be told, or --blind given)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (inputs are never replaced)")
@@ -2408,11 +2412,12 @@ def main(argv: list[str] | None = None) -> int:
                                     and args.jpeg is None)
         if conditioned and unread and not args.blind:
             if args.levels is None and not shipped_levels.is_file():
-                raise ValueError(f"no level estimator at {shipped_levels} to read the "
-                                 f"{'levels' if kernel is None else 'noise and JPEG quality'} "
+                what, options = ("levels", "tell them (--blur, --noise, --jpeg), or sharpen "
+                                 "blind (--blind)") if kernel is None else (
+                    "noise and JPEG quality", "or tell them (--noise, --jpeg)")
+                raise ValueError(f"no level estimator at {shipped_levels} to read the {what} "
                                  "from the photo: give one with --levels ESTIMATOR.pt (the "
-                                 "repository's weights/levels.pt), tell them (--blur, --noise, "
-                                 "--jpeg), or sharpen blind (--blind)")
+                                 f"repository's weights/levels.pt), {options}")
             estimator = load_model(args.levels or shipped_levels, map_location=args.device)
             if not isinstance(estimator, LevelNet):
                 raise ValueError(f"{args.levels or shipped_levels} is a "

@@ -366,6 +366,9 @@ def test_an_image_laid_out_h_w_c_is_named():
     with pytest.raises(ValueError, match=r"img has 32 channels but the model takes 3, got shape "
                                          r"\(32, 32, 3\) \(an \(H, W, C\) image\? permute"):
         sharpen.sharpen(sharpen.student(), hwc)
+    with pytest.raises(ValueError, match=r"img has 32 channels, the estimator takes 3 \(an "
+                                         r"\(H, W, C\) image\? permute it to \(C, H, W\)\)"):
+        sharpen.estimate_levels(sharpen.level_estimator(width=2, depth=1), hwc)
 
 
 def test_rgb_to_y_rejects_bad_input():
@@ -2466,14 +2469,18 @@ def test_cli_vendored_without_an_estimator_asks_for_one_or_the_levels(tmp_path, 
     sharpen.save_image(torch.outer(k, k)[None] / k.max() ** 2, tmp_path / "k.png")
     monkeypatch.setattr(sharpen, "__file__", str(tmp_path / "sharpen.py"))  # vendored alone
     student = ["--weights", str(SHIPPED / "student.pt")]
-    for told in ([], ["--kernel", str(tmp_path / "k.png")]):
+    kernel = ["--kernel", str(tmp_path / "k.png")]
+    for told, options in [([], "tell them (--blur, --noise, --jpeg), or sharpen blind (--blind)"),
+                          (kernel, "or tell them (--noise, --jpeg)")]:
         assert sharpen.main([str(tmp_path / "x.png"), *student, *told]) == 2
-        err = capsys.readouterr().err
+        err = " ".join(capsys.readouterr().err.split())
         assert f"no level estimator at {tmp_path / 'weights' / 'levels.pt'}" in err
-        assert "--levels ESTIMATOR.pt" in err and "--blind" in err
+        assert "give one with --levels ESTIMATOR.pt" in err and options in err
+        assert told or "--kernel" not in err
+        assert not told or "--blind" not in err  # --kernel excludes it
     assert not (tmp_path / "x_sharp.png").exists()
-    for n, told in enumerate((["--blind"], ["--blur", "1"], ["--levels",
-                                                             str(SHIPPED / "levels.pt")])):
+    for n, told in enumerate((["--blind"], ["--blur", "1"], [*kernel, "--noise", "0"],
+                              ["--levels", str(SHIPPED / "levels.pt")])):
         out = tmp_path / str(n)
         assert sharpen.main([str(tmp_path / "x.png"), *student, *told, "-o", str(out)]) == 0
         assert (out / "x_sharp.png").is_file()
@@ -2973,10 +2980,14 @@ def test_train_levels_keep_blur_learns_the_blur_as_the_kept_estimator_reads_it(
         assert got == want
         assert torch.equal(targets[:, 0], sharpen.estimate_levels(keep, degraded,
                                                                   max_blur=None)[:, 0])
-    for bad, match in [(SHIPPED / "student.pt", "--keep-blur .*student.pt is not a level est"),
-                       (tmp_path / "none.pt", "--keep-blur: .*none.pt")]:
+    for bad, match in [([SHIPPED / "student.pt"], "--keep-blur .*student.pt is not a level est"),
+                       ([tmp_path / "none.pt"], "--keep-blur: .*none.pt"),
+                       ([SHIPPED / "levels.pt", "--asymmetric-blur", "0"],
+                        "--keep-blur takes the blur targets from its estimator: drop "
+                        "--asymmetric-blur")]:
         with pytest.raises(SystemExit):
-            train_levels.main([*tiny, "--keep-blur", str(bad), "--out", str(tmp_path / "bad")])
+            train_levels.main([*tiny, "--keep-blur", *map(str, bad), "--out",
+                               str(tmp_path / "bad")])
         assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
 
@@ -4924,6 +4935,16 @@ def test_an_image_on_a_0_255_scale_is_refused_before_any_work():
                 call(*pair)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     kd.train_step(model, opt, img + 0.08 * torch.randn(img.shape, generator=gen(1)), img)
+    levels = torch.tensor([[1.0, 0.0, 100.0]] * 2)
+    for call in (lambda x: kd.level_loss(est, x, levels),
+                 lambda x: kd.level_step(est, torch.optim.Adam(est.parameters()), x, levels)):
+        with pytest.raises(ValueError, match=r"degraded values must lie in \[0, 1\] .*got min "
+                                             r"0.*, max 2.*: an 8-bit image is divided by 255"):
+            call(img * 255)
+    inf = img.clone()
+    inf[0, 0, 0, 0] = math.inf  # left to the step's check of the loss, which names it
+    with pytest.raises(FloatingPointError):
+        kd.train_step(model, opt, inf, img)
 
 
 def test_kd_names_a_single_pair_and_the_wrong_channels():

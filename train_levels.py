@@ -4,7 +4,8 @@ tells a conditioned model when the user tells it nothing (``sharpen.estimate_lev
     pip install -e ".[eval]" && python train_levels.py --out runs/levels
 
 It learns from ``train.py --blur real --train-photos``'s training images, degraded by
-``sharpen.degrade(kind="real")`` with 8-bit rounding, the levels it returns being the targets.
+``sharpen.degrade(kind="real")`` with 8-bit rounding, the levels it returns being the targets
+(with ``--keep-blur``, the blur another estimator reads instead).
 It writes ``OUT/estimator.pt`` and prints its errors on the validation photos under each
 condition of the robustness table and of ``train.GRAIN_CONDITIONS``. ``python docs/validate.py
 --levels OUT/estimator.pt weights/student.pt`` then scores the student told its estimates.
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                         "corner, as in a cropped photo; with it every crop loses 8 pixels of "
                         "its side (0.0)")
     p.add_argument("--keep-blur", type=Path, metavar="ESTIMATOR.pt",
-                   help="learn the blur as this estimator reads each training crop, at the "
-                        "median (a fine-tune of it that changes its noise and JPEG readings, "
-                        "not its blur); --quantile then applies to the noise and JPEG unless "
-                        "three are given")
+                   help="learn the blur as this estimator reads each training crop "
+                        "(sharpen.estimate_levels, so a crop off the JPEG grid is read from its "
+                        "grid), at the median: a fine-tune of it that changes its noise and "
+                        "JPEG readings, not its blur; --quantile then applies to the noise and "
+                        "JPEG unless three are given")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/levels"), help="output folder")
     p.add_argument("--overwrite", action="store_true",
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--asymmetric-blur must be in [0, 1], got {args.asymmetric_blur}")
     if not 0 <= args.off_grid <= 1:
         p.error(f"--off-grid must be in [0, 1], got {args.off_grid}")
+    if args.keep_blur is not None and args.asymmetric_blur != 1:
+        p.error("--keep-blur takes the blur targets from its estimator: drop --asymmetric-blur")
     if not train._has_skimage():
         p.error('needs scikit-image for the photos: pip install -e ".[eval]"')
     keep = None
