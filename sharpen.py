@@ -1779,7 +1779,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
 
     Warns:
         UserWarning: If the file holds several frames (a multi-page TIFF, an animated GIF):
-            only the first is read. Not for a phone's JPEG with a depth or gain map (MPO).
+            only the first is read. Not for a phone's JPEG with a depth or gain map (MPO). If
+            it holds 16-bit colour, which Pillow reads at 8 bits.
 
     Raises:
         IsADirectoryError: If ``path`` is a folder.
@@ -1800,6 +1801,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
             if frames > 1:
                 warnings.warn(f"{path} holds {frames} frames (pages or an animation): only the "
                               "first is read", stacklevel=2)
+            if im.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in im.tile):
+                warnings.warn(f"{path} has 16 bits per channel in colour, which Pillow reads as "
+                              "8: the low 8 bits are lost", stacklevel=2)
             im.load()
             turn = _ORIENTATIONS.get(im.getexif().get(0x0112))  # not exif_transpose: it
             im = im if turn is None else im.transpose(turn)  # rewrites EXIF, and fails on odd tags

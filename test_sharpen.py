@@ -2371,6 +2371,30 @@ def test_cli_stops_on_ctrl_c_with_one_line_and_no_half_written_output(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == ["a.png", "m.pt"]  # no output, no temporary file
 
 
+def test_a_16_bit_colour_png_read_at_8_bits_is_warned(tmp_path, tiny_model_file, capsys):
+    arr = (torch.rand(4, 5, 3, generator=gen()).numpy() * 65535).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in arr)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(
+            kind + data))
+
+    (tmp_path / "deep.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(
+        b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0)) + chunk(
+        b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # Pillow writes no 48-bit RGB
+    with pytest.warns(UserWarning, match=r"deep.png has 16 bits per channel in colour, which "
+                                         r"Pillow reads as 8: the low 8 bits are lost"):
+        img = sharpen.load_image(tmp_path / "deep.png")
+    assert (img * 255 - torch.from_numpy(arr // 256).permute(2, 0, 1)).abs().max() < 1e-3
+    grey = Image.fromarray((arr[..., 0]).astype(np.uint16))
+    grey.save(tmp_path / "grey16.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16-bit grey is read whole
+        assert sharpen.load_image(tmp_path / "grey16.png").shape == (3, 4, 5)
+    assert sharpen.main([str(tmp_path / "deep.png"), "--weights", str(tiny_model_file)]) == 0
+    assert "sharpen.py: warning: " in capsys.readouterr().err
+
+
 def test_cli_warns_of_frames_it_does_not_read_and_keeps_private_photos_private(
         tmp_path, tiny_model_file, capsys):
     frames = [Image.fromarray(np.full((10, 12, 3), v, np.uint8)) for v in (40, 200)]
