@@ -1509,7 +1509,8 @@ def test_cli_tells_a_model_the_kernel_of_a_psf_image(tmp_path, capsys):
                                kernel=psf, precision="fp32")
     assert (out - expected).abs().max() <= 1 / 255
     assert sharpen.main([*args, "--kernel", str(tmp_path / "psf.png")]) == 0  # levels read
-    estimated = sharpen.estimate_levels(sharpen.load_model(SHIPPED / "levels.pt"), img)
+    estimated = sharpen.estimate_levels(sharpen.load_model(SHIPPED / "levels.pt"), img,
+                                        precision="fp32")
     expected = sharpen.sharpen(model, img, kernel=psf, precision="fp32", levels=(
         float(sharpen.kernel_sigma(psf)), *estimated[1:].tolist()))
     assert (sharpen.load_image(tmp_path / "a_sharp.png") - expected).abs().max() <= 1 / 255
@@ -1832,10 +1833,19 @@ def test_estimate_levels_caps_the_blur_it_reads_where_fur_reads_as_more(tmp_path
     capped = sharpen.estimate_levels(est, x)  # the default, chosen on the colour validation
     assert capped[0, 0] == 1.75 and torch.equal(capped[:, 1:], raw[:, 1:])  # photos
     assert torch.equal(sharpen.estimate_levels(est, x, max_blur=3.0), raw)
+    fp32 = sharpen.estimate_levels(est, x, max_blur=None, precision="fp32")
+    bf16 = sharpen.estimate_levels(est, x, max_blur=None, precision="bf16")
+    auto = fp32 if not sharpen.fast_bf16() else bf16
+    assert torch.equal(raw, auto) and not torch.equal(fp32, bf16)
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.05)  # a few hundredths of a px
+    with torch.autocast("cpu", torch.bfloat16):  # fp32 holds inside a caller's autocast
+        assert torch.equal(sharpen.estimate_levels(est, x, max_blur=None, precision="fp32"), fp32)
     for bad, error, match in [("2", TypeError, "max_blur must be a number, got str"),
                               (0.0, ValueError, "max_blur must be finite and > 0, got 0.0")]:
         with pytest.raises(error, match=match):
             sharpen.estimate_levels(est, x, max_blur=bad)
+    with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"):
+        sharpen.estimate_levels(est, x, precision="fp16")
 
 
 def test_jpeg_quality_reads_a_jpeg_files_quantization_table(tmp_path):
@@ -2790,7 +2800,7 @@ def test_docs_validate_reads_each_condition_as_the_cli_reads_its_file():
     x, _ = train._condition(sharp, "jpeg 50", train._validation_seed("jpeg 50"))
     assert sharpen.estimate_levels(est, x)[:, 2].min() > 50  # the file's quality is lower
     y = sharpen.sharpen(model, x, precision="fp32",
-                        levels=sharpen.estimate_levels(est, x, quality=50))
+                        levels=sharpen.estimate_levels(est, x, quality=50, precision="fp32"))
     gain = metrics.psnr(y, sharp) - metrics.psnr(x, sharp)
     assert out["auto file"]["jpeg 50"] == (gain.mean().item(), gain.min().item(), None)
     assert out["auto file"]["jpeg 50"] != out["auto"]["jpeg 50"]
@@ -2984,7 +2994,8 @@ def test_train_levels_keep_blur_learns_the_blur_as_the_kept_estimator_reads_it(
     x = sharpen.gaussian_blur(torch.rand(3, 3, 32, 32, generator=gen()), 1.0)
     levels = torch.tensor([[1.5, 0.01, 75.0], [0.0, 0.0, 100.0], [3.0, 0.03, 30.0]])
     kept = train_levels._kept_blur(keep, x, levels)
-    assert torch.equal(kept[:, 0], sharpen.estimate_levels(keep, x, max_blur=None)[:, 0])
+    assert torch.equal(kept[:, 0], sharpen.estimate_levels(keep, x, max_blur=None,
+                                                           precision="fp32")[:, 0])
     assert torch.equal(kept[:, 1:], levels[:, 1:]) and levels[0, 0] == 1.5  # a copy
     seen = []
     step = kd.level_step
@@ -3002,8 +3013,8 @@ def test_train_levels_keep_blur_learns_the_blur_as_the_kept_estimator_reads_it(
                                   "--quantile", *quantile, "--out", str(out)]) == 0
         got, targets, degraded = seen.pop()
         assert got == want
-        assert torch.equal(targets[:, 0], sharpen.estimate_levels(keep, degraded,
-                                                                  max_blur=None)[:, 0])
+        assert torch.equal(targets[:, 0], sharpen.estimate_levels(
+            keep, degraded, max_blur=None, precision="fp32")[:, 0])
     for bad, match in [([SHIPPED / "student.pt"], "--keep-blur .*student.pt is not a level est"),
                        ([tmp_path / "none.pt"], "--keep-blur: .*none.pt"),
                        ([SHIPPED / "levels.pt", "--asymmetric-blur", "0"],
@@ -3024,10 +3035,10 @@ def test_level_estimator_saves_loads_and_estimates_levels_a_model_takes(tmp_path
     loaded = sharpen.load_model(tmp_path / "e.pt")
     assert isinstance(loaded, sharpen.LevelNet) and not loaded.training
     x = torch.rand(2, 3, 20, 27, generator=gen())
-    levels = sharpen.estimate_levels(loaded, x)
+    levels = sharpen.estimate_levels(loaded, x, precision="fp32")
     assert levels.shape == (2, 3) and levels.dtype == torch.float32
     assert torch.equal(sharpen.check_levels(levels, 2), levels)  # in range, all known
-    assert torch.equal(sharpen.estimate_levels(loaded, x[0]), levels[0])
+    assert torch.equal(sharpen.estimate_levels(loaded, x[0], precision="fp32"), levels[0])
     with torch.no_grad():
         scaled = est.eval()(x)
     expected = torch.stack([3 * scaled[:, 0].clamp_min(0), (0.04 * scaled[:, 1]).clamp(0, 1),
@@ -3045,8 +3056,9 @@ def test_estimate_levels_in_tiles_weighs_them_as_one_image():
     scaled = (guess * logit.softmax(-1)).sum(-1)
     expected = torch.stack([3 * scaled[:, 0].clamp_min(0), (0.04 * scaled[:, 1]).clamp(0, 1),
                             (100 - 70 * scaled[:, 2]).clamp(1, 100)], 1)
-    torch.testing.assert_close(sharpen.estimate_levels(est, x, tile=64), expected)
-    whole = sharpen.estimate_levels(est, x)  # one tile: the tiles' borders differ a little
+    torch.testing.assert_close(sharpen.estimate_levels(est, x, tile=64, precision="fp32"),
+                               expected)
+    whole = sharpen.estimate_levels(est, x, precision="fp32")  # one tile: borders differ a little
     assert not torch.equal(whole, expected)
 
 
@@ -4582,7 +4594,7 @@ def test_main_trains_conditioned_models_and_scores_them_told(tmp_path, capsys, m
     assert "25% unknown in training, 50% of the blurred told their kernel" in protocol["summary"]
     estimated = [*slow[:-1], str(tmp_path / "run7"), "--estimated", "0.5"]
     reads = []
-    monkeypatch.setattr(sharpen, "estimate_levels", lambda estimator, img: reads.append(
+    monkeypatch.setattr(sharpen, "estimate_levels", lambda estimator, img, **kw: reads.append(
         type(estimator)) or torch.tensor([1.0, 0.0, 100.0]).expand(len(img), 3))
     assert train.main(estimated) == 0  # half the told images told what weights/levels.pt reads
     assert reads and set(reads) == {sharpen.LevelNet}
@@ -4741,7 +4753,8 @@ def test_estimated_training_tells_that_share_of_the_told_images_what_the_estimat
     exact = levels[:, 3] == 1  # told an isotropic Gaussian or the kernel: never estimated
     others = ~exact & ~levels.isnan().any(1)
     assert not (changed & exact).any() and 0.35 < changed.sum() / others.sum() < 0.65
-    torch.testing.assert_close(read[changed, :3], sharpen.estimate_levels(estimator, x[changed]))
+    torch.testing.assert_close(read[changed, :3], sharpen.estimate_levels(estimator, x[changed],
+                                                                          precision="fp32"))
     assert (read[changed, 3] == 0).all()  # the shape is not read
     assert torch.equal(read[~changed].isnan(), levels[~changed].isnan())
     x, three = train._degrade_told(sharp, kind="real", sigma=1.5, generator=gen(2))
@@ -4749,7 +4762,8 @@ def test_estimated_training_tells_that_share_of_the_told_images_what_the_estimat
                                   estimator=estimator, generator=gen(2))  # three levels
     known = ~three.isnan().any(1)
     assert read.shape == (200, 3) and torch.equal(read[~known].isnan(), three[~known].isnan())
-    torch.testing.assert_close(read[known], sharpen.estimate_levels(estimator, x[known]))
+    torch.testing.assert_close(read[known], sharpen.estimate_levels(estimator, x[known],
+                                                                    precision="fp32"))
 
 
 def test_grid_writes_the_format_of_its_suffix(tmp_path):

@@ -298,8 +298,9 @@ def _degrade_told(sharp: torch.Tensor, *, kind: str, sigma: float, gaussian_told
                                                device=device).cpu() < estimated)
         if read.any():
             read = read.to(levels.device)
-            levels[read, :3] = sharpen.estimate_levels(estimator, blurred[read]).to(levels)  # as
-            # the CLI tells them: the blur at most estimate_levels's max_blur (from 3af9aa6)
+            # as the CLI tells them: the blur at most estimate_levels's max_blur (from 3af9aa6)
+            levels[read, :3] = sharpen.estimate_levels(estimator, blurred[read],
+                                                       precision="fp32").to(levels)
     return (blurred, levels, *([kernels] if kernel_told else []))
 
 

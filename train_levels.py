@@ -57,7 +57,8 @@ def _kept_blur(keep: sharpen.LevelNet, degraded: torch.Tensor,
     """``levels`` ``(B, 3)`` with the blur replaced by ``keep``'s reading of each image of
     ``degraded`` (``--keep-blur``): the targets of a fine-tune that keeps its blur readings."""
     kept = levels.clone()
-    kept[:, 0] = sharpen.estimate_levels(keep, degraded, max_blur=None)[:, 0]
+    kept[:, 0] = sharpen.estimate_levels(keep, degraded, max_blur=None,
+                                          precision="fp32")[:, 0]
     return kept
 
 
@@ -76,7 +77,8 @@ def _errors(estimator: sharpen.LevelNet) -> None:
     for name in [*train.CONDITIONS, *train.GRAIN_CONDITIONS]:
         x, kernels = train._condition(sharp, name, train._validation_seed(name))
         true = train._condition_levels(name, kernels).mean(0)
-        est = sharpen.estimate_levels(estimator, x, max_blur=None)  # its own readings
+        est = sharpen.estimate_levels(estimator, x, max_blur=None,  # its own readings
+                                      precision="fp32")
         spread = est[:, 0].min().item(), est[:, 0].max().item()
         print(f"  {name:35} ({true[0]:.2f}, {true[1]:.3f}, {true[2]:3.0f}) -> "
               f"({est[:, 0].mean():.2f}, {est[:, 1].mean():.3f}, {est[:, 2].mean():3.0f}); "

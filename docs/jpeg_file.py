@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                     for img, file in zip(soft, files):
                         _save_jpeg(img, quality, file)
                     x = torch.stack([sharpen.load_image(f) for f in files])
-                    read = sharpen.estimate_levels(estimator, x)
+                    read = sharpen.estimate_levels(estimator, x, precision="fp32")
                     saved = sharpen.jpeg_quality(files[0])  # every file's: one quality
-                    told = sharpen.estimate_levels(estimator, x, quality=saved)  # as the CLI
+                    told = sharpen.estimate_levels(estimator, x, quality=saved,
+                                                   precision="fp32")  # as the CLI
                     base, cells = metrics.psnr(x, photos), []
                     for name, levels in (("estimated", read), ("file", told)):
                         y = sharpen.sharpen(student, x, precision="fp32", levels=levels)

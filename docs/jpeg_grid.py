@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     student = sharpen.load_model(ROOT / "weights" / "student.pt")
     as_it_comes = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
-    readers = {"as it comes": lambda x: _capped(sharpen._read_levels(as_it_comes, x, 1024)),
-               "grid found": lambda x: sharpen.estimate_levels(estimator, x)}
+    readers = {"as it comes": lambda x: _capped(sharpen._read_levels(as_it_comes, x, 1024,
+                                                                     amp=False)),
+               "grid found": lambda x: sharpen.estimate_levels(estimator, x, precision="fp32")}
     print("JPEG quality read, and the student's mean gain told the levels read (worst image's)")
     cropped = {name: [] for name in readers}
     for set_name, photos in sets.items():

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     for photo in photos[[0, 2]]:
         for label, name in CONDITIONS.items():
             x, kernels, tuned = _condition(photo[None], name)
-            levels = sharpen.estimate_levels(estimator, x)
+            levels = sharpen.estimate_levels(estimator, x, precision="fp32")
             b, n, q = levels[0].tolist()
             outputs = {f"{label}: input": x, **train._baselines(x, kernels, settings[tuned]),
                        "student, blind": sharpen.sharpen(student, x, precision="fp32"),

@@ -66,8 +66,10 @@ def gains(models: dict[str, torch.nn.Module], *, estimate: bool = False,
         levels = shaped[:, :3]
         read = {}
         if estimator is not None:
-            auto = sharpen.estimate_levels(estimator, x, max_blur=max_blur)
+            auto = sharpen.estimate_levels(estimator, x, max_blur=max_blur,
+                                           precision="fp32")
             file = sharpen.estimate_levels(estimator, x, quality=train._file_quality(name),
+                                           precision="fp32",
                                            max_blur=max_blur)
             read = {"auto": auto, "auto file": file,
                     "true blur": torch.cat([levels[:, :1], auto[:, 1:]], 1),
