@@ -990,9 +990,7 @@ def batches(
         if bad := int((~torch.isfinite(source)).sum()):
             raise ValueError(f"source has {bad} non-finite value{'s' if bad > 1 else ''} (NaN "
                              "or inf)")
-        if len(source) and not -0.5 <= float(source.min()) <= float(source.max()) <= 1.5:
-            raise ValueError(f"source values must lie in [0, 1], got min {source.min():.4g}, "
-                             f"max {source.max():.4g}: an 8-bit image is divided by 255 first")
+        _check_scale(source=source)
         paired = False
     elif isinstance(source, (list, tuple)):
         paired = bool(source) and isinstance(source[0], (list, tuple))

@@ -134,6 +134,18 @@ def _check_pixels(name: str, x: Tensor) -> None:
                          f"outside), got min {lo:.4g}, max {hi:.4g}{hint}")
 
 
+def _bf16(precision: str, weights: Tensor) -> bool:
+    """Whether to run in bf16 autocast: ``precision`` "bf16", or "auto" with float32 ``weights``
+    on a device where ``fast_bf16``."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and weights.dtype == torch.float32
+                                   and fast_bf16(weights.device))
+
+
+_HWC = " (an (H, W, C) image? permute it to (C, H, W))"  # where its last side is the channels
+
+
 def _image_channels(model: nn.Module) -> int:
     """The image channels a model takes: ``model.in_channels``, else its first conv's."""
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
@@ -1538,19 +1550,14 @@ def estimate_levels(estimator: nn.Module, img: Tensor, *, tile: int = 1024,
         max_blur = _check_number("max_blur", max_blur)
     if tile % 8:
         raise ValueError(f"tile must be a multiple of 8 (a JPEG's block grid), got {tile}")
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    amp = _bf16(precision, next(estimator.parameters()))
     if x.shape[1] != estimator.in_channels:
-        layout = " (an (H, W, C) image? permute it to (C, H, W))" if \
-            x.shape[-1] == estimator.in_channels else ""
         raise ValueError(f"img has {x.shape[1]} channels, the estimator takes "
-                         f"{estimator.in_channels}{layout}")
+                         f"{estimator.in_channels}"
+                         f"{_HWC if x.shape[-1] == estimator.in_channels else ''}")
     if min(x.shape[-2:]) < _LEVEL_SIDE:
         raise ValueError(f"img must be at least {_LEVEL_SIDE}x{_LEVEL_SIDE}, got "
                          f"{tuple(x.shape[-2:])}")
-    p = next(estimator.parameters())
-    amp = precision == "bf16" or (precision == "auto" and p.dtype == torch.float32
-                                  and fast_bf16(p.device))
     estimator = copy.deepcopy(estimator).eval().to(memory_format=torch.channels_last)
     levels = _read_levels(estimator, x, tile, amp)
     for i, (r, c) in enumerate(zip(*(t.tolist() for t in _jpeg_grid(x)))):
@@ -2213,17 +2220,13 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     if kernel is not None:
         kernel, levels = _kernel_levels(model, kernel, levels, x)
     tile, overlap, align = _tiling(model, tile, overlap)
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    p = next(model.parameters(), x)
+    amp = _bf16(precision, p)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if convs and _image_channels(model) != x.shape[1]:
-        layout = " (an (H, W, C) image? permute it to (C, H, W))" if \
-            x.shape[-1] == _image_channels(model) else ""
         raise ValueError(f"img has {x.shape[1]} channels but the model takes "
-                         f"{_image_channels(model)}, got shape {tuple(img.shape)}{layout}")
-    p = next(model.parameters(), x)
-    amp = precision == "bf16" or (precision == "auto" and p.dtype == torch.float32
-                                  and fast_bf16(p.device))
+                         f"{_image_channels(model)}, got shape {tuple(img.shape)}"
+                         f"{_HWC if x.shape[-1] == _image_channels(model) else ''}")
     weights = {name: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                for name, t in (*model.named_parameters(), *model.named_buffers())}
     out = torch.zeros_like(x)
