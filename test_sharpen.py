@@ -2679,6 +2679,18 @@ def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, mo
     out = capsys.readouterr().out
     assert "\nstart: grey jpeg 50 " in out and "step 2 (" in out and "colour jpeg 90" in out
     assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    tiled = []
+    monkeypatch.setattr(train, "_photo_tiles", lambda names, size: tiled.append(names) or
+                        torch.rand(2, 3, 128, 128))
+    monkeypatch.setattr(train, "_photo_sets", lambda names, size: {"photos": sharp[4:]})
+    assert bound.main([str(path), "--steps", "2", "--scored", "--colour-photos"]) == 0
+    out = capsys.readouterr().out
+    assert "\nstart: photos jpeg 50 " in out and "grey" not in out and "colour" not in out
+    assert tiled == [train.TRAIN_PHOTOS, train.COLOUR_VALIDATION_PHOTOS]
+    assert bound.main([str(path), "--steps", "2", "--colour-photos"]) == 0
+    out = capsys.readouterr().out  # the colour validation photos are trained on: not scored
+    assert "\nstart: grey jpeg 50 " in out and "colour" not in out
+
     def missing(size):
         raise ImportError("No module named 'sklearn'")
 
@@ -2691,7 +2703,9 @@ def test_docs_jpeg_bound_fine_tunes_a_copy_on_jpeg_told_its_quality(tmp_path, mo
                        ([str(SHIPPED / "levels.pt")], "is a level estimator, not a sharpening"),
                        ([str(tmp_path / "none.pt")], "model: "),
                        ([str(path), "--steps", "0"], "--steps must be >= 1, got 0"),
-                       ([str(path), "--lr", "-1"], "--lr must be >= 0, got -1.0")]:
+                       ([str(path), "--lr", "-1"], "--lr must be >= 0, got -1.0"),
+                       ([str(path), "--where", "--scored"], "it takes neither --scored nor"),
+                       ([str(path), "--where", "--colour-photos"], "it takes neither")]:
         with pytest.raises(SystemExit):
             bound.main(bad)
         assert match in capsys.readouterr().err
@@ -4464,6 +4478,14 @@ def test_training_photo_tiles_are_exact_crops_kept_apart_from_the_scored_photos(
     assert torch.equal(tiles[16 + 3], halved[128:, 128:].expand(3, -1, -1))
     used = set(train.TRAIN_PHOTOS)
     assert not used & set(train.PHOTOS) and not used & set(train.VALIDATION_PHOTOS)
+    hopper = train._photo("grace_hopper")  # a JPEG of quality 80, chroma subsampled: halved only
+    assert hopper.shape == (3, 600, 512)
+    halved = F.interpolate(hopper[None], scale_factor=0.5, mode="area")[0]
+    torch.testing.assert_close(train._photo_tiles(("grace_hopper",), 128),
+                               torch.stack([halved[:, :128, :128], halved[:, :128, 128:],
+                                            halved[:, 128:256, :128], halved[:, 128:256, 128:]]),
+                               atol=0, rtol=0)
+    assert train._photo_tiles(("china",), 128).shape == (3 * 5 + 1 * 2, 3, 128, 128)
 
 
 def test_the_teacher_output_pool_is_bounded():

@@ -343,7 +343,18 @@ def _center(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _photo(name: str) -> torch.Tensor:
-    """One of scikit-image's bundled photographs as ``(3, H, W)`` float32 (grey copied to RGB)."""
+    """One of scikit-image's bundled photographs, or of ``COLOUR_VALIDATION_PHOTOS`` (which need
+    matplotlib and scikit-learn, the eval extra), as ``(3, H, W)`` float32 (grey copied to RGB)."""
+    if name == "grace_hopper":
+        from matplotlib import cbook
+
+        return sharpen.load_image(cbook.get_sample_data(f"{name}.jpg", asfileobj=False))
+    if name == "raccoon":
+        return sharpen.load_image(Path(__file__).resolve().parent / "data" / f"{name}.png")
+    if name in COLOUR_VALIDATION_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        return torch.from_numpy(load_sample_image(f"{name}.jpg").copy()).permute(2, 0, 1) / 255
     from skimage import data as skdata
 
     img = skdata.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skdata, name)()
@@ -360,17 +371,7 @@ def _validation_photos(size: int) -> torch.Tensor:
 def _colour_validation_photos(size: int) -> torch.Tensor:
     """``COLOUR_VALIDATION_PHOTOS`` as ``(4, 3, size, size)``, area-resized and 8-bit like the
     validation photos; needs matplotlib and scikit-learn (the eval extra)."""
-    from matplotlib import cbook
-    from sklearn.datasets import load_sample_image
-
-    def photo(name: str) -> torch.Tensor:
-        if name == "grace_hopper":
-            return sharpen.load_image(cbook.get_sample_data(f"{name}.jpg", asfileobj=False))
-        if name == "raccoon":
-            return sharpen.load_image(Path(__file__).resolve().parent / "data" / f"{name}.png")
-        return torch.from_numpy(load_sample_image(f"{name}.jpg").copy()).permute(2, 0, 1) / 255
-
-    return _8bit(torch.stack([_resized(photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
+    return _8bit(torch.stack([_resized(_photo(p), size) for p in COLOUR_VALIDATION_PHOTOS]))
 
 
 def _load_estimator(flag: str, path: Path, *, map_location: str | None = None
@@ -405,11 +406,12 @@ def _photo_sets(names: tuple[str, ...], size: int) -> dict[str, torch.Tensor]:
 
 def _photo_tiles(names: tuple[str, ...], size: int) -> torch.Tensor:
     """Non-overlapping ``size`` x ``size`` tiles ``(N, 3, size, size)`` of the photos at native
-    resolution and area-halved (the soft, 1411-pixel retina halved only)."""
+    resolution and area-halved (the soft, 1411-pixel retina and ``grace_hopper``, a JPEG of
+    quality 80 with subsampled chroma, halved only)."""
     tiles = []
     for name in names:
         photo = _photo(name)
-        for img in ([] if name == "retina" else [photo]) + [F.interpolate(
+        for img in ([] if name in ("retina", "grace_hopper") else [photo]) + [F.interpolate(
                 photo[None], scale_factor=0.5, mode="area")[0]]:
             rows, cols = img.shape[-2] // size, img.shape[-1] // size
             grid = img[:, : rows * size, : cols * size].reshape(3, rows, size, cols, size)

@@ -1,6 +1,7 @@
 """How much a model of a given size can gain on JPEG alone: a bound for the JPEG targets.
 
     pip install -e ".[eval]" && python docs/jpeg_bound.py weights/student.pt --steps 1500
+    python docs/jpeg_bound.py weights/student.pt --scored --colour-photos --steps 1000
     python docs/jpeg_bound.py weights/student.pt --where
 
 Fine-tunes a copy of a conditioned model (``unet(conditioned>=1)``) on JPEG alone: the training
@@ -8,8 +9,11 @@ images of ``train_levels.py`` (dead leaves and photo tiles), compressed at quali
 told their quality, PSNR loss (``kd.psnr_loss``), Adam with a cosine-annealed learning rate, no
 gradient clipping. Every 500 steps and at the start it prints the mean gain (worst image's in
 brackets) on the grey and colour validation photos under JPEG 50 and JPEG 90, told the quality,
-as ``docs/validate.py`` draws them. Such a specialist no longer sharpens anything else: it is a
-bound on what the size can reach on JPEG, not a model to ship. Writes nothing.
+as ``docs/validate.py`` draws them (``--scored``: on the three scored photo sets, for reporting).
+``--colour-photos`` adds tiles of the four colour validation photos to the training images (are
+colour photographs what the training images lack?), and leaves them out of the scoring. Such a
+specialist no longer sharpens anything else: it is a bound on what the size can reach on JPEG,
+not a model to ship. Writes nothing.
 
 ``--where`` instead splits JPEG's loss on the colour validation photos between luma and chroma
 (each put back from the original), and scores a luma-guided chroma step, classical and
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="fine-tuning steps (1500)")
     p.add_argument("--lr", type=float, default=5e-4,
                    help="Adam's learning rate, cosine-annealed to 0 (0.0005)")
+    p.add_argument("--scored", action="store_true",
+                   help="score on the three scored photo sets, not the validation photos "
+                        "(reporting only)")
+    p.add_argument("--colour-photos", action="store_true",
+                   help="also train on tiles of the four colour validation photos, which then "
+                        "do not score")
     p.add_argument("--where", action="store_true",
                    help="split JPEG's loss between luma and chroma instead, and score the "
                         "luma-guided chroma step (no training)")
@@ -138,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps must be >= 1, got {args.steps}")
     if not args.lr >= 0:
         p.error(f"--lr must be >= 0, got {args.lr}")
+    if args.where and (args.scored or args.colour_photos):
+        p.error("--where runs on the colour validation photos, without training: it takes "
+                "neither --scored nor --colour-photos")
     try:
         model = sharpen.load_model(args.model)
     except (OSError, ValueError) as e:
@@ -156,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(0)
     try:
         images = train_levels.training_images(192, generator)
-        sets = train._docs_photo_sets(256)
+        if args.colour_photos:
+            images = torch.cat([images, train._8bit(
+                train._photo_tiles(train.COLOUR_VALIDATION_PHOTOS, 128))])
+        sets = train._docs_photo_sets(256, scored=args.scored)
+        if args.colour_photos:
+            sets.pop("colour", None)  # trained on
     except ImportError as e:
         p.error(f'the photos need the eval extra, pip install -e ".[eval]" ({e})')
     data = kd.batches(images, size=64, batch_size=16, generator=generator, degrade=_jpeg)
