@@ -3615,6 +3615,12 @@ def test_distill_step_leaves_the_teacher_untouched_and_alpha_zero_is_train_step(
         assert torch.equal(v, before[k]), k
     for k, v in student.state_dict().items():
         torch.testing.assert_close(v, twin.state_dict()[k], rtol=0, atol=1e-7)
+    with torch.no_grad():  # the defaults: the sharp term's L1 + SSIM towards the teacher, 0.9
+        loss, terms = kd.distill_loss(student, teacher, blurred, sharp)
+        pred, target = student(blurred), teacher.eval()(blurred)
+    assert terms["kd"] == pytest.approx(kd.l1_ssim_loss(pred, target).item(), rel=1e-5)
+    assert terms["gt"] == pytest.approx(kd.l1_ssim_loss(pred, sharp).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.9 * terms["kd"] + 0.1 * terms["gt"], rel=1e-5)
 
 
 def test_steps_tell_conditioned_models_their_levels():
@@ -3729,8 +3735,8 @@ def test_feature_distillation_trains_the_adapters(make):
         student, teacher, opt, blurred, sharp, feature_weight=0.1, adapters=adapters
     )
     assert out["feat"] > 0
-    assert out["loss"] == pytest.approx(
-        0.5 * out["kd"] + 0.5 * out["gt"] + 0.1 * out["feat"], rel=1e-6
+    assert out["loss"] == pytest.approx(  # alpha 0.9 by default
+        0.9 * out["kd"] + 0.1 * out["gt"] + 0.1 * out["feat"], rel=1e-6
     )
     assert any(not torch.equal(v, before[k]) for k, v in adapters.state_dict().items())
 
@@ -4486,6 +4492,19 @@ def test_training_photo_tiles_are_exact_crops_kept_apart_from_the_scored_photos(
                                             halved[:, 128:256, :128], halved[:, 128:256, 128:]]),
                                atol=0, rtol=0)
     assert train._photo_tiles(("china",), 128).shape == (3 * 5 + 1 * 2, 3, 128, 128)
+
+
+def test_progress_time_left_leaves_out_the_first_steps_set_up(monkeypatch, capsys):
+    clock = iter([0.0, 100.0, 104.0, 108.0])  # the first step computes the teacher's pool
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    progress = train._Progress("distil", 11, batch=16)
+    progress(1, 0.5)
+    progress(2, 0.4)
+    progress(3, 0.3)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[distil] step 1/11  loss 0.5000  (first step 100 s)"
+    assert lines[1] == "[distil] step 2/11  loss 0.4000  4 img/s  36 s left"
+    assert lines[2] == "[distil] step 3/11  loss 0.3000  4 img/s  32 s left"
 
 
 def test_the_teacher_output_pool_is_bounded():

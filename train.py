@@ -99,7 +99,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "arguments: dead-leaves training images, Gaussian blur sigma 1.5, about 50 minutes on "
         "2 CPU cores without native bf16.",
     )
-    p.add_argument("--steps", type=int, default=1000, help="teacher training steps")
+    p.add_argument("--steps", type=int, default=1000, help="teacher training steps (1000)")
     p.add_argument("--teacher", type=Path, default=None, metavar="MODEL.pt",
                    help="distil from this trained teacher (sharpen.save_model's file, such as "
                    "weights/teacher.pt) instead of training one; --steps is then ignored")
@@ -111,17 +111,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "model, given --conditioned's inputs as --init-teacher is, instead of from "
                    "scratch")
     p.add_argument("--student-steps", type=int, default=1000,
-                   help="steps of the distilled student and of its equal-steps twin")
-    p.add_argument("--size", type=int, default=64, help="training crop size in pixels")
+                   help="steps of the distilled student and of its equal-steps twin (1000)")
+    p.add_argument("--size", type=int, default=64, help="training crop size in pixels (64)")
     p.add_argument("--eval-size", type=int, default=256,
-                   help="evaluation images are this size square, as the paper's 256x256")
+                   help="evaluation images are this size square, as the paper's 256x256 (256)")
     p.add_argument("--train-images", type=int, default=256,
-                   help="dead-leaves training images (128x128) when no --data is given")
+                   help="dead-leaves training images (128x128) when no --data is given (256)")
     p.add_argument("--train-photos", action="store_true",
                    help="also train on 128x128 tiles of scikit-image's photographs that are "
                    "neither scored nor validation photos, native and halved (needs scikit-image)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--sigma", type=float, default=1.5, help="blur strength, pixels")
+    p.add_argument("--batch-size", type=int, default=16, help="training crops per step (16)")
+    p.add_argument("--sigma", type=float, default=1.5, help="blur strength, pixels (1.5)")
     p.add_argument("--blur", choices=("gaussian", "motion", "mixed", "real"), default="gaussian",
                    help="how training and evaluation images are degraded: the paper's Gaussian, "
                    "camera shake, a mix of blurs, or real: what photos meet (blur or none, "
@@ -157,16 +157,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("unet", "paper"), default="unet",
                    help="our U-Net teacher/student, or the source paper's networks")
     p.add_argument("--alpha", type=float, default=0.9,
-                   help="weight of the teacher term (the paper: 0.5)")
+                   help="weight of the teacher term (0.9; the paper: 0.5)")
     p.add_argument("--loss", choices=tuple(LOSSES), default="l1_ssim",
-                   help="sharp term of every model: the paper's L1 + 0.5 (1 - SSIM), or minus "
-                   "the mean PSNR over the images (kd.psnr_loss: every image counts by its dB)")
+                   help="sharp term of every model: the paper's L1 + 0.5 (1 - SSIM) (the "
+                   "default), or minus the mean PSNR over the images (kd.psnr_loss: every image "
+                   "counts by its dB)")
     p.add_argument("--kd-loss", choices=tuple(KD_LOSSES), default="l1_ssim",
-                   help="teacher term: L1 + SSIM, the paper's MSE, or minus the mean PSNR")
+                   help="teacher term: L1 + SSIM (the default), the paper's MSE, or minus the "
+                   "mean PSNR")
     p.add_argument("--feature-weight", type=float, default=0.0,
-                   help="weight of the feature (hint) distillation term")
+                   help="weight of the feature (hint) distillation term (0)")
     p.add_argument("--seeds", type=int, default=1,
-                   help="repeat the three students for this many seeds (same teacher)")
+                   help="repeat the three students for this many seeds (same teacher) (1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
@@ -174,11 +176,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "hardware computes it natively (sharpen.fast_bf16), else float32")
     p.add_argument("--no-robustness", action="store_true",
                    help="skip the robustness table (the slowest part of the evaluation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data and the teacher; the students take it and the "
+                   "next --seeds - 1 (0)")
     p.add_argument("--lr", type=float, default=2e-3,
                    help="Adam's learning rate, decayed to zero over each model's steps "
                    "(2e-3; lower fine-tunes more gently)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (runs/demo)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out: its models, reports and figures are "
                         "deleted first (without it, such a folder is refused)")
@@ -188,7 +192,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--real-blur", action="store_true",
                    help="with --data: use GoPro's real blurred frames instead of synthetic blur")
     p.add_argument("--eval-images", type=int, default=100,
-                   help="with --data: evaluate on this many test frames, evenly spaced")
+                   help="with --data: evaluate on this many test frames, evenly spaced (100)")
     args = p.parse_args(argv)
     for name in ("steps", "student_steps", "batch_size", "seeds", "eval_images", "train_images"):
         if getattr(args, name) < 1:
@@ -471,7 +475,8 @@ def _has_skimage() -> bool:
 
 
 class _Progress:
-    """Prints a line every few seconds: stage, step/total, loss, images per second, time left."""
+    """Prints a line every few seconds: stage, step/total, loss, images per second, time left,
+    timed from the end of the first step, which also pays for set-up (the teacher's outputs)."""
 
     def __init__(self, stage: str, total: int, batch: int):
         self.stage, self.total, self.batch = stage, total, batch
@@ -479,12 +484,18 @@ class _Progress:
 
     def __call__(self, step: int, loss: float) -> None:
         now = time.perf_counter()
+        if step == 1:
+            self.first = now
         if now - self.last < 3 and step != self.total:
             return
-        self.last, elapsed = now, now - self.start
-        left = elapsed / step * (self.total - step)
-        print(f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  "
-              f"{step * self.batch / elapsed:.0f} img/s  {left:.0f} s left", flush=True)
+        self.last = now
+        line = f"[{self.stage}] step {step}/{self.total}  loss {loss:.4f}  "
+        if step == 1:
+            print(line + f"(first step {now - self.start:.0f} s)", flush=True)
+            return
+        per_step = (now - self.first) / (step - 1)
+        print(line + f"{self.batch / per_step:.0f} img/s  "
+              f"{per_step * (self.total - step):.0f} s left", flush=True)
 
 
 def _sync(device: torch.device) -> None:
