@@ -2527,7 +2527,8 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], taken: set[obj
                 elif given[0] > _MAX_BLUR:  # estimate_levels's ceiling, said
                     ceiling = f" (read as {given[0]:.2f}: at most {_MAX_BLUR} px told)"
                     given = (_MAX_BLUR, *given[1:])
-                source = " from the file" if given[2] == saved else ""
+                source = " from the file" if given[2] == saved else "" if saved is None \
+                    else f" (read below the file's own, {saved:.0f})"
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey,
