@@ -121,6 +121,26 @@ def _check_path(name: str, path: object) -> Path:
     return Path(path)
 
 
+def _check_placement(device: object, dtype: object) -> torch.device | None:
+    """``device`` (None, a torch.device or its name) as a torch.device, and ``dtype`` a
+    floating torch.dtype: a TypeError or ValueError naming them otherwise."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got "
+                        f"{type(dtype).__name__} {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    if device is None:
+        return None
+    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, str or int, got "
+                        f"{type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be a device such as 'cpu' or 'cuda', got {device!r}") \
+            from e
+
+
 def _check_pixels(name: str, x: Tensor) -> None:
     """Finite image values in [0, 1], or as far outside as noise takes them (not a 0-255
     image), in one pass over ``x`` unless they fail."""
@@ -256,9 +276,9 @@ def _shake_kernels(n: int, size: int, generator: Generator) -> Tensor:
 # -- Blur synthesis --------------------------------------------------------------------------------
 
 
-def _check_kernel(kernel: object, batch: int) -> tuple[int, int]:
+def _check_kernel(kernel: object, batch: int, *, finite: bool = True) -> tuple[int, int]:
     """A blur kernel for ``batch`` images: a float tensor ``(kh, kw)`` or ``(batch, kh, kw)``
-    of odd sides, whose sides it returns."""
+    of odd sides (and, with ``finite``, finite values), whose sides it returns."""
     _check_tensor("kernel", kernel)
     if kernel.ndim not in (2, 3) or (kernel.ndim == 3 and kernel.shape[0] != batch):
         raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={batch} and odd "
@@ -267,6 +287,9 @@ def _check_kernel(kernel: object, batch: int) -> tuple[int, int]:
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"kernel must have shape (kh, kw) or (B, kh, kw) with B={batch} and odd "
                          f"sides, got {tuple(kernel.shape)} (sides must be odd, got {kh}x{kw})")
+    if finite and not bool(torch.isfinite(kernel).all()):
+        raise ValueError(f"kernel must be finite, got {int((~torch.isfinite(kernel)).sum())} "
+                         "NaN or infinite values")
     return kh, kw
 
 
@@ -285,6 +308,7 @@ def gaussian_kernel(sigma: float, *, truncate: float = 4.0, device: Device = Non
     Raises:
         ValueError: If ``sigma`` or ``truncate`` is not finite and positive.
     """
+    device = _check_placement(device, dtype)
     sigma, truncate = _check_number("sigma", sigma), _check_number("truncate", truncate)
     _check_side(f"sigma={sigma:g}, truncate={truncate:g}", 2 * truncate * sigma + 1,
                 limit=1 << 20)
@@ -373,6 +397,7 @@ def motion_kernel(length: float, angle: float, *, device: Device = None,
     Raises:
         ValueError: If ``length`` is not positive or ``angle`` is not finite.
     """
+    device = _check_placement(device, dtype)
     length = _check_number("length", length)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
     _check_side(f"length={length:g}", length + 3)
@@ -398,6 +423,7 @@ def random_motion_kernel(size: int, *, generator: Generator = None, device: Devi
     Raises:
         ValueError: If ``size`` is even or smaller than 5.
     """
+    device = _check_placement(device, dtype)
     if (size := _check_int("size", size, low=5)) % 2 == 0:
         raise ValueError(f"size must be odd, got {size}")
     _check_side(f"size={size}", size)
@@ -418,6 +444,7 @@ def disk_kernel(radius: float, *, device: Device = None,
     Raises:
         ValueError: If ``radius`` is not finite and positive.
     """
+    device = _check_placement(device, dtype)
     radius = _check_number("radius", radius)
     _check_side(f"radius={radius:g}", 2 * radius + 1)
     g = torch.arange(-math.ceil(radius), math.ceil(radius) + 1, dtype=torch.float64)
@@ -437,7 +464,8 @@ def blur(img: Tensor, kernel: Tensor) -> Tensor:
         Blurred images, shaped like ``img``.
 
     Raises:
-        ValueError: If ``kernel`` has the wrong rank or batch, even sides, or is too large.
+        ValueError: If ``kernel`` has the wrong rank or batch, even sides, is not finite, or is
+            too large.
     """
     x, single = _as_batch("img", img)
     B, _, H, W = x.shape
@@ -471,6 +499,7 @@ def anisotropic_gaussian_kernel(sigma_u: float, sigma_v: float, angle: float, *,
         >>> anisotropic_gaussian_kernel(2.0, 0.5, 30.0).shape
         torch.Size([17, 17])
     """
+    device = _check_placement(device, dtype)
     su, sv = _check_number("sigma_u", sigma_u), _check_number("sigma_v", sigma_v)
     rad = math.radians(_check_number("angle", angle, low=-math.inf))
     truncate = _check_number("truncate", truncate)
@@ -593,12 +622,15 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
         Deconvolved images, shaped like ``img``, in its dtype and on its device.
 
     Raises:
-        ValueError: If ``kernel`` has the wrong rank, batch or even sides, is larger than the
-            padded images, or ``balance < 0``.
+        ValueError: If ``kernel`` has the wrong rank, batch or even sides, is not finite, sums to
+            0 or less, is larger than the padded images, or ``balance < 0``.
     """
     x, single = _as_batch("img", img)
     B, C, H, W = x.shape
-    _check_kernel(kernel, B)
+    kh, kw = _check_kernel(kernel, B)
+    if not bool((kernel.reshape(-1, kh * kw).sum(1) > 0).all()):
+        raise ValueError("kernel must sum to more than 0 (a blur), each; got a sum of "
+                         f"{kernel.reshape(-1, kh * kw).sum(1).min().item():g}")
     balance = _check_number("balance", balance, strict=False)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     p = min(max(kernel.shape[-2:]), H - 1, W - 1)
@@ -912,6 +944,7 @@ def dead_leaves(n: int, size: int, *, r_min: float = 0.01, r_max: float = 0.3,
     Raises:
         ValueError: If ``n < 1``, ``size < 2``, or another argument is out of range.
     """
+    device = _check_placement(device, dtype)
     n, size = _check_int("n", n, low=1), _check_int("size", size, low=2)
     supersample = _check_int("supersample", supersample, low=1)
     texture = _check_number("texture", texture, strict=False)
@@ -1078,7 +1111,7 @@ def _told_kernel(kernel: object, x: Tensor, *, unknown: bool = False) -> Tensor:
     """A blur kernel told for images ``x (B, C, H, W)``, checked: ``(B, kh, kw)`` float32,
     each normalised to sum 1; with ``unknown``, a kernel all NaN stays so (not told)."""
     B, _, H, W = x.shape
-    kh, kw = _check_kernel(kernel, B)
+    kh, kw = _check_kernel(kernel, B, finite=False)  # NaN: not told, checked below
     if kh // 2 >= H or kw // 2 >= W:
         raise ValueError(f"kernel {kh}x{kw} is too large for a {H}x{W} image")
     k = kernel.reshape(-1, kh, kw).float()
@@ -1722,6 +1755,11 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         TypeError: If ``path`` is not a str or os.PathLike.
     """
     path = _check_path("path", path)
+    if map_location is not None:
+        try:
+            _check_placement(map_location, torch.float32)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"map_location must be a device, got {map_location!r}") from e
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():
@@ -1746,8 +1784,10 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
             or not isinstance(data["kwargs"], dict) or not isinstance(data["state_dict"], dict):
         raise ValueError(f"{path}: not a sharpen model file (expected factory, kwargs, state_dict)")
     factory, kwargs, state = data["factory"], data["kwargs"], data["state_dict"]
-    if factory not in _FACTORIES:
+    if not isinstance(factory, str) or factory not in _FACTORIES:
         raise ValueError(f"{path}: unknown factory {factory!r}; known: {sorted(_FACTORIES)}")
+    if bad := [k for k in [*state, *kwargs] if not isinstance(k, str)]:
+        raise ValueError(f"{path}: weight names must be str, got {bad[0]!r}")
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)] + _non_finite(state)
     if bad:
         raise ValueError(f"{path}: non-finite weights in {', '.join(map(str, bad[:3]))}")

@@ -508,6 +508,35 @@ def test_no_private_name_of_another_module_is_used(file):
 # ---------------------------------------------------------------------------------- kernels
 
 
+def test_kernels_and_filters_refuse_bad_placements_and_kernels():
+    for make, args in [(sharpen.gaussian_kernel, (1.0,)), (sharpen.motion_kernel, (3.0, 0.0)),
+                       (sharpen.random_motion_kernel, (5,)), (sharpen.disk_kernel, (1.0,)),
+                       (sharpen.anisotropic_gaussian_kernel, (1.0, 0.5, 0.0)),
+                       (sharpen.dead_leaves, (1, 8))]:
+        with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float32, "
+                                            "got str 'float32'"):
+            make(*args, dtype="float32")
+        with pytest.raises(ValueError, match="must be a floating-point dtype, got torch.int64"):
+            make(*args, dtype=torch.int64)
+        with pytest.raises(ValueError, match="device must be a device such as 'cpu' or 'cuda', "
+                                             "got 'nodevice'"):
+            make(*args, device="nodevice")
+        with pytest.raises(TypeError, match="device must be a torch.device, str or int, got list"):
+            make(*args, device=["cpu"])
+        assert make(*args, device="cpu", dtype=torch.float64).dtype == torch.float64
+    x = torch.rand(3, 16, 16, generator=gen())
+    inf = torch.tensor([[0.0, 1, 0], [0, math.inf, 0], [0, 0, 0]])
+    for bad in (torch.full((3, 3), math.nan), inf):
+        with pytest.raises(ValueError, match="kernel must be finite, got [0-9]+ NaN or infinite"):
+            sharpen.blur(x, bad)
+        with pytest.raises(ValueError, match="kernel must be finite"):
+            sharpen.wiener(x, bad)
+    with pytest.raises(ValueError, match="kernel must sum to more than 0 .a blur., each; got a "
+                                         "sum of 0"):
+        sharpen.wiener(x, torch.zeros(3, 3))
+    assert sharpen.blur(x, torch.zeros(3, 3)).abs().max() == 0  # a plain convolution, allowed
+
+
 def test_gaussian_kernel_hand_values():
     k = sharpen.gaussian_kernel(1.0, truncate=2.0, dtype=torch.float64)
     w = np.exp(-0.5 * np.arange(-2, 3) ** 2)
@@ -3475,6 +3504,16 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     torch.save({"factory": "unet", "kwargs": {"wide": 8}, "state_dict": {}}, tmp_path / "kw.pt")
     with pytest.raises(ValueError, match="kw.pt: cannot rebuild"):
         sharpen.load_model(tmp_path / "kw.pt")
+    torch.save({"factory": ["unet"], "kwargs": {}, "state_dict": {}}, tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list.pt: unknown factory \['unet'\]"):
+        sharpen.load_model(tmp_path / "list.pt")
+    torch.save({"factory": "unet", "kwargs": {}, "state_dict": {1: torch.zeros(1)}},
+               tmp_path / "key.pt")
+    with pytest.raises(ValueError, match="key.pt: weight names must be str, got 1"):
+        sharpen.load_model(tmp_path / "key.pt")
+    sharpen.save_model(tmp_path / "good.pt", good)
+    with pytest.raises(ValueError, match="map_location must be a device, got 'nodevice'"):
+        sharpen.load_model(tmp_path / "good.pt", map_location="nodevice")
 
 
 # ---------------------------------------------------------------------------------- cuda
