@@ -1682,17 +1682,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *,
     """
     path = Path(path)
     mode = _check_int("mode", mode, low=0, high=0o777)
-    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    short = os.fsencode(path.name)[:200].decode(sys.getfilesystemencoding(), "ignore")  # bytes
+    tmp = path.with_name(f".{short}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as e:
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -2107,8 +2111,8 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
 
 def _tiles(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int, Tensor]]:
     """Tiles ``(start, end, weight)`` along one axis, starts multiples of ``align``, weights
-    summing to 1. From an interior tile edge the weight is 0 for ``m = (overlap - overlap // 4)
-    // 2`` pixels (where the tile's zero padding shows), then ramps to 1 over ``overlap // 4``."""
+    summing to 1. From an interior tile edge the weight is 0 for ``_margin(overlap)`` pixels
+    (where the tile's zero padding shows), then ramps to 1 over ``max(1, overlap // 4)``."""
     if length <= tile:
         return [(0, length, torch.ones(length, dtype=torch.float64))]
     step = (tile - overlap) // align * align
@@ -2116,7 +2120,7 @@ def _tiles(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, 
     if (last := (length - tile) // align * align) > starts[-1]:
         starts.append(last)
     ends = [s + tile for s in starts[:-1]] + [length]
-    m = (overlap - max(1, overlap // 4)) // 2
+    m = _margin(overlap)
     span = max(1, overlap - 2 * m)
     total, raw = torch.zeros(length, dtype=torch.float64), []
     for s, e in zip(starts, ends):
@@ -2131,11 +2135,16 @@ def _tiles(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, 
     return [(s, e, w / total[s:e]) for s, e, w in zip(starts, ends, raw)]
 
 
+def _margin(overlap: int) -> int:
+    """The pixels of a tile's interior edge that ``_tiles`` gives no weight."""
+    return (overlap - max(1, overlap // 4)) // 2
+
+
 def _overlap(radius: int) -> int:
-    """The smallest tile overlap whose unused margin ``(overlap - overlap // 4) // 2`` covers a
-    receptive-field radius, so that tiled inference equals untiled inference."""
+    """The smallest tile overlap whose unused margin (``_margin``) covers a receptive-field
+    radius, so that tiled inference equals untiled inference."""
     overlap = 2 * radius
-    while (overlap - overlap // 4) // 2 < radius:
+    while _margin(overlap) < radius:
         overlap += 1
     return overlap
 
@@ -2199,8 +2208,8 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     mode is restored), with tiles and weights laid out channels_last (1.3-1.9x faster with oneDNN;
     the model itself is left as it is: a channels_last copy of its 4-D weights), starting at
     multiples of ``model.multiple``. By default the overlap is the smallest whose unused margin
-    ``(overlap - overlap // 4) // 2`` covers ``model.receptive_radius``, so that in float32 the
-    result equals untiled inference (to 1e-4). Outputs are clamped to [0, 1].
+    ``(overlap - max(1, overlap // 4)) // 2`` covers ``model.receptive_radius``, so that in
+    float32 the result equals untiled inference (to 1e-4). Outputs are clamped to [0, 1].
 
     Args:
         model: A network mapping ``(B, C, H, W)`` to ``(B, C, H, W)``.

@@ -1202,6 +1202,28 @@ def test_sharpen_derives_the_overlap_from_the_receptive_field(make):
                                rtol=0, atol=1e-4)
 
 
+def test_sharpen_derives_the_overlap_of_small_receptive_fields_too():
+    class Small(torch.nn.Module):  # a 3x3 conv: radius 1, where the ramp's width is at its minimum
+        receptive_radius = 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return x + 0.1 * self.conv(x)
+
+    torch.manual_seed(0)
+    model = Small()
+    x = torch.rand(1, 3, 40, 40, generator=gen()) * 0.5 + 0.25
+    with torch.no_grad():
+        ref = model(x).clamp(0, 1)
+    assert [sharpen._overlap(r) for r in (1, 2, 3)] == [3, 5, 7]
+    for tile in (8, 9, 13):
+        torch.testing.assert_close(sharpen.sharpen(model, x, tile=tile, precision="fp32"), ref,
+                                   rtol=0, atol=1e-5)
+
+
 def receptive_radius_by_probe(model: torch.nn.Module, size: int, phases: int) -> int:
     """The receptive-field radius found by backpropagating from single output pixels through a
     copy whose weights are all small and positive (so that no ReLU blocks a path)."""
@@ -2490,6 +2512,17 @@ def test_atomic_write_names_the_file_checks_its_mode_and_syncs_what_it_may(tmp_p
     long = tmp_path / ("n" * 250)  # a name the file system takes, too long with a suffix added
     sharpen.atomic_write(long, lambda f: f.write(b"kept"))
     assert long.read_bytes() == b"kept"
+    wide = tmp_path / ("写" * 80 + "_sharp.png")  # 250 bytes in UTF-8: the limit is in bytes
+    sharpen.atomic_write(wide, lambda f: f.write(b"kept"))
+    assert wide.read_bytes() == b"kept"
+    wide.unlink()
+    (tmp_path / "adir.png").mkdir()  # the rename fails: the message names the file, not the tmp
+    with pytest.raises(IsADirectoryError, match=r"cannot write .*adir.png: Is a directory") as e:
+        sharpen.atomic_write(tmp_path / "adir.png", lambda f: f.write(b"x"))
+    assert ".tmp" not in str(e.value)
+    with pytest.raises(ZeroDivisionError):  # the writer's own error passes unchanged
+        sharpen.atomic_write(tmp_path / "z.bin", lambda f: 1 / 0)
+    (tmp_path / "adir.png").rmdir()
     for mode, error, match in [("0o644", TypeError, "mode must be an int, got str"),
                                (True, TypeError, "mode must be an int, got bool"),
                                (0o4777, ValueError, "mode must be >= 0 and <= 511, got 2559")]:
