@@ -1872,10 +1872,14 @@ def load_image(path: str | os.PathLike) -> Tensor:
     except Exception as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     if im.mode.startswith("I;16") or im.mode == "I":
-        arr = np.asarray(im).astype(np.float32)
+        raw = np.asarray(im)
+        arr = raw.astype(np.float32)
         if arr.min() < 0 or arr.max() > 65535:
             raise ValueError(f"{path}: mode {im.mode} values outside [0, 65535]")
-        arr = np.repeat((arr / 65535)[..., None], 3, axis=2)
+        arr /= 65535
+        if isinstance(clear := im.info.get("transparency"), int):  # a PNG's transparent grey
+            arr[raw == clear] = 1.0  # over white, as below
+        arr = np.repeat(arr[..., None], 3, axis=2)
     else:
         if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
             white = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -2045,6 +2049,9 @@ def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
     return options
 
 
+_SAVE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "PPM")  # whole images, read back
+
+
 def save_image(img: Tensor, path: str | os.PathLike, *,
                like: str | os.PathLike | None = None, comment: str | None = None) -> None:
     """Write ``img`` rounded to 8 bits, atomically, in the format of the suffix (JPEG: quality 95).
@@ -2070,8 +2077,10 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     Raises:
         TypeError: If ``img`` is not a floating-point tensor, ``path`` or ``like`` not a str
             or os.PathLike, or ``comment`` not a str.
-        ValueError: If the shape, the values or the suffix is wrong, ``like`` unreadable, or
-            ``comment`` given for another format than PNG.
+        ValueError: If the shape, the values or the suffix is wrong (a format other than PNG,
+            JPEG, WebP, TIFF, BMP or PPM: GIF would keep 256 colours, ICO 256 pixels a side,
+            and PDF is not read back), ``like`` unreadable, or ``comment`` given for another
+            format than PNG.
         IsADirectoryError, FileNotFoundError: If ``like`` is a folder or not a file.
     """
     _check_tensor("img", img)
@@ -2081,6 +2090,9 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
+    if fmt not in _SAVE_FORMATS:  # GIF keeps 256 colours, ICO 256 pixels, PDF is not read back
+        raise ValueError(f"{path}: {fmt} would not hold the image as it is (or not be read "
+                         f"back): save as .png, .jpg, .webp, .tif, .bmp or .ppm")
     if comment is not None and not isinstance(comment, str):
         raise TypeError(f"comment must be a str, got {type(comment).__name__}")
     if comment is not None and fmt != "PNG":

@@ -2003,6 +2003,11 @@ def test_load_image_alpha_composited_over_white(tmp_path):
     p.info["transparency"] = p.getpixel((1, 0))
     p.save(tmp_path / "p.png", transparency=p.getpixel((1, 0)))
     assert sharpen.load_image(tmp_path / "p.png")[:, 0, 1].tolist() == [1.0, 1.0, 1.0]
+    grey16 = np.array([[0, 1000, 65535]], dtype=np.uint16)  # 16-bit grey, 0 transparent
+    Image.fromarray(grey16).save(tmp_path / "g16.png", transparency=0)
+    assert "transparency" in Image.open(tmp_path / "g16.png").info
+    x = sharpen.load_image(tmp_path / "g16.png")
+    assert x[:, 0, 0].tolist() == [1.0] * 3 and x[0, 0, 1].item() == pytest.approx(1000 / 65535)
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I"])
@@ -2313,12 +2318,12 @@ def test_save_image_takes_the_colour_profile_and_exif_of_like(tmp_path):
     x = torch.rand(3, 3, 5, generator=gen())
     for source in ("jpg", "png", "webp"):
         im.save(tmp_path / f"src.{source}", icc_profile=_icc(b"RGB "), exif=exif)
-        for suffix in ("png", "jpg", "webp", "tif", "bmp", "gif"):
+        for suffix in ("png", "jpg", "webp", "tif", "bmp", "ppm"):
             sharpen.save_image(x, tmp_path / f"o.{suffix}", like=tmp_path / f"src.{source}")
             with Image.open(tmp_path / f"o.{suffix}") as out:
                 out.load()  # readable to the end
                 kept = out.getexif()
-                if suffix in ("bmp", "gif"):  # formats without a colour profile or EXIF
+                if suffix in ("bmp", "ppm"):  # formats without a colour profile or EXIF
                     assert "icc_profile" not in out.info and 0x010F not in kept
                     continue
                 assert out.info["icc_profile"] == _icc(b"RGB "), (source, suffix)
@@ -3393,6 +3398,10 @@ X = torch.rand(2, 3, 16, 16, generator=gen())
             "got min -0.5,",
         ),
         (lambda: sharpen.save_image(X[0], "o.xyz"), ValueError, "unknown image suffix '.xyz'"),
+        (lambda: sharpen.save_image(X[0], "o.gif"), ValueError, "o.gif: GIF would not hold the "
+         "image as it is .or not be read back.: save as .png, .jpg, .webp, .tif, .bmp or .ppm"),
+        (lambda: sharpen.save_image(X[0], "o.ico"), ValueError, "o.ico: ICO would not hold"),
+        (lambda: sharpen.save_image(X[0], "o.pdf"), ValueError, "o.pdf: PDF would not hold"),
         (lambda: sharpen.save_image(X[0].long(), "o.png"), TypeError, "floating-point"),
     ],
 )
