@@ -2019,17 +2019,26 @@ def _profile_space(path: Path) -> bytes | None:
         return _icc_space(im.info.get("icc_profile"))
 
 
-def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
-    """Pillow save options with ``like``'s EXIF, upright, and its colour profile if that is for
-    RGB (``rgb``) or grey images; what cannot be kept is dropped with a warning."""
+def _metadata(like: Path, *, rgb: bool, fmt: str) -> dict[str, object]:
+    """Pillow save options for format ``fmt`` with ``like``'s EXIF, upright, its colour profile
+    if that is for RGB (``rgb``) or grey images, and a PNG's gamma, chromaticities and sRGB
+    chunks (which a profile supersedes); what cannot be kept is dropped with a warning."""
     try:
         with Image.open(like) as im:
             if im.format == "PNG" and "exif" not in im.info:
                 im.load()  # an eXIf chunk after the pixels is read with them
             exif, icc = im.info.get("exif"), im.info.get("icc_profile")
+            chunks = {} if icc or im.format != "PNG" else _png_colour_chunks(im.info)
     except Exception as e:
         raise ValueError(f"like {like}: not a readable image ({type(e).__name__}: {e})") from e
-    options, kept = {}, []
+    options, kept, jpeg = {}, [], fmt in ("JPEG", "MPO")
+    if chunks and fmt == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        for name, data in chunks.items():
+            options["pnginfo"].add(name, data)
+    elif b"gAMA" in chunks or b"cHRM" in chunks:  # sRGB alone is what other files assume
+        kept.append("its PNG gamma or chromaticities (gAMA, cHRM), which only a PNG holds: "
+                    "its colours may look different")
     if exif:
         try:
             options["exif"] = _upright_exif(exif)
@@ -2049,6 +2058,19 @@ def _metadata(like: Path, *, rgb: bool, jpeg: bool) -> dict[str, bytes]:
     return options
 
 
+def _png_colour_chunks(info: dict) -> dict[bytes, bytes]:
+    """A PNG's gAMA, cHRM and sRGB chunks, rebuilt from what Pillow read of them (``info``)."""
+    chunks = {}
+    if isinstance(gamma := info.get("gamma"), (int, float)) and 0 < gamma < 42949:
+        chunks[b"gAMA"] = struct.pack(">I", round(gamma * 100000))
+    if isinstance(c := info.get("chromaticity"), tuple) and len(c) == 8 and \
+            all(isinstance(v, (int, float)) and 0 <= v < 42949 for v in c):
+        chunks[b"cHRM"] = struct.pack(">8I", *(round(v * 100000) for v in c))
+    if isinstance(intent := info.get("srgb"), int) and 0 <= intent <= 3:
+        chunks[b"sRGB"] = bytes([intent])
+    return chunks
+
+
 _SAVE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "PPM")  # whole images, read back
 
 
@@ -2065,14 +2087,16 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
             colour profile (ICC, if it is for images of ``img``'s channels: RGB or grey) the
             file takes, in formats that hold them, and its read and write permissions (less
             the umask), as ``cp`` gives them. Without its profile, a wide-gamut photo (Display
-            P3) would look duller in a colour-managed viewer.
+            P3) would look duller in a colour-managed viewer. A PNG's gamma and chromaticities
+            (gAMA, cHRM, sRGB chunks, where it has no profile) go to a PNG.
         comment: Text stored in a PNG's ``Comment`` (``Image.open(path).info``), as the CLI
             records what it did; PNG only, at most Pillow's ``MAX_TEXT_CHUNK`` bytes (1 MB),
             which it reads back.
 
     Warns:
         UserWarning: If ``like``'s EXIF or colour profile cannot be kept (unreadable, a
-            profile for other channels, EXIF too long for a JPEG): the file is written without.
+            profile for other channels, EXIF too long for a JPEG, a PNG's gamma in another
+            format): the file is written without.
 
     Raises:
         TypeError: If ``img`` is not a floating-point tensor, ``path`` or ``like`` not a str
@@ -2108,11 +2132,10 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
     rgb = img.ndim == 3 and img.shape[0] == 3
     options, mode = {"quality": 95} if fmt == "JPEG" else {}, 0o666
     if like is not None:
-        options.update(_metadata(like, rgb=rgb, jpeg=fmt in ("JPEG", "MPO")))
+        options.update(_metadata(like, rgb=rgb, fmt=fmt))
         mode = like.stat().st_mode & 0o666  # a private photo's output stays private
     if comment is not None:
-        options["pnginfo"] = PngImagePlugin.PngInfo()
-        options["pnginfo"].add_text("Comment", comment)
+        options.setdefault("pnginfo", PngImagePlugin.PngInfo()).add_text("Comment", comment)
     arr = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     pil = Image.fromarray(arr.transpose(1, 2, 0) if rgb else arr.reshape(arr.shape[-2:]))
     atomic_write(path, lambda f: pil.save(f, format=fmt, **options), mode=mode)

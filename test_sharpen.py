@@ -2310,6 +2310,33 @@ def _exif_jpeg(path: Path, exif: bytes) -> None:
     Image.new("RGB", (5, 3), "teal").save(path, exif=b"Exif\x00\x00" + exif)
 
 
+def test_save_image_keeps_a_pngs_gamma_and_chromaticities(tmp_path, capsys):
+    info = PngImagePlugin.PngInfo()
+    info.add(b"gAMA", struct.pack(">I", 100000))  # linear light: darker if dropped
+    info.add(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000))
+    Image.new("RGB", (48, 48), "teal").save(tmp_path / "gamma.png", pnginfo=info)
+    x = torch.rand(3, 4, 5, generator=gen())
+    sharpen.save_image(x, tmp_path / "o.png", like=tmp_path / "gamma.png", comment="made")
+    with Image.open(tmp_path / "o.png") as out:
+        assert out.info["gamma"] == 1.0 and out.info["Comment"] == "made"
+        assert out.info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+    with pytest.warns(UserWarning, match="gamma.png: written without its PNG gamma or "
+                                         "chromaticities .gAMA, cHRM., which only a PNG holds"):
+        sharpen.save_image(x, tmp_path / "o.jpg", like=tmp_path / "gamma.png")
+    assert sharpen.main([str(tmp_path / "gamma.png"), "--blur", "0"]) == 0  # the CLI keeps it
+    with Image.open(tmp_path / "gamma_sharp.png") as out:
+        assert out.info["gamma"] == 1.0 and "sharpened by sharpen.py" in out.info["Comment"]
+    srgb = PngImagePlugin.PngInfo()
+    srgb.add(b"sRGB", b"\x00")
+    Image.new("RGB", (4, 4)).save(tmp_path / "srgb.png", pnginfo=srgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sRGB alone: what a JPEG is taken to be anyway
+        sharpen.save_image(x, tmp_path / "s.jpg", like=tmp_path / "srgb.png")
+        sharpen.save_image(x, tmp_path / "s.png", like=tmp_path / "srgb.png")
+    with Image.open(tmp_path / "s.png") as out:
+        assert out.info["srgb"] == 0
+
+
 def test_save_image_takes_the_colour_profile_and_exif_of_like(tmp_path):
     im = Image.new("RGB", (5, 3))
     exif = im.getexif()
