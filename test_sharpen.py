@@ -4511,6 +4511,9 @@ def test_main_rejects_bad_data_and_options_with_one_clear_line(tmp_path, capsys)
         (["--teacher", "a.pt", "--init-teacher", "b.pt"], "--teacher and --init-teacher exclude"),
         (["--train-photos", "--data", str(tmp_path)], "--train-photos needs scikit-image"),
         (["--blur", "box"], "invalid choice: 'box'"),
+        (["--conditioned", "4"], "--conditioned 4 needs --blur real (its Gaussian share is drawn "
+                                 "from the real mix), got --blur gaussian"),
+        (["--eval-size", "520"], "--eval-size must be at most 512 without --data"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             train.main(bad)
@@ -4572,7 +4575,7 @@ def test_main_names_the_flag_of_a_bad_value(capsys, bad, match):
     assert exit_info.value.code == 2 and match in err and "Traceback" not in err
 
 
-def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
+def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path, capsys):
     make_gopro(tmp_path / "GoPro_Large")
     for extra in ([], ["--real-blur"]):
         out = tmp_path / f"run{len(extra)}"
@@ -4582,6 +4585,12 @@ def test_main_trains_on_a_gopro_folder_with_synthetic_and_real_blur(tmp_path):
         report = json.loads((out / "report.json").read_text())
         assert report["protocol"]["real_blur"] == bool(extra)
         assert {r.get("eval_set", "gopro_test") for r in report["rows"]} == {"gopro_test"}
+    few = [*TINY_RUN, "--data", str(tmp_path / "GoPro_Large"), "--real-blur", "--batch-size",
+           "5", "--out", str(tmp_path / "few")]  # 4 training pairs: no full batch (it hung)
+    capsys.readouterr()
+    assert train.main(few) == 2
+    assert "has 4 training pairs, fewer than --batch-size 5" in capsys.readouterr().err
+    assert not (tmp_path / "few").exists()
 
 
 def test_training_photo_tiles_are_exact_crops_kept_apart_from_the_scored_photos():
@@ -4624,6 +4633,44 @@ def test_the_teacher_output_pool_is_bounded():
     long = argparse.Namespace(student_steps=20_000, batch_size=16, size=256)
     pool = train._pool_batches(long)
     assert 1 <= pool and pool * 3 * 4 * 16 * 3 * 256**2 <= train.POOL_BYTES
+
+
+@pytest.mark.parametrize("steps, pool_bytes", [(150, 2**30), (1001, 2**30), (30, 6 * 18432)])
+def test_the_teacher_runs_once_per_batch_the_distillation_needs(monkeypatch, steps, pool_bytes):
+    monkeypatch.setattr(train, "POOL_BYTES", pool_bytes)  # the last: pools of 6 batches at most
+    args = train._parse_args(["--student-steps", str(steps), "--size", "16", "--batch-size", "2",
+                              "--device", "cpu", "--precision", "fp32"])
+    calls = []
+
+    class Teacher(torch.nn.Module):
+        conditioned = 0
+
+        def forward(self, x, **told):
+            calls.append(len(x))
+            return x
+
+    degrade = functools.partial(train._degrade_8bit, kind="gaussian", sigma=1.0)
+    batches = train._pooled(args, torch.rand(4, 3, 32, 32, generator=gen()), degrade, 0, Teacher())
+    plain = train._pooled(args, torch.rand(4, 3, 32, 32, generator=gen()), degrade, 0, None)
+    for _ in range(steps):
+        served, twin = next(batches), next(plain)
+        assert torch.equal(served[0], twin[0])  # the twins see the same batches
+    assert len(calls) == -(-steps // train.POOL_REUSE)  # each teacher output serves 4 steps
+    for _ in range(steps):  # an equal-time twin runs on, from the last pool: no new teacher
+        next(batches)
+    assert len(calls) == -(-steps // train.POOL_REUSE)
+
+
+def test_feature_distillation_runs_the_teacher_once_per_step_and_pools_nothing():
+    args = train._parse_args(["--student-steps", "8", "--size", "16", "--batch-size", "2",
+                              "--device", "cpu", "--precision", "fp32", "--feature-weight", "0.05"])
+    teacher = randomize(sharpen.unet(width=8, depth=2, blocks=1), std=0.02)
+    calls = []
+    teacher.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    make = functools.partial(sharpen.unet, width=4, depth=2, blocks=1)
+    degrade = functools.partial(train._degrade_8bit, kind="gaussian", sigma=1.0)
+    train._students(args, teacher, make, torch.rand(4, 3, 32, 32, generator=gen()), degrade, 0)
+    assert len(calls) == 1 + 8  # the adapters' probe, then one forward per distillation step
 
 
 def run_from_a_saved_teacher(tmp_path, flag: str) -> tuple[torch.nn.Module, dict]:

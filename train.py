@@ -226,6 +226,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                                            or not 0 <= args.gaussian_told <= 1):
         p.error(f"--gaussian-told needs --conditioned 4 and a share in [0, 1], got "
                 f"{args.gaussian_told} with --conditioned {args.conditioned}")
+    if args.conditioned == 4 and args.blur != "real":
+        p.error(f"--conditioned 4 needs --blur real (its Gaussian share is drawn from the real "
+                f"mix), got --blur {args.blur}")
     if args.conditioned == 4 and args.gaussian_told is None:
         args.gaussian_told = GAUSSIAN_TOLD
     if args.kernel_told and (args.conditioned < 2 or args.blur != "real"):
@@ -241,6 +244,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--estimator {args.estimator} needs --estimated SHARE > 0")
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
+    if args.data is None and args.eval_size > 512 and _has_skimage():
+        p.error(f"--eval-size must be at most 512 without --data (the photos' native crops, "
+                f"photo_crops, are cut from photos of 512 pixels or more), got {args.eval_size}")
     if args.train_photos and (args.data is not None or not _has_skimage()):
         p.error("--train-photos needs scikit-image (pip install -e \".[eval]\") and no --data")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -433,6 +439,9 @@ def _datasets(args: argparse.Namespace, degrade: Callable, generator: torch.Gene
         test = [test[round(i)] for i in torch.linspace(0, len(test) - 1,
                                                        min(args.eval_images, len(test))).tolist()]
         if args.real_blur:
+            if len(split) < args.batch_size:  # the loader drops an incomplete last batch
+                raise ValueError(f"--data {args.data} has {len(split)} training pairs, fewer "
+                                 f"than --batch-size {args.batch_size}")
             desc = f"GoPro real blur ({args.data}), full frames"
             return split, {"gopro_test": (None, test)}, desc
         size = args.eval_size
@@ -552,7 +561,7 @@ def _pool_batches(args: argparse.Namespace) -> int:
     """Batches whose teacher outputs are held at once: enough for ``--student-steps``, at most
     ``POOL_BYTES`` of (blurred, sharp, teacher output) triples."""
     batch_bytes = 3 * 4 * args.batch_size * 3 * args.size**2
-    return max(1, min(args.student_steps // POOL_REUSE, POOL_BYTES // batch_bytes))
+    return max(1, min(-(-args.student_steps // POOL_REUSE), POOL_BYTES // batch_bytes))
 
 
 def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
@@ -562,13 +571,14 @@ def _pooled(args: argparse.Namespace, train, degrade: Callable, seed: int,
 
     The batches come in pools: the teacher's outputs for a pool are computed once, then the
     pool is served ``POOL_REUSE`` times in a new random order each pass before the next pool is
-    drawn (the last pool keeps serving). With or without a teacher, the same seed gives the same
-    batches in the same order, so the students without a teacher see what the distilled one saw.
+    drawn, as large as the remaining ``--student-steps`` need (the last pool keeps serving). With
+    or without a teacher, the same seed gives the same batches in the same order, so the students
+    without a teacher see what the distilled one saw.
     """
     data, order = _train_stream(args, train, degrade, seed), torch.Generator().manual_seed(seed)
-    size, served = _pool_batches(args), 0
+    most, served = _pool_batches(args), 0
     while True:
-        pool = []
+        pool, size = [], max(1, min(most, -(-(args.student_steps - served) // POOL_REUSE)))
         for _ in range(size):
             blurred, sharp, *extra = next(data)
             levels, kernels = (extra + [None, None])[:2]
@@ -637,7 +647,8 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
                              kernel=batch[4])
 
     def fit(name: str, steps: int, stage: str, step: Callable) -> float:
-        data = _pooled(args, train, degrade, seed, teacher if step is distil else None)
+        pooled = step is distil and not args.feature_weight  # features: the teacher every step
+        data = _pooled(args, train, degrade, seed, teacher if pooled else None)
         return _fit(models[name], steps, f"{stage}, seed {seed}", args, data, step,
                     extra=adapters if step is distil else None)
 
