@@ -268,6 +268,15 @@ def teacher_levels(teacher: nn.Module, levels: torch.Tensor | None) -> torch.Ten
     return levels[..., :3]
 
 
+def _check_loss_pair(pred: object, target: object, *, batch: bool) -> None:
+    """Floating-point tensors of one shape, ``(B, C, H, W)`` where ``batch``."""
+    _check_float_tensor("pred", pred)
+    _check_float_tensor("target", target)
+    if (batch and pred.dim() != 4) or pred.shape != target.shape:
+        raise ValueError(f"pred and target must both be {'(B, C, H, W) ' * batch}of one shape, "
+                         f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+
+
 def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.5
                  ) -> torch.Tensor:
     """The source paper's teacher loss: ``L1 + ssim_weight * (1 - SSIM)``, both batch means.
@@ -284,8 +293,9 @@ def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float
         0-dim loss tensor.
 
     Raises:
-        TypeError: ``ssim_weight`` is not a number.
-        ValueError: ``ssim_weight`` is negative, or the shapes differ (from ``metrics.ssim``).
+        TypeError: ``ssim_weight`` is not a number, or a batch not a floating-point tensor.
+        ValueError: ``ssim_weight`` is negative, or the batches are not both ``(B, C, H, W)``
+            of one shape.
 
     Example:
         >>> x = torch.rand(2, 3, 16, 16)
@@ -293,6 +303,7 @@ def l1_ssim_loss(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float
         0.0
     """
     ssim_weight = _check_number("ssim_weight", ssim_weight)
+    _check_loss_pair(pred, target, batch=True)
     loss = F.l1_loss(pred, target)
     if ssim_weight:
         loss = loss + ssim_weight * (1 - metrics.ssim(pred, target).mean())
@@ -309,11 +320,7 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
         ValueError: ``eps`` is not positive and finite, or the shapes differ.
     """
     eps = _check_number("eps", eps, positive=True)
-    _check_float_tensor("pred", pred)
-    _check_float_tensor("target", target)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+    _check_loss_pair(pred, target, batch=False)
     return torch.sqrt((pred - target).square() + eps * eps).mean()
 
 
@@ -341,11 +348,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 3e-5) ->
             ``(B, C, H, W)`` of one shape.
     """
     eps = _check_number("eps", eps, positive=True)
-    _check_float_tensor("pred", pred)
-    _check_float_tensor("target", target)
-    if pred.dim() != 4 or pred.shape != target.shape:
-        raise ValueError(f"pred and target must both be (B, C, H, W) of one shape, got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    _check_loss_pair(pred, target, batch=True)
     mse = (pred - target).square().mean((1, 2, 3))
     return 10 * torch.log10(mse + eps).mean()
 
@@ -505,18 +508,14 @@ def distill_loss(
 
     t_feats: list[torch.Tensor] = []
     if features or teacher_output is None:
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            told = teacher_levels(teacher, levels)
-            with torch.no_grad(), _autocast(blurred, amp):
-                if features:
-                    teacher_output, t_feats = _run(teacher, blurred, told, kernel,
-                                                   return_features=True)
-                else:
-                    teacher_output = _run(teacher, blurred, told, kernel)
-        finally:
-            teacher.train(was_training)
+        told = teacher_levels(teacher, levels)
+        with sharpen._eval_mode(teacher), torch.no_grad(), _autocast(blurred, amp):
+            if features:
+                teacher_output, t_feats = _run(teacher, blurred, told, kernel,
+                                               return_features=True)
+            else:
+                teacher_output = _run(teacher, blurred, told, kernel)
+    teacher_output = teacher_output.detach()  # given with a graph, it must not train the teacher
 
     with _autocast(blurred, amp):
         if features:
@@ -553,6 +552,19 @@ def distill_loss(
 
 
 # -- One optimisation step -------------------------------------------------------------------------
+
+
+def _in_train_mode(model: nn.Module, loss: Callable[[], object]) -> object:
+    """``loss()`` with ``model`` in train mode, left so; if it raises (a bad argument), every
+    submodule's mode is put back as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        return loss()
+    except BaseException:
+        for m, mode in modes:
+            m.training = mode
+        raise
 
 
 def _finish_step(loss: torch.Tensor, terms: dict[str, float], optimizer: torch.optim.Optimizer,
@@ -648,9 +660,9 @@ def level_step(estimator: nn.Module, optimizer: torch.optim.Optimizer, degraded:
         ['grad_norm', 'loss']
     """
     _check_step_options(optimizer, clip_grad_norm, estimator)
-    estimator.train()
+    loss = _in_train_mode(estimator, lambda: level_loss(estimator, degraded, levels,
+                                                        quantile=quantile))
     optimizer.zero_grad(set_to_none=True)
-    loss = level_loss(estimator, degraded, levels, quantile=quantile)
     return _finish_step(loss, {"loss": float(loss.detach())}, optimizer, clip_grad_norm)
 
 
@@ -693,10 +705,9 @@ def train_step(
     _check_module("model", model)
     _check_pair(blurred, sharp)
     _check_step_options(optimizer, clip_grad_norm, model)
-    model.train()
+    loss, terms = _in_train_mode(model, lambda: train_loss(
+        model, blurred, sharp, loss_fn=loss_fn, amp=amp, levels=levels, kernel=kernel))
     optimizer.zero_grad(set_to_none=True)
-    loss, terms = train_loss(model, blurred, sharp, loss_fn=loss_fn, amp=amp, levels=levels,
-                             kernel=kernel)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -738,12 +749,11 @@ def distill_step(
     _check_pair(blurred, sharp)
     _check_adapters(adapters)
     _check_step_options(optimizer, clip_grad_norm, student, adapters)
-    student.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss, terms = distill_loss(
+    loss, terms = _in_train_mode(student, lambda: distill_loss(
         student, teacher, blurred, sharp, alpha=alpha, loss_fn=loss_fn, kd_loss_fn=kd_loss_fn,
         feature_weight=feature_weight, adapters=adapters, teacher_output=teacher_output, amp=amp,
-        levels=levels, kernel=kernel)
+        levels=levels, kernel=kernel))
+    optimizer.zero_grad(set_to_none=True)
     return _finish_step(loss, terms, optimizer, clip_grad_norm)
 
 
@@ -776,14 +786,9 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     channels = getattr(student, "in_channels", None) or next(
         m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels
     probe = torch.zeros(1, channels, 32, 32, device=device, dtype=dtype)
-    modes = [(m, m.training) for m in (student, teacher)]
-    try:
-        with torch.no_grad():
-            _, fs = student.eval()(probe, return_features=True)
-            _, ft = teacher.eval()(probe.to(t_device, t_dtype), return_features=True)
-    finally:
-        for m, mode in modes:
-            m.train(mode)
+    with sharpen._eval_mode(student, teacher), torch.no_grad():
+        _, fs = student(probe, return_features=True)
+        _, ft = teacher(probe.to(t_device, t_dtype), return_features=True)
     shapes_s = [tuple(f.shape[-2:]) for f in fs]
     shapes_t = [tuple(f.shape[-2:]) for f in ft]
     if shapes_s != shapes_t:

@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import math
@@ -32,7 +33,7 @@ import struct
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -2144,6 +2145,20 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
 # -- Tiled inference -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    """The models in eval mode for the block; then every submodule's own mode back (a model in
+    training with frozen normalisation stays so)."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def _tiles(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int, Tensor]]:
     """Tiles ``(start, end, weight)`` along one axis, starts multiples of ``align``, weights
     summing to 1. From an interior tile edge the weight is 0 for ``_margin(overlap)`` pixels
@@ -2318,22 +2333,18 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     if levels is not None and getattr(model, "conditioned", 0) >= 2:
         with torch.no_grad():
             estimate = model._estimate(x, levels, None, kernel)  # the model's own kind
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(p.device.type, torch.bfloat16, enabled=amp):
-            for y0, y1, wy in _tiles(x.shape[-2], tile, overlap, align):
-                for x0, x1, wx in _tiles(x.shape[-1], tile, overlap, align):
-                    piece = x[..., y0:y1, x0:x1].to(p.device, p.dtype)
-                    piece = piece.contiguous(memory_format=torch.channels_last)
-                    args = (piece,) if levels is None else (piece, levels)
-                    told = {} if estimate is None else {
-                        "estimate": estimate[..., y0:y1, x0:x1].to(p.device, p.dtype)}
-                    y = torch.func.functional_call(model, weights, args, told).to(p.dtype)
-                    y = y * (wy[:, None] * wx[None, :]).to(y.device, y.dtype)
-                    out[..., y0:y1, x0:x1] += y.to(x.device, x.dtype)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.no_grad(), torch.autocast(p.device.type, torch.bfloat16,
+                                                           enabled=amp):
+        for y0, y1, wy in _tiles(x.shape[-2], tile, overlap, align):
+            for x0, x1, wx in _tiles(x.shape[-1], tile, overlap, align):
+                piece = x[..., y0:y1, x0:x1].to(p.device, p.dtype)
+                piece = piece.contiguous(memory_format=torch.channels_last)
+                args = (piece,) if levels is None else (piece, levels)
+                told = {} if estimate is None else {
+                    "estimate": estimate[..., y0:y1, x0:x1].to(p.device, p.dtype)}
+                y = torch.func.functional_call(model, weights, args, told).to(p.dtype)
+                y = y * (wy[:, None] * wx[None, :]).to(y.device, y.dtype)
+                out[..., y0:y1, x0:x1] += y.to(x.device, x.dtype)
     out = out.clamp_(0, 1)
     return out[0] if single else out
 

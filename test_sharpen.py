@@ -3694,6 +3694,13 @@ def test_charbonnier_by_hand():
         kd.charbonnier_loss(pred, target[:1])  # no silent broadcast
     with pytest.raises(ValueError, match="ssim_weight must be finite and >= 0, got -1"):
         kd.l1_ssim_loss(pred, target, ssim_weight=-1)
+    images = torch.rand(2, 3, 8, 8, generator=gen())
+    for weight in (0, 0.5):  # checked before any term, with or without the SSIM term
+        with pytest.raises(ValueError, match=r"pred and target must both be \(B, C, H, W\) of "
+                                             r"one shape, got \(2, 3, 8, 8\) and \(1, 3, 8, 8\)"):
+            kd.l1_ssim_loss(images, images[:1], ssim_weight=weight)
+        with pytest.raises(TypeError, match="target must be a floating-point"):
+            kd.l1_ssim_loss(images, images.tolist(), ssim_weight=weight)
 
 
 def test_train_step_lowers_the_loss_and_returns_floats():
@@ -3730,6 +3737,56 @@ def test_distill_step_leaves_the_teacher_untouched_and_alpha_zero_is_train_step(
     assert terms["kd"] == pytest.approx(kd.l1_ssim_loss(pred, target).item(), rel=1e-5)
     assert terms["gt"] == pytest.approx(kd.l1_ssim_loss(pred, sharp).item(), rel=1e-5)
     assert loss.item() == pytest.approx(0.9 * terms["kd"] + 0.1 * terms["gt"], rel=1e-5)
+
+
+def test_the_teacher_and_sharpened_models_keep_every_submodules_mode():
+    class WithNorm(torch.nn.Module):  # a user's model whose submodules' modes differ
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x, return_features=False):
+            out = x + 0.1 * self.norm(self.conv(x))
+            return (out, [out]) if return_features else out
+
+    def modes(model):
+        return [m.training for m in model.modules()]
+
+    teacher = WithNorm().train()
+    teacher.norm.eval()  # frozen statistics, as in fine-tuning
+    before = modes(teacher)
+    x = torch.rand(2, 3, 16, 16, generator=gen())
+    kd.distill_loss(WithNorm(), teacher, x, x)
+    assert modes(teacher) == before == [True, True, False]
+    kd.feature_adapters(WithNorm(), teacher)
+    assert modes(teacher) == before
+    sharpen.sharpen(teacher, x, precision="fp32")
+    assert modes(teacher) == before
+    graph = teacher(x)  # an output with a graph: the teacher is still never trained
+    student = WithNorm()
+    kd.distill_step(student, teacher, torch.optim.SGD(student.parameters(), lr=0.1), x, x,
+                    teacher_output=graph)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_steps_refuse_bad_options_before_touching_the_model_or_its_gradients():
+    student, teacher = tiny(4, seed=2), trained_teacher()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    blurred, sharp = pair_batch()
+    kd.train_loss(student, blurred, sharp)[0].backward()  # accumulated gradients of the user's
+    grads = [p.grad.clone() for p in student.parameters()]
+    student.eval()
+    for call, error, match in [
+            (lambda: kd.distill_step(student, teacher, opt, blurred, sharp, alpha=2.0),
+             ValueError, "alpha must be"),
+            (lambda: kd.train_step(student, opt, blurred, sharp, loss_fn="l1"), TypeError,
+             "loss_fn must be"),
+            (lambda: kd.train_step(student, opt, blurred, sharp, levels=torch.zeros(3)),
+             ValueError, "levels")]:
+        with pytest.raises(error, match=match):
+            call()
+        assert not student.training
+        assert all(torch.equal(p.grad, g) for p, g in zip(student.parameters(), grads))
 
 
 def test_steps_tell_conditioned_models_their_levels():
