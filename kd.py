@@ -509,7 +509,7 @@ def distill_loss(
     t_feats: list[torch.Tensor] = []
     if features or teacher_output is None:
         told = teacher_levels(teacher, levels)
-        with sharpen._eval_mode(teacher), torch.no_grad(), _autocast(blurred, amp):
+        with sharpen.eval_mode(teacher), torch.no_grad(), _autocast(blurred, amp):
             if features:
                 teacher_output, t_feats = _run(teacher, blurred, told, kernel,
                                                return_features=True)
@@ -786,7 +786,7 @@ def feature_adapters(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     channels = getattr(student, "in_channels", None) or next(
         m for m in student.modules() if isinstance(m, nn.Conv2d)).in_channels
     probe = torch.zeros(1, channels, 32, 32, device=device, dtype=dtype)
-    with sharpen._eval_mode(student, teacher), torch.no_grad():
+    with sharpen.eval_mode(student, teacher), torch.no_grad():
         _, fs = student(probe, return_features=True)
         _, ft = teacher(probe.to(t_device, t_dtype), return_features=True)
     shapes_s = [tuple(f.shape[-2:]) for f in fs]

@@ -51,7 +51,7 @@ __all__ = [
     "estimate_levels",
     "atomic_write", "save_model", "load_model", "load_image", "jpeg_quality", "load_kernel",
     "save_image",
-    "sharpen", "main",
+    "eval_mode", "sharpen", "main",
 ]
 
 Device = torch.device | str | None
@@ -2146,9 +2146,27 @@ def save_image(img: Tensor, path: str | os.PathLike, *,
 
 
 @contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    """The models in eval mode for the block; then every submodule's own mode back (a model in
-    training with frozen normalisation stays so)."""
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """The models in eval mode for a ``with`` block; then every submodule's own mode back, as
+    ``sharpen`` and ``kd``'s teacher runs leave them (``model.train(was)`` would put a model in
+    training with frozen normalisation all in training).
+
+    Args:
+        models: ``nn.Module``s.
+
+    Raises:
+        TypeError: If one is not an ``nn.Module``.
+
+    Example:
+        >>> model = student().train()
+        >>> with eval_mode(model):
+        ...     model.training
+        False
+        >>> model.training
+        True
+    """
+    if bad := [type(m).__name__ for m in models if not isinstance(m, nn.Module)]:
+        raise TypeError(f"models must be nn.Modules, got {bad[0]}")
     modes = [(m, m.training) for model in models for m in model.modules()]
     try:
         for model in models:
@@ -2333,7 +2351,7 @@ def sharpen(model: nn.Module, img: Tensor, *, tile: int = 512, overlap: int | No
     if levels is not None and getattr(model, "conditioned", 0) >= 2:
         with torch.no_grad():
             estimate = model._estimate(x, levels, None, kernel)  # the model's own kind
-    with _eval_mode(model), torch.no_grad(), torch.autocast(p.device.type, torch.bfloat16,
+    with eval_mode(model), torch.no_grad(), torch.autocast(p.device.type, torch.bfloat16,
                                                            enabled=amp):
         for y0, y1, wy in _tiles(x.shape[-2], tile, overlap, align):
             for x0, x1, wx in _tiles(x.shape[-1], tile, overlap, align):

@@ -3762,6 +3762,12 @@ def test_the_teacher_and_sharpened_models_keep_every_submodules_mode():
     assert modes(teacher) == before
     sharpen.sharpen(teacher, x, precision="fp32")
     assert modes(teacher) == before
+    with sharpen.eval_mode(teacher):
+        assert modes(teacher) == [False] * 3
+    assert modes(teacher) == before
+    with pytest.raises(TypeError, match="models must be nn.Modules, got str"), \
+            sharpen.eval_mode(teacher, "student"):
+        pass
     graph = teacher(x)  # an output with a graph: the teacher is still never trained
     student = WithNorm()
     kd.distill_step(student, teacher, torch.optim.SGD(student.parameters(), lr=0.1), x, x,
