@@ -1635,7 +1635,8 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, height: int, width: int) -> int:
     """Convolution multiply-accumulates of one forward pass of a ``(1, C, height, width)`` input.
 
-    Counts ``Conv2d`` and ``ConvTranspose2d`` by forward hooks; C: the first conv's input channels.
+    Counts ``Conv2d`` and ``ConvTranspose2d`` by forward hooks; C: the image channels the model
+    takes (``model.in_channels``, else its first convolution's input channels).
 
     Raises:
         ValueError: If a size is < 1 or the model has no convolution.
