@@ -10,8 +10,9 @@ both the sharp image and the teacher's output,
 
 the last term being the "hint" loss of FitNets (Romero et al., 2015). ``L`` is by default the
 paper's L1 + 0.5 (1 - SSIM), with an SSIM that carries a gradient (the paper's did not); ``KD``
-is by default the same, with ``alpha = 0.9``, as ``train.py`` measured best. The paper's MSE with
-``alpha = 0.5`` (``kd_loss_fn=F.mse_loss, alpha=0.5``) is tiny next to L1 + SSIM and steers little.
+is by default L1 + SSIM too, with ``alpha = 0.9``, as ``train.py`` uses (chosen on an earlier
+measurement: README, "What distillation adds"). The paper's MSE with ``alpha = 0.5``
+(``kd_loss_fn=F.mse_loss, alpha=0.5``) is tiny next to L1 + SSIM and steers little.
 
 These are pieces of a training loop, not a framework. ``train_loss`` and ``distill_loss``
 return the loss with its graph, for gradient accumulation, ``torch.amp.GradScaler`` or another
@@ -209,6 +210,12 @@ def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.
             raise ValueError("clip_grad_norm=0 would stop learning: pass a finite number > 0, "
                              "or None for no clipping")
         _check_number("clip_grad_norm", clip_grad_norm, positive=True)
+    if not torch.is_grad_enabled():
+        raise ValueError("a step under torch.no_grad() has no gradient: call it outside, or "
+                         "use the loss functions for a loss without one")
+    if not any(p.requires_grad for module in trained[:1] for p in module.parameters()):
+        raise ValueError("the trained model has no trainable parameter (all requires_grad "
+                         "False): a step would not change it")
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [name for module in trained if module is not None
                for name, p in module.named_parameters() if p.requires_grad and id(p) not in held]
@@ -443,7 +450,8 @@ def distill_loss(
     """The distillation loss of the student towards the teacher and the sharp target.
 
     ``loss = alpha * kd + (1 - alpha) * gt + feature_weight * feat`` with
-    ``kd = kd_loss_fn(student(blurred), teacher(blurred))`` (by default the sharp term's loss),
+    ``kd = kd_loss_fn(student(blurred), teacher(blurred))`` (by default L1 + SSIM, the default
+    sharp term),
     ``gt = loss_fn(student(blurred), sharp)``
     and ``feat`` the mean over levels of ``MSE(adapter(student feature), teacher feature)``.
     The teacher runs in eval mode under ``no_grad`` and is left exactly as it was (weights,
@@ -557,11 +565,12 @@ def distill_loss(
 def _in_train_mode(model: nn.Module, loss: Callable[[], object]) -> object:
     """``loss()`` with ``model`` in train mode, left so; if it raises (a bad argument), every
     submodule's mode is put back as it was."""
-    modes = [(m, m.training) for m in model.modules()]
+    top, modes = model.training, [(m, m.training) for m in model.modules()]
     model.train()
     try:
         return loss()
     except BaseException:
+        model.train(top)  # its own train() runs, as it did on the way in
         for m, mode in modes:
             m.training = mode
         raise

@@ -1689,19 +1689,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *,
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as e:
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(f)  # the writer's own errors pass as they are
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
     try:  # the rename survives a crash once the folder is synced; not every folder allows it
         folder = os.open(path.parent, os.O_RDONLY)
         try:
@@ -1761,11 +1762,10 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         TypeError: If ``path`` is not a str or os.PathLike.
     """
     path = _check_path("path", path)
-    if map_location is not None:
-        try:
-            _check_placement(map_location, torch.float32)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"map_location must be a device, got {map_location!r}") from e
+    try:
+        device = _check_placement(map_location, torch.float32) or torch.device("cpu")
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"map_location must be a device, got {map_location!r}") from e
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():
@@ -1810,7 +1810,7 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: cannot rebuild {factory}({kwargs}): {e}") from e
-    return model.to(map_location or "cpu").eval()
+    return model.to(device).eval()
 
 
 def _image_file(path: object, *, name: str = "") -> Path:
@@ -2030,17 +2030,10 @@ def _metadata(like: Path, *, rgb: bool, fmt: str) -> dict[str, object]:
             if im.format == "PNG" and "exif" not in im.info:
                 im.load()  # an eXIf chunk after the pixels is read with them
             exif, icc = im.info.get("exif"), im.info.get("icc_profile")
-            chunks = {} if icc or im.format != "PNG" else _png_colour_chunks(im.info)
+            chunks = _png_colour_chunks(im.info) if im.format == "PNG" else {}
     except Exception as e:
         raise ValueError(f"like {like}: not a readable image ({type(e).__name__}: {e})") from e
     options, kept, jpeg = {}, [], fmt in ("JPEG", "MPO")
-    if chunks and fmt == "PNG":
-        options["pnginfo"] = PngImagePlugin.PngInfo()
-        for name, data in chunks.items():
-            options["pnginfo"].add(name, data)
-    elif b"gAMA" in chunks or b"cHRM" in chunks:  # sRGB alone is what other files assume
-        kept.append("its PNG gamma or chromaticities (gAMA, cHRM), which only a PNG holds: "
-                    "its colours may look different")
     if exif:
         try:
             options["exif"] = _upright_exif(exif)
@@ -2055,6 +2048,15 @@ def _metadata(like: Path, *, rgb: bool, fmt: str) -> dict[str, object]:
         else:
             what = "no" if space is None else space.decode("latin-1").strip()
             kept.append(f"its colour profile, for {what} images, not {wanted.decode().strip()}")
+    if "icc_profile" in options:  # a kept profile supersedes the PNG's own colour chunks
+        chunks = {}
+    if chunks and fmt == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        for name, data in chunks.items():
+            options["pnginfo"].add(name, data)
+    elif b"gAMA" in chunks or b"cHRM" in chunks:  # sRGB alone is what other files assume
+        kept.append("its PNG gamma or chromaticities (gAMA, cHRM), which only a PNG holds: "
+                    "its colours may look different")
     for what in kept:
         warnings.warn(f"{like}: written without {what}", stacklevel=3)
     return options
@@ -2168,12 +2170,15 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
     """
     if bad := [type(m).__name__ for m in models if not isinstance(m, nn.Module)]:
         raise TypeError(f"models must be nn.Modules, got {bad[0]}")
+    tops = [(model, model.training) for model in models]
     modes = [(m, m.training) for model in models for m in model.modules()]
     try:
         for model in models:
             model.eval()
         yield
     finally:
+        for model, mode in tops:  # a model's own train() runs, as on entry
+            model.train(mode)
         for m, mode in modes:
             m.training = mode
 
@@ -2641,8 +2646,9 @@ def _sharpen_files(args: argparse.Namespace, outputs: list[Path], taken: set[obj
                 elif given[0] > _MAX_BLUR:  # estimate_levels's ceiling, said
                     ceiling = f" (read as {given[0]:.2f}: at most {_MAX_BLUR} px told)"
                     given = (_MAX_BLUR, *given[1:])
-                source = " from the file" if given[2] == saved else "" if saved is None \
-                    else f" (read below the file's own, {saved:.0f})"
+                below = saved is not None and round(given[2]) < round(saved)
+                source = " from the file" if given[2] == saved else \
+                    f" (read below the file's own, {saved:.0f})" if below else ""
             out = sharpen(model, img, tile=args.tile, overlap=args.overlap,
                           precision=args.precision, levels=given, kernel=kernel)
             if torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]):  # grey stays grey,

@@ -1847,7 +1847,9 @@ def test_cli_tells_the_quality_a_jpeg_file_was_saved_at_where_lower_than_estimat
         read = sharpen.estimate_levels(estimator, img)
         assert read[2] > 20  # the estimate errs high: the file's quality is told instead
         told = (*read[:2].tolist(), min(read[2].item(), saved))
-        source = " from the file" if saved == 20 else " (read below the file's own, 100)"
+        below = round(told[2]) < saved  # as printed: 99.6 against 100 is not "below"
+        source = " from the file" if saved == 20 else \
+            " (read below the file's own, 100)" if below else ""
         assert line.endswith(f"JPEG quality {told[2]:.0f}{source})")
         expected = sharpen.sharpen(student, img, levels=told)
         assert (sharpen.load_image(tmp_path / f"{name}_sharp.png") - expected).abs().max() \
@@ -2323,6 +2325,12 @@ def test_save_image_keeps_a_pngs_gamma_and_chromaticities(tmp_path, capsys):
     with pytest.warns(UserWarning, match="gamma.png: written without its PNG gamma or "
                                          "chromaticities .gAMA, cHRM., which only a PNG holds"):
         sharpen.save_image(x, tmp_path / "o.jpg", like=tmp_path / "gamma.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "grey_icc.png", pnginfo=info,
+                                  icc_profile=_icc(b"GRAY"))  # a profile that is dropped
+    with pytest.warns(UserWarning, match="without its colour profile, for GRAY images, not RGB"):
+        sharpen.save_image(x, tmp_path / "g.png", like=tmp_path / "grey_icc.png")
+    with Image.open(tmp_path / "g.png") as out:  # ... so its gamma is kept
+        assert "icc_profile" not in out.info and out.info["gamma"] == 1.0
     assert sharpen.main([str(tmp_path / "gamma.png"), "--blur", "0"]) == 0  # the CLI keeps it
     with Image.open(tmp_path / "gamma_sharp.png") as out:
         assert out.info["gamma"] == 1.0 and "sharpened by sharpen.py" in out.info["Comment"]
@@ -2554,6 +2562,17 @@ def test_atomic_write_names_the_file_checks_its_mode_and_syncs_what_it_may(tmp_p
     assert ".tmp" not in str(e.value)
     with pytest.raises(ZeroDivisionError):  # the writer's own error passes unchanged
         sharpen.atomic_write(tmp_path / "z.bin", lambda f: 1 / 0)
+
+    class OwnError(OSError):
+        def __init__(self, what):
+            super().__init__(what)
+
+    def fail(f):
+        raise OwnError("broken data stream")
+
+    with pytest.raises(OwnError, match="^broken data stream$"):
+        sharpen.atomic_write(tmp_path / "z.bin", fail)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     (tmp_path / "adir.png").rmdir()
     for mode, error, match in [("0o644", TypeError, "mode must be an int, got str"),
                                (True, TypeError, "mode must be an int, got bool"),
@@ -3768,6 +3787,19 @@ def test_the_teacher_and_sharpened_models_keep_every_submodules_mode():
     with pytest.raises(TypeError, match="models must be nn.Modules, got str"), \
             sharpen.eval_mode(teacher, "student"):
         pass
+
+
+    class Refreezes(WithNorm):  # a train() that re-freezes its normalisation, run on the way out
+        def train(self, mode=True):
+            super().train(mode)
+            self.norm.eval()
+            self.calls = getattr(self, "calls", 0) + 1
+            return self
+
+    own = Refreezes().train()
+    with sharpen.eval_mode(own):
+        assert modes(own) == [False] * 3
+    assert modes(own) == [True, True, False] and own.calls == 3  # train(), eval(), train(True)
     graph = teacher(x)  # an output with a graph: the teacher is still never trained
     student = WithNorm()
     kd.distill_step(student, teacher, torch.optim.SGD(student.parameters(), lr=0.1), x, x,
@@ -3986,10 +4018,16 @@ def test_step_input_validation():
     for model in (torch.nn.Identity(), tiny(4, 2).requires_grad_(False)):  # no graph: fine
         loss, _ = kd.train_loss(model, blurred, sharp)
         assert not loss.requires_grad
-    frozen = tiny(4, 2).requires_grad_(False)  # but a step needs one
-    with pytest.raises(ValueError, match="the loss has no graph, so no gradient: is the model "
-                       "frozen"):
+    frozen = tiny(4, 2).requires_grad_(False)  # but a step needs one: refused before any change
+    frozen.eval()
+    with pytest.raises(ValueError, match="the trained model has no trainable parameter"):
         kd.train_step(frozen, torch.optim.SGD(frozen.parameters(), lr=0.1), blurred, sharp)
+    assert not frozen.training
+    student.eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="a step under torch.no_grad.. has no "
+                                                          "gradient"):
+        kd.train_step(student, opt, blurred, sharp)
+    assert not student.training
     with pytest.raises(TypeError, match="clip_grad_norm must be a number, got Tensor"):
         kd.train_step(student, opt, blurred, sharp, clip_grad_norm=torch.tensor(0.0))
     with pytest.raises(TypeError, match=r"pairs must be a sequence .*got generator \(no len"):
@@ -4732,8 +4770,10 @@ def test_feature_distillation_runs_the_teacher_once_per_step_and_pools_nothing()
     teacher.register_forward_hook(lambda module, inputs, output: calls.append(1))
     make = functools.partial(sharpen.unet, width=4, depth=2, blocks=1)
     degrade = functools.partial(train._degrade_8bit, kind="gaussian", sigma=1.0)
-    train._students(args, teacher, make, torch.rand(4, 3, 32, 32, generator=gen()), degrade, 0)
+    run = train._students(args, teacher, make, torch.rand(4, 3, 32, 32, generator=gen()),
+                          degrade, 0)
     assert len(calls) == 1 + 8  # the adapters' probe, then one forward per distillation step
+    assert run["pool_batches"] == 0  # as the report says
 
 
 def run_from_a_saved_teacher(tmp_path, flag: str) -> tuple[torch.nn.Module, dict]:

@@ -245,8 +245,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.real_blur and args.data is None:
         p.error("--real-blur needs --data ROOT")
     if args.data is None and args.eval_size > 512 and _has_skimage():
-        p.error(f"--eval-size must be at most 512 without --data (the photos' native crops, "
-                f"photo_crops, are cut from photos of 512 pixels or more), got {args.eval_size}")
+        p.error(f"--eval-size must be at most 512 without --data (photo_crops are native-size "
+                f"crops, and the largest scored photo is 512 pixels on its short side), got "
+                f"{args.eval_size}")
     if args.train_photos and (args.data is not None or not _has_skimage()):
         p.error("--train-photos needs scikit-image (pip install -e \".[eval]\") and no --data")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -658,7 +659,7 @@ def _students(args, teacher, make_student, train, degrade, seed: int) -> dict:
     seconds["student_nokd_time"] = fit("student_nokd_time", time_steps, "no teacher, equal time",
                                        plain)
     return {"models": models, "seconds": seconds, "time_steps": time_steps,
-            "pool_batches": _pool_batches(args)}
+            "pool_batches": 0 if args.feature_weight else _pool_batches(args)}
 
 
 def _row(name: str, cost: dict, results: list[dict], set_name: str, n_sets: int,
