@@ -84,7 +84,9 @@ def _check_int(name: str, value: object, *, low: int, high: float = math.inf) ->
 def _check_tensor(name: str, x: object) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+        hint = ": an 8-bit image (a decoder's frame) is x.float() / 255" \
+            if isinstance(x, Tensor) and x.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}{hint}")
 
 
 def _check_module(model: object) -> None:

@@ -5253,6 +5253,10 @@ def test_an_image_on_a_0_255_scale_is_refused_before_any_work():
         with pytest.raises(ValueError, match=r"img values must lie in \[0, 1\].*got min -0.9"):
             call(img * 2 - 1)
         call(img + 0.08 * torch.randn(img.shape, generator=gen(1)))  # noise: a little outside
+        with pytest.raises(TypeError, match=r"img must be a floating-point torch.Tensor, got dtype "
+                                            r"torch.uint8: an 8-bit image .a decoder's frame. is "
+                                            r"x.float\(\) / 255"):
+            call((img * 255).round().to(torch.uint8))
     with pytest.raises(ValueError, match=r"source values must lie in \[0, 1\]"):
         kd.batches(img * 255, size=16)
     bad = img.clone()
