@@ -199,10 +199,11 @@ def _check_adapters(adapters: object) -> None:
                 "feature_adapters)")
 
 
-def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.Module | None
-                        ) -> None:
-    """The optimizer must hold every trainable parameter of ``trained``; the clip must be None
-    or a finite number > 0 (NaN would fill the weights with NaN, 0 would stop learning)."""
+def _check_step_options(optimizer: object, clip_grad_norm: object, model: nn.Module,
+                        adapters: nn.Module | None = None) -> None:
+    """Gradients on, and ``model`` with a trainable parameter; the optimizer must hold every
+    trainable parameter of ``model`` and ``adapters``; the clip must be None or a finite number
+    > 0 (NaN would fill the weights with NaN, 0 would stop learning)."""
     _check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
     if clip_grad_norm is not None:
         if isinstance(clip_grad_norm, numbers.Real) and not isinstance(clip_grad_norm, bool) \
@@ -213,11 +214,11 @@ def _check_step_options(optimizer: object, clip_grad_norm: object, *trained: nn.
     if not torch.is_grad_enabled():
         raise ValueError("a step under torch.no_grad() has no gradient: call it outside, or "
                          "use the loss functions for a loss without one")
-    if not any(p.requires_grad for module in trained[:1] for p in module.parameters()):
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the trained model has no trainable parameter (all requires_grad "
                          "False): a step would not change it")
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for module in trained if module is not None
+    missing = [name for module in (model, adapters) if module is not None
                for name, p in module.named_parameters() if p.requires_grad and id(p) not in held]
     if missing:
         raise ValueError(f"the optimizer does not hold {len(missing)} trainable parameters of the "

@@ -124,24 +124,28 @@ def _check_path(name: str, path: object) -> Path:
     return Path(path)
 
 
+def _check_device(name: str, device: object) -> torch.device | None:
+    """``device`` (None, a torch.device, its name or a CUDA index) as a torch.device."""
+    if device is None:
+        return None
+    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
+        raise TypeError(f"{name} must be a torch.device, str or int, got "
+                        f"{type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"{name} must be a device such as 'cpu' or 'cuda', got {device!r}") \
+            from e
+
+
 def _check_placement(device: object, dtype: object) -> torch.device | None:
-    """``device`` (None, a torch.device or its name) as a torch.device, and ``dtype`` a
-    floating torch.dtype: a TypeError or ValueError naming them otherwise."""
+    """``_check_device("device", device)``, and ``dtype`` a floating torch.dtype."""
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got "
                         f"{type(dtype).__name__} {dtype!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-    if device is None:
-        return None
-    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
-        raise TypeError(f"device must be a torch.device, str or int, got "
-                        f"{type(device).__name__}")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device must be a device such as 'cpu' or 'cuda', got {device!r}") \
-            from e
+    return _check_device("device", device)
 
 
 def _check_pixels(name: str, x: Tensor) -> None:
@@ -631,9 +635,8 @@ def wiener(img: Tensor, kernel: Tensor, *, balance: float = 0.01) -> Tensor:
     x, single = _as_batch("img", img)
     B, C, H, W = x.shape
     kh, kw = _check_kernel(kernel, B)
-    if not bool((kernel.reshape(-1, kh * kw).sum(1) > 0).all()):
-        raise ValueError("kernel must sum to more than 0 (a blur), each; got a sum of "
-                         f"{kernel.reshape(-1, kh * kw).sum(1).min().item():g}")
+    if (least := kernel.reshape(-1, kh * kw).sum(1).min().item()) <= 0:
+        raise ValueError(f"kernel must sum to more than 0 (a blur), each; got a sum of {least:g}")
     balance = _check_number("balance", balance, strict=False)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     p = min(max(kernel.shape[-2:]), H - 1, W - 1)
@@ -1764,10 +1767,7 @@ def load_model(path: str | os.PathLike, *, map_location: Device = None) -> nn.Mo
         TypeError: If ``path`` is not a str or os.PathLike.
     """
     path = _check_path("path", path)
-    try:
-        device = _check_placement(map_location, torch.float32) or torch.device("cpu")
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"map_location must be a device, got {map_location!r}") from e
+    device = _check_device("map_location", map_location) or torch.device("cpu")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a model file")
     if not path.is_file():

@@ -3600,7 +3600,8 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match="key.pt: weight names must be str, got 1"):
         sharpen.load_model(tmp_path / "key.pt")
     sharpen.save_model(tmp_path / "good.pt", good)
-    with pytest.raises(ValueError, match="map_location must be a device, got 'nodevice'"):
+    with pytest.raises(ValueError, match="map_location must be a device such as 'cpu' or "
+                                         "'cuda', got 'nodevice'"):
         sharpen.load_model(tmp_path / "good.pt", map_location="nodevice")
 
 

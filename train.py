@@ -490,7 +490,7 @@ class _Progress:
 
     def __init__(self, stage: str, total: int, batch: int):
         self.stage, self.total, self.batch = stage, total, batch
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = self.first = time.perf_counter()  # first: step 1's end
 
     def __call__(self, step: int, loss: float) -> None:
         now = time.perf_counter()
